@@ -1,0 +1,227 @@
+"""The run configuration: one typed, validated object per run, saved as ``<run>/config.json``.
+
+Every stage reads its own section (``data``, ``finetune``, ``extract``, ``similarity``,
+``sae``, ``report``). Presets give the two documented sizes; a TOML file overrides any field
+and command-line flags override the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BUNDLED_MODEL = "minilm-l6"
+BUNDLED_DATASETS = ("rotten-tomatoes", "bbc-news")
+PresetName = Literal["quick", "default"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Which labelled texts to use and how to split them."""
+
+    dataset: str = Field(
+        "rotten-tomatoes",
+        description="`rotten-tomatoes`, `bbc-news`, `csv:PATH` or `hf:NAME[:CONFIG]`.",
+    )
+    text_column: str = Field("text", description="Column holding the text (CSV and hf only).")
+    label_column: str = Field("label", description="Column holding the label (CSV and hf only).")
+    hf_split: str = Field("train", description="Split to read from a Hugging Face dataset.")
+    train_size: int = Field(2000, gt=0, description="Examples used for fine-tuning.")
+    val_size: int = Field(500, gt=0, description="Examples used for validation metrics.")
+    probe_size: int = Field(1000, gt=0, description="Examples recorded in the activation store.")
+    max_length: int = Field(128, ge=8, description="Maximum tokens per example (truncation).")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value in BUNDLED_DATASETS or re.match(r"^(csv|hf):.+", value):
+            return value
+        raise ValueError(
+            f"unknown dataset {value!r}: use one of {', '.join(BUNDLED_DATASETS)}, "
+            "`csv:PATH` (a CSV with text and label columns) or `hf:NAME[:CONFIG]`"
+        )
+
+
+class FinetuneConfig(_Section):
+    """Fine-tuning hyperparameters and the checkpoint schedule."""
+
+    epochs: float = Field(2.0, gt=0, description="Passes over the training split.")
+    batch_size: int = Field(16, gt=0, description="Training batch size.")
+    eval_batch_size: int = Field(64, gt=0, description="Batch size for validation.")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="Share of steps warming up.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    checkpoints: tuple[float, ...] = Field(
+        (0.0, 0.1, 0.25, 0.5, 1.0),
+        description="Checkpoints as fractions of training; 0 (base) and 1 (final) are added.",
+    )
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _schedule(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [f for f in value if not 0.0 <= f <= 1.0]
+        if bad:
+            raise ValueError(f"checkpoint fractions must lie in [0, 1], got {bad}")
+        return tuple(sorted(set(value) | {0.0, 1.0}))
+
+
+class ExtractConfig(_Section):
+    """How the activation store is written."""
+
+    token_chunk: int = Field(4096, gt=0, description="Tokens per store chunk (and per shard).")
+    dtype: Literal["float16", "float32"] = Field("float16", description="Stored precision.")
+    batch_size: int = Field(32, gt=0, description="Examples per forward pass.")
+    write_queue: int = Field(4, gt=0, description="Chunks buffered for the background writer.")
+
+
+class SimilarityConfig(_Section):
+    """Which tokens the similarity statistics use."""
+
+    exclude_special: bool = Field(False, description="Leave out [CLS], [SEP] and the like.")
+    examples: tuple[int, ...] | None = Field(None, description="Restrict to these probe examples.")
+    probes: bool = Field(True, description="Fit linear probes per checkpoint and layer.")
+    probe_folds: int = Field(5, ge=2, description="Cross-validation folds for the probes.")
+
+
+class SAEConfig(_Section):
+    """Sparse autoencoders trained per (checkpoint, layer) from the store."""
+
+    enabled: bool = Field(True, description="Train SAEs at all.")
+    architecture: Literal["topk", "relu"] = Field("topk", description="TopK or ReLU + L1.")
+    checkpoints: tuple[str, ...] = Field(("base", "final"), description="Checkpoints to fit.")
+    layers: tuple[int, ...] | None = Field(None, description="Layers to fit; None = all.")
+    expansion_factor: int = Field(4, gt=0, description="d_sae = expansion_factor * hidden.")
+    k: int = Field(32, gt=0, description="Active latents per token (TopK).")
+    l1_coefficient: float = Field(1e-3, ge=0, description="L1 weight (ReLU variant).")
+    learning_rate: float = Field(2e-4, gt=0, description="Adam learning rate.")
+    warmup_steps: int = Field(50, ge=0, description="Linear learning-rate warm-up steps.")
+    batch_size: int = Field(4096, gt=0, description="Tokens per training step.")
+    token_budget: int = Field(2_000_000, gt=0, description="Training tokens per SAE.")
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Examples kept for metrics.")
+    exclude_special: bool = Field(False, description="Train without special tokens.")
+    checkpoint_every: int = Field(200, gt=0, description="Steps between resumable saves.")
+    seed: int = Field(0, description="Seed for initialisation and shuffling.")
+
+
+class ReportConfig(_Section):
+    """The HTML report and its figures."""
+
+    enabled: bool = Field(True, description="Build figures and report.html.")
+    token_pictures: int = Field(4, ge=0, description="Probe sentences drawn token by layer.")
+
+
+class RunConfig(_Section):
+    """Everything that defines a layerdrift run."""
+
+    name: str = Field("default", description="Run name: the folder under runs_root.")
+    runs_root: str = Field("runs", description="Local folder or fsspec URL holding runs.")
+    model: str = Field(BUNDLED_MODEL, description="`minilm-l6`, a Hugging Face name or a folder.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub.")
+    seed: int = Field(0, description="Seed for splits, initialisation and data order.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` uses CUDA if any.")
+    dask_address: str | None = Field(None, description="A Dask scheduler, e.g. tcp://host:8786.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
+    sae: SAEConfig = Field(default_factory=SAEConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(f"run name {value!r} must be letters, digits, '.', '_' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _sae_checkpoints_exist(self) -> RunConfig:
+        known = {"base", "final"}
+        unknown = [c for c in self.sae.checkpoints if c not in known and not c.startswith("step-")]
+        if unknown:
+            raise ValueError(f"sae.checkpoints {unknown} are not checkpoint labels")
+        return self
+
+    @property
+    def run_url(self) -> str:
+        """The run directory: ``<runs_root>/<name>`` (a path or an fsspec URL)."""
+        return f"{self.runs_root.rstrip('/')}/{self.name}"
+
+    def config_hash(self) -> str:
+        """A stable hash of every field that changes results (not name, root or Dask address)."""
+        payload = self.model_dump(mode="json", exclude={"name", "runs_root", "dask_address"})
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        """The config as indented JSON, with its hash."""
+        return json.dumps(
+            {"config": self.model_dump(mode="json"), "config_hash": self.config_hash()}, indent=2
+        )
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The whole pipeline in about two minutes on two cores.
+    "quick": {
+        "name": "quick",
+        "data": {"train_size": 400, "val_size": 200, "probe_size": 200, "max_length": 64},
+        "finetune": {"epochs": 1.0, "batch_size": 16, "checkpoints": [0.0, 0.5, 1.0]},
+        "extract": {"token_chunk": 1024},
+        "sae": {"token_budget": 100_000, "batch_size": 1024, "checkpoint_every": 50},
+        "report": {"token_pictures": 2},
+    },
+    # The bundled default: about ten minutes on two cores.
+    "default": {
+        "name": "default",
+        "data": {"train_size": 2000, "val_size": 500, "probe_size": 1000, "max_length": 128},
+        "finetune": {"epochs": 2.0, "checkpoints": [0.0, 0.1, 0.25, 0.5, 1.0]},
+        "sae": {"token_budget": 300_000, "batch_size": 2048},
+    },
+}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``override`` merged in, section by section."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(
+    preset: str | None = "default",
+    toml_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Resolve a RunConfig: preset, then the TOML file, then explicit overrides (flags)."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+        values = deep_merge(values, PRESETS[preset])
+    if toml_path is not None:
+        path = Path(toml_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        values = deep_merge(values, tomllib.loads(path.read_text()))
+    if overrides:
+        values = deep_merge(values, {k: v for k, v in overrides.items() if v is not None})
+    return RunConfig.model_validate(values)
+
+
+def load_run_config(text: str) -> RunConfig:
+    """Parse the contents of a ``config.json`` written by :meth:`RunConfig.to_json`."""
+    return RunConfig.model_validate(json.loads(text)["config"])

@@ -1,0 +1,39 @@
+"""Process environment that a user should not have to set by hand.
+
+Called before Prefect is imported (by the CLI and by the tests). Values the user already
+set are kept.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULTS: dict[str, str] = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_UI_ENABLED": "false",
+    # The default 20 s can time out on a busy two-core machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    # Module loggers of library code reach the Prefect UI and run logs.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks,storage,layerdrift",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+
+def configure_environment(project_dir: str | Path | None = None) -> dict[str, str]:
+    """Set layerdrift's defaults in ``os.environ`` without overriding the user's values.
+
+    ``PREFECT_HOME`` defaults to ``<project_dir>/.prefect`` (the current directory when not
+    given) so runs keep their Prefect database beside the project. ``HF_HUB_OFFLINE`` is left
+    exactly as the user set it. Returns the variables that were set.
+    """
+    chosen = dict(DEFAULTS)
+    chosen["PREFECT_HOME"] = str(Path(project_dir or Path.cwd()).resolve() / ".prefect")
+    applied = {}
+    for key, value in chosen.items():
+        if key not in os.environ:
+            os.environ[key] = value
+            applied[key] = value
+    return applied

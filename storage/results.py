@@ -1,0 +1,43 @@
+"""results.zarr: every stage's metrics as labelled arrays, one Zarr group per variable.
+
+Each variable (``similarity``, ``drift``, ``sae_metrics`` …) lives in its own group, because
+variables disagree on coordinates (``metric`` means different things in ``similarity`` and
+``sae_metrics``; ``layer_similarity`` covers only base and final). Read one with plain xarray:
+``xr.open_zarr("<run>/results.zarr", group="similarity")``, or all with
+``xr.open_datatree("<run>/results.zarr", engine="zarr")``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import xarray as xr
+import zarr
+
+logger = logging.getLogger(__name__)
+
+
+def write_result(url: str, name: str, data: xr.DataArray | xr.Dataset, **to_zarr_kwargs) -> None:
+    """Write (or replace) the group ``name`` of the results store at ``url``.
+
+    A DataArray is stored under its group's name. Rewriting a group replaces it whole, so a
+    retried stage leaves no mixture of old and new values.
+    """
+    dataset = data.to_dataset(name=name) if isinstance(data, xr.DataArray) else data
+    dataset.to_zarr(url, group=name, mode="w", consolidated=False, zarr_format=3, **to_zarr_kwargs)
+    zarr.consolidate_metadata(url)
+    logger.info("wrote %s to %s", name, url)
+
+
+def open_result(url: str, name: str) -> xr.Dataset:
+    """Open one group of the results store as an xarray Dataset."""
+    return xr.open_zarr(url, group=name, consolidated=False)
+
+
+def list_results(url: str) -> list[str]:
+    """The names of the groups present in the results store (empty when it does not exist)."""
+    try:
+        root = zarr.open_group(url, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return []
+    return sorted(name for name, _ in root.groups())

@@ -1,0 +1,124 @@
+"""The run directory: where every stage's output lives, on a local path or an fsspec URL.
+
+Layout (see DESIGN.md)::
+
+    config.json            the resolved RunConfig, with its hash
+    data/<split>.jsonl     the cleaned, split dataset (train, validation, probe)
+    checkpoints/<label>/   save_pretrained folders (safetensors) and metrics.json
+    activations.zarr       the activation store
+    results.zarr           similarity, probe and SAE metrics
+    saes/<checkpoint>/layer-<l>/
+    figures/*.png, report.html
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+DATA_DIR = "data"
+CHECKPOINTS_DIR = "checkpoints"
+ACTIVATIONS_STORE = "activations.zarr"
+RESULTS_STORE = "results.zarr"
+SAES_DIR = "saes"
+FIGURES_DIR = "figures"
+REPORT_FILE = "report.html"
+PREFECT_RESULTS_DIR = ".prefect-results"
+SPLITS = ("train", "validation", "probe")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory addressed by a local path or an fsspec URL (``s3://…``, ``memory://…``).
+
+    Small and hashable, so it can be passed to Prefect tasks and used in cache keys.
+    """
+
+    url: str
+
+    @cached_property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The filesystem that holds the run."""
+        fs, _ = fsspec.core.url_to_fs(self.url)
+        return fs
+
+    @cached_property
+    def root(self) -> str:
+        """The run's path inside :attr:`fs` (no protocol)."""
+        _, path = fsspec.core.url_to_fs(self.url)
+        return path.rstrip("/")
+
+    @property
+    def is_local(self) -> bool:
+        """True when the run lives on the local filesystem."""
+        return isinstance(self.fs, LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        """A path inside the run, for use with :attr:`fs`."""
+        return "/".join([self.root, *parts])
+
+    def child_url(self, *parts: str) -> str:
+        """A full URL (or local path) inside the run, for libraries that take URLs."""
+        if self.is_local:
+            return str(Path(self.root, *parts))
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return f"{protocol}://" + self.path(*parts)
+
+    def exists(self, *parts: str) -> bool:
+        """Whether a file or folder exists inside the run."""
+        return self.fs.exists(self.path(*parts))
+
+    def read_text(self, *parts: str) -> str:
+        """Read a text file inside the run."""
+        with self.fs.open(self.path(*parts), "r") as handle:
+            return handle.read()
+
+    def write_text(self, text: str, *parts: str) -> None:
+        """Write a text file inside the run atomically where the filesystem allows it."""
+        target = self.path(*parts)
+        self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        if self.is_local:
+            tmp = Path(target + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(target)
+        else:
+            with self.fs.open(target, "w") as handle:
+                handle.write(text)
+
+    def makedirs(self, *parts: str) -> None:
+        """Create a folder inside the run (and its parents)."""
+        self.fs.makedirs(self.path(*parts), exist_ok=True)
+
+    # Named locations -----------------------------------------------------------------------
+
+    def checkpoint(self, label: str) -> str:
+        """URL of one checkpoint folder."""
+        return self.child_url(CHECKPOINTS_DIR, label)
+
+    def activations(self) -> str:
+        """URL of the activation store."""
+        return self.child_url(ACTIVATIONS_STORE)
+
+    def results(self) -> str:
+        """URL of the results store."""
+        return self.child_url(RESULTS_STORE)
+
+    def sae(self, checkpoint: str, layer: int) -> str:
+        """URL of one SAE folder."""
+        return self.child_url(SAES_DIR, checkpoint, f"layer-{layer}")
+
+    def prefect_results(self) -> Path:
+        """Local folder for Prefect's persisted task results (a cache beside the run)."""
+        if self.is_local:
+            return Path(self.root) / PREFECT_RESULTS_DIR
+        # Remote runs keep Prefect's small result files locally, keyed by the URL.
+        safe = self.url.replace("://", "_").replace("/", "_")
+        return Path.cwd() / ".prefect" / "results" / safe

@@ -1,0 +1,122 @@
+"""Seeded factories for tests: a tiny BERT, a tiny tokenizer, separable texts, small stores.
+
+Everything is built in the test, offline: a ``BertConfig`` with 2 layers and hidden 32 and a
+WordPiece tokenizer over a vocabulary of a few dozen words.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+POSITIVE_WORDS = ["good", "great", "excellent", "wonderful", "superb", "lovely"]
+NEGATIVE_WORDS = ["bad", "awful", "terrible", "dreadful", "poor", "boring"]
+FILLER_WORDS = [
+    "the", "movie", "film", "was", "a", "plot", "actor", "story", "really", "quite",
+    "and", "it", "this", "very", "scene", "music", "end", "##s", "##ly",
+]  # fmt: skip
+VOCAB = SPECIAL_TOKENS + POSITIVE_WORDS + NEGATIVE_WORDS + FILLER_WORDS
+
+
+def make_tokenizer(folder: Path):
+    """Save a WordPiece tokenizer over :data:`VOCAB` into ``folder`` and return it."""
+    from transformers import BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {token: index for index, token in enumerate(VOCAB)}
+    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def make_tiny_bert(folder: Path, num_labels: int = 2, seed: int = 0) -> Path:
+    """Save a randomly initialised 2-layer, hidden-32 BERT classifier and its tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+    )
+    model = BertForSequenceClassification(config)
+    model.save_pretrained(folder, safe_serialization=True)
+    make_tokenizer(folder)
+    return folder
+
+
+def separable_texts(n: int, seed: int = 0, num_labels: int = 2) -> pd.DataFrame:
+    """Texts whose label is given by one sentiment word among neutral filler words.
+
+    Returns a frame with columns ``text`` and ``label`` (``neg``/``pos``).
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = i % num_labels
+        words = list(rng.choice(FILLER_WORDS[:-2], size=rng.integers(3, 9)))
+        cue = rng.choice(POSITIVE_WORDS if label == 1 else NEGATIVE_WORDS)
+        words.insert(int(rng.integers(0, len(words) + 1)), cue)
+        # A unique suffix keeps texts distinct so cleaning drops nothing.
+        rows.append({"text": " ".join(words) + f" {i}", "label": ["neg", "pos"][label]})
+    return pd.DataFrame(rows)
+
+
+def make_activation_store(
+    path: str,
+    activations: np.ndarray,
+    tokens_per_example: list[int],
+    labels: list[int] | None = None,
+    checkpoints: list[str] | None = None,
+    token_chunk: int = 64,
+    seed: int = 0,
+) -> str:
+    """Write a schema-1 activation store with plain xarray, for tests of readers.
+
+    ``activations`` has shape (checkpoint, layer, token, hidden); ``tokens_per_example`` sums
+    to the token count. The first token of each example is flagged special.
+    """
+    import xarray as xr
+
+    n_ckpt, n_layer, n_token, n_hidden = activations.shape
+    assert sum(tokens_per_example) == n_token
+    rng = np.random.default_rng(seed)
+    if checkpoints is None:
+        checkpoints = ["base", "final"] if n_ckpt == 2 else [f"c{i}" for i in range(n_ckpt)]
+    labels = labels if labels is not None else [i % 2 for i in range(len(tokens_per_example))]
+    starts = np.concatenate([[0], np.cumsum(tokens_per_example)[:-1]]).astype(np.int64)
+    example_of_token = np.repeat(np.arange(len(tokens_per_example)), tokens_per_example)
+    position = np.concatenate([np.arange(c) for c in tokens_per_example]).astype(np.int16)
+    n_chunks = -(-n_token // token_chunk)
+    texts = np.array([f"ex {i}" for i in range(len(tokens_per_example))], dtype=object)
+    ds = xr.Dataset(
+        {
+            "activations": (("checkpoint", "layer", "token", "hidden"), activations),
+            "text": (("example",), texts),
+            "label": (("example",), np.asarray(labels, dtype=np.int32)),
+            "token_start": (("example",), starts),
+            "token_count": (("example",), np.asarray(tokens_per_example, dtype=np.int32)),
+            "written": (("checkpoint", "token_chunk"), np.ones((n_ckpt, n_chunks), dtype=bool)),
+        },
+        coords={
+            "checkpoint": checkpoints,
+            "layer": np.arange(n_layer),
+            "token_id": ("token", rng.integers(5, 30, n_token).astype(np.int32)),
+            "token_text": ("token", np.array([f"t{i}" for i in range(n_token)], dtype=object)),
+            "position": ("token", position),
+            "is_special": ("token", position == 0),
+            "example_of_token": ("token", example_of_token.astype(np.int32)),
+        },
+        attrs={"schema_version": 1, "token_chunk": token_chunk},
+    )
+    encoding = {"activations": {"chunks": (1, 1, token_chunk, n_hidden)}}
+    ds.to_zarr(path, mode="w", encoding=encoding, consolidated=True, zarr_format=3)
+    return path
