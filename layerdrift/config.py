@@ -123,6 +123,9 @@ class ReportConfig(_Section):
 class RunConfig(_Section):
     """Everything that defines a layerdrift run."""
 
+    preset: PresetName | None = Field(
+        None, description="Start from a preset (`quick`, `default`); other fields override it."
+    )
     name: str = Field("default", description="Run name: the folder under runs_root.")
     runs_root: str = Field("runs", description="Local folder or fsspec URL holding runs.")
     model: str = Field(BUNDLED_MODEL, description="`minilm-l6`, a Hugging Face name or a folder.")
@@ -136,6 +139,16 @@ class RunConfig(_Section):
     similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
     sae: SAEConfig = Field(default_factory=SAEConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("preset") is not None:
+            preset = values["preset"]
+            if preset not in PRESETS:
+                raise ValueError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+            return deep_merge(PRESETS[preset], values)
+        return values
 
     @field_validator("name")
     @classmethod
@@ -207,11 +220,7 @@ def build_config(
     overrides: dict[str, Any] | None = None,
 ) -> RunConfig:
     """Resolve a RunConfig: preset, then the TOML file, then explicit overrides (flags)."""
-    values: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
-        values = deep_merge(values, PRESETS[preset])
+    values: dict[str, Any] = {"preset": preset}
     if toml_path is not None:
         path = Path(toml_path)
         if not path.is_file():

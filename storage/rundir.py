@@ -13,6 +13,7 @@ Layout (see DESIGN.md)::
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from functools import cached_property
@@ -69,8 +70,7 @@ class RunDir:
         """A full URL (or local path) inside the run, for libraries that take URLs."""
         if self.is_local:
             return str(Path(self.root, *parts))
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        return f"{protocol}://" + self.path(*parts)
+        return self.fs.unstrip_protocol(self.path(*parts))
 
     def exists(self, *parts: str) -> bool:
         """Whether a file or folder exists inside the run."""
@@ -122,3 +122,25 @@ class RunDir:
         # Remote runs keep Prefect's small result files locally, keyed by the URL.
         safe = self.url.replace("://", "_").replace("/", "_")
         return Path.cwd() / ".prefect" / "results" / safe
+
+
+class RunConfigMismatchError(ValueError):
+    """The run directory already holds a run made with a different configuration."""
+
+
+def save_run_config(run: RunDir, config_json: str, config_hash: str) -> None:
+    """Write ``config.json`` for a new run, or check it against the one already there.
+
+    A run directory belongs to one configuration: its stores and checkpoints were made from
+    it. Reusing the folder with other settings would mix results, so it is refused.
+    """
+    if run.exists(CONFIG_FILE):
+        existing = json.loads(run.read_text(CONFIG_FILE))
+        if existing.get("config_hash") != config_hash:
+            raise RunConfigMismatchError(
+                f"{run.url} already holds a run with config hash {existing.get('config_hash')}, "
+                f"not {config_hash}: choose another --name, or delete the folder to start over"
+            )
+        return
+    run.write_text(config_json, CONFIG_FILE)
+    logger.info("wrote %s", run.path(CONFIG_FILE))

@@ -1,0 +1,76 @@
+"""The run configuration: presets, TOML and flag overrides, validation, stable hash."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from layerdrift.config import PRESETS, RunConfig, build_config, load_run_config
+from storage import RunConfigMismatchError, RunDir, save_run_config
+
+
+def test_presets_resolve_and_flags_override_the_file(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('name = "from-file"\nseed = 7\n[data]\nprobe_size = 123\n')
+    config = build_config("quick", toml, {"name": "from-flag", "device": "cpu"})
+    assert config.name == "from-flag"  # flag beats file
+    assert config.seed == 7  # file beats preset
+    assert config.data.probe_size == 123
+    assert config.data.train_size == PRESETS["quick"]["data"]["train_size"]  # preset kept
+    assert config.device == "cpu"
+
+
+def test_hash_is_stable_and_ignores_where_the_run_lives():
+    a = build_config("quick")
+    b = build_config("quick", overrides={"name": "elsewhere", "runs_root": "s3://bucket/runs"})
+    c = build_config("quick", overrides={"seed": 1})
+    assert a.config_hash() == b.config_hash()
+    assert a.config_hash() != c.config_hash()
+    assert load_run_config(a.to_json()) == a
+    assert json.loads(a.to_json())["config_hash"] == a.config_hash()
+
+
+def test_checkpoint_schedule_always_has_base_and_final():
+    config = RunConfig.model_validate({"finetune": {"checkpoints": [0.5, 0.25]}})
+    assert config.finetune.checkpoints == (0.0, 0.25, 0.5, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"data": {"dataset": "imdb"}}, "unknown dataset 'imdb'"),
+        ({"finetune": {"checkpoints": [1.5]}}, "must lie in [0, 1]"),
+        ({"name": "../escape"}, "must be letters"),
+        ({"data": {"probe_size": 0}}, "greater than 0"),
+        ({"data": {"unknown_field": 1}}, "Extra inputs are not permitted"),
+        ({"sae": {"checkpoints": ["middle"]}}, "are not checkpoint labels"),
+        ({"preset": "huge"}, "unknown preset 'huge'"),
+    ],
+)
+def test_bad_values_are_refused_with_a_reason(values, message):
+    with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        RunConfig.model_validate(values)
+
+
+def test_run_directory_refuses_a_different_config(tmp_path):
+    run = RunDir(str(tmp_path / "run"))
+    first = build_config("quick")
+    save_run_config(run, first.to_json(), first.config_hash())
+    save_run_config(run, first.to_json(), first.config_hash())  # same config: fine
+    other = build_config("quick", overrides={"seed": 3})
+    with pytest.raises(RunConfigMismatchError, match="choose another --name"):
+        save_run_config(run, other.to_json(), other.config_hash())
+    assert load_run_config(run.read_text("config.json")) == first
+
+
+def test_run_directory_on_an_fsspec_url():
+    run = RunDir("memory://runs/config-test")
+    config = build_config("quick")
+    save_run_config(run, config.to_json(), config.config_hash())
+    assert not run.is_local
+    url = run.child_url("config.json")
+    assert url.startswith("memory://")
+    assert RunDir(url).fs.exists(RunDir(url).root)
+    assert load_run_config(run.read_text("config.json")) == config
