@@ -1,0 +1,181 @@
+"""A crosscoder: one sparse dictionary over the paired activations of two models.
+
+The same token's activations in the base and the fine-tuned model, ``x`` [batch, 2, d_in],
+are encoded together into one sparse code ``f`` [batch, d_sae]; each model has its own
+decoder (Lindsey et al. 2024, "Sparse Crosscoders"; Minder et al. 2025 for the
+base-vs-fine-tuned use). A latent whose fine-tuned decoder row is (nearly) zero exists only
+in the base model, and the reverse; the relative decoder norm
+
+    r = ||d_ft|| / (||d_base|| + ||d_ft||)
+
+sorts latents into base-only (r small), shared and fine-tuned-only (r large).
+
+TopK variant: pre-encoder bias, ReLU then top-k, the decoder of each latent kept at unit
+joint norm sqrt(||d_base||^2 + ||d_ft||^2) = 1, which leaves the ratio free. ReLU variant:
+L1 penalty on f_i * (||d_base,i|| + ||d_ft,i||), the crosscoder loss of Lindsey et al.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "crosscoder_weights.safetensors"
+GROUPS = ("base_only", "shared", "finetuned_only")
+
+
+@dataclass(frozen=True)
+class CrosscoderCfg:
+    """What a saved crosscoder needs to be rebuilt (written as ``cfg.json``)."""
+
+    d_in: int
+    d_sae: int
+    architecture: Literal["topk", "relu"] = "topk"
+    k: int = 32
+    l1_coefficient: float = 1e-3
+    checkpoints: tuple[str, ...] = ("base", "final")
+    layer: int = 0
+    seed: int = 0
+
+    @property
+    def n_models(self) -> int:
+        """How many models share the dictionary (2 here)."""
+        return len(self.checkpoints)
+
+
+class Crosscoder(nn.Module):
+    """Shared-code crosscoder over ``n_models`` activation spaces of width ``d_in``.
+
+    Parameters: ``W_enc`` [n_models, d_in, d_sae], ``b_enc`` [d_sae], ``W_dec``
+    [d_sae, n_models, d_in], ``b_dec`` [n_models, d_in]; buffer ``scale`` [n_models], the
+    factor that brings each model's activations to mean squared norm ``d_in``.
+    """
+
+    def __init__(self, cfg: CrosscoderCfg, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        m, d, s = cfg.n_models, cfg.d_in, cfg.d_sae
+        W_dec = torch.randn(s, m, d, generator=generator)
+        W_dec /= W_dec.flatten(1).norm(dim=1)[:, None, None]
+        self.W_dec = nn.Parameter(W_dec)
+        self.W_enc = nn.Parameter(W_dec.permute(1, 2, 0).clone().contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(s))
+        self.b_dec = nn.Parameter(torch.zeros(m, d))
+        self.register_buffer("scale", torch.ones(m))
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder pre-activations of raw activations ``x`` [B, n_models, d_in]: [B, d_sae]."""
+        x = x * self.scale[None, :, None] - self.b_dec
+        return torch.einsum("bmi,mis->bs", x, self.W_enc) + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Sparse code of ``x`` [B, n_models, d_in]: [B, d_sae] (non-negative)."""
+        pre = torch.relu(self.pre_activations(x))
+        if self.cfg.architecture == "relu":
+            return pre
+        top = pre.topk(min(self.cfg.k, pre.shape[1]), dim=1)
+        return torch.zeros_like(pre).scatter_(1, top.indices, top.values)
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """Reconstruction [B, n_models, d_in] of code ``f`` [B, d_sae], in raw units."""
+        x_hat = torch.einsum("bs,smi->bmi", f, self.W_dec) + self.b_dec
+        return x_hat / self.scale[None, :, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``decode(encode(x))``: [B, n_models, d_in]."""
+        return self.decode(self.encode(x))
+
+    def decoder_norms(self) -> torch.Tensor:
+        """Norm of each latent's decoder row in each model: [d_sae, n_models]."""
+        return self.W_dec.detach().norm(dim=2)
+
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss on raw ``x`` [B, n_models, d_in] and its parts (normalised units)."""
+        f = self.encode(x)
+        x_n = x * self.scale[None, :, None]
+        x_hat_n = torch.einsum("bs,smi->bmi", f, self.W_dec) + self.b_dec
+        mse = (x_hat_n - x_n).pow(2).sum(dim=(1, 2)).mean()
+        total = mse
+        l1 = torch.zeros((), device=x.device)
+        if self.cfg.architecture == "relu":
+            l1 = (f * self.W_dec.norm(dim=2).sum(dim=1)).sum(dim=1).mean()
+            total = mse + self.cfg.l1_coefficient * l1
+        l0 = (f > 0).float().sum(dim=1).mean()
+        return total, {"mse": mse.item(), "l1": l1.item(), "l0": l0.item()}
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        """Rescale each latent's decoder to unit joint norm (TopK training keeps this)."""
+        norms = self.W_dec.flatten(1).norm(dim=1).clamp_min(1e-8)
+        self.W_dec /= norms[:, None, None]
+
+
+def relative_norms(decoder_norms: np.ndarray) -> np.ndarray:
+    """``||d_ft|| / (||d_base|| + ||d_ft||)`` from norms [d_sae, 2]: [d_sae] (0.5 if both 0)."""
+    norms = np.asarray(decoder_norms, dtype=np.float64)
+    total = norms.sum(axis=1)
+    return np.where(total > 0, norms[:, 1] / np.where(total > 0, total, 1.0), 0.5)
+
+
+def classify_latents(rel_norm: np.ndarray, base_only_below: float, ft_only_above: float):
+    """Group index per latent (0 base-only, 1 shared, 2 fine-tuned-only): [d_sae] int."""
+    rel_norm = np.asarray(rel_norm)
+    groups = np.ones(rel_norm.shape, dtype=np.int64)
+    groups[rel_norm < base_only_below] = 0
+    groups[rel_norm > ft_only_above] = 2
+    return groups
+
+
+def save_crosscoder(model: Crosscoder, folder: str, fs=None) -> None:
+    """Write ``cfg.json`` and the safetensors weights of ``model`` into ``folder``.
+
+    ``fs`` is an fsspec filesystem (local when None); ``folder`` a path inside it.
+    """
+    import fsspec
+
+    fs = fs or fsspec.filesystem("file")
+    fs.makedirs(folder, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with fs.open(f"{folder}/{WEIGHTS_FILENAME}", "wb") as handle:
+        from safetensors.torch import save
+
+        handle.write(save(tensors))
+    cfg = asdict(model.cfg) | {"n_models": model.cfg.n_models}
+    with fs.open(f"{folder}/{CFG_FILENAME}", "w") as handle:
+        json.dump(cfg, handle, indent=2)
+
+
+def load_crosscoder(folder: str, fs=None, device: str | torch.device = "cpu") -> Crosscoder:
+    """Rebuild a crosscoder saved by :func:`save_crosscoder`."""
+    import fsspec
+
+    fs = fs or fsspec.filesystem("file")
+    if not fs.exists(f"{folder}/{CFG_FILENAME}"):
+        raise FileNotFoundError(f"no crosscoder at {folder}: train it first (missing cfg.json)")
+    with fs.open(f"{folder}/{CFG_FILENAME}") as handle:
+        raw = json.load(handle)
+    raw.pop("n_models", None)
+    raw["checkpoints"] = tuple(raw["checkpoints"])
+    model = Crosscoder(CrosscoderCfg(**raw))
+    with fs.open(f"{folder}/{WEIGHTS_FILENAME}", "rb") as handle:
+        from safetensors.torch import load
+
+        model.load_state_dict(load(handle.read()))
+    return model.to(device)
+
+
+__all__ = [
+    "GROUPS",
+    "Crosscoder",
+    "CrosscoderCfg",
+    "classify_latents",
+    "load_crosscoder",
+    "relative_norms",
+    "save_crosscoder",
+]

@@ -1,0 +1,141 @@
+"""Crosscoder: sorting planted features, identical models, store loader, save/load, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from factories import make_activation_store
+
+from tasks.features.crosscoder import (
+    Crosscoder,
+    CrosscoderCfg,
+    classify_latents,
+    load_crosscoder,
+    relative_norms,
+    save_crosscoder,
+)
+from tasks.features.pairs import PairSource, heldout_pairs, paired_batches
+from tasks.features.synthetic import planted_pair
+from tasks.features.train import train_crosscoder
+
+D_IN, D_SAE, TOKENS_PER_EXAMPLE = 32, 64, 20
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _store(tmp_path, x: np.ndarray, name: str = "acts.zarr") -> str:
+    """A store with checkpoints base/final and one layer (2) from paired x [n, 2, d]."""
+    acts = x.transpose(1, 0, 2)[:, None]  # [2, 1, n, d]
+    n_ex = x.shape[0] // TOKENS_PER_EXAMPLE
+    padded = np.zeros((2, 3, n_ex * TOKENS_PER_EXAMPLE, x.shape[2]), dtype=np.float32)
+    padded[:, 2:3] = acts[:, :, : n_ex * TOKENS_PER_EXAMPLE]
+    path = str(tmp_path / name)
+    return make_activation_store(path, padded, [TOKENS_PER_EXAMPLE] * n_ex, token_chunk=1000)
+
+
+def _train(url: str, folder: str, n_steps: int = 1200, fail_after: int | None = None, **kw):
+    cfg = CrosscoderCfg(d_in=D_IN, d_sae=D_SAE, k=4, layer=2, **kw)
+    source = PairSource(url, 2, ("base", "final"), heldout_fraction=0.1)
+
+    def make_batches(start: int):
+        stream = paired_batches(source, 256, buffer_chunks=4, start_step=start)
+        for i, batch in enumerate(stream, start=start):
+            if fail_after is not None and i >= fail_after:
+                raise RuntimeError("injected failure")
+            yield batch
+
+    return train_crosscoder(
+        cfg, make_batches, folder, n_steps=n_steps, learning_rate=3e-3, warmup_steps=20,
+        checkpoint_every=20,
+    )  # fmt: skip
+
+
+def _planted_groups(model: Crosscoder, pair) -> np.ndarray:
+    """The crosscoder group of the latent that best matches each planted feature."""
+    W = model.W_dec.detach().numpy().reshape(model.cfg.d_sae, -1)
+    P = pair.D.reshape(len(pair.D), -1)
+    cos = (P / np.linalg.norm(P, axis=1, keepdims=True)) @ (
+        W / np.linalg.norm(W, axis=1, keepdims=True)
+    ).T
+    assert np.median(cos.max(axis=1)) > 0.9
+    groups = classify_latents(relative_norms(model.decoder_norms().numpy()), 0.1, 0.9)
+    return groups[cos.argmax(axis=1)]
+
+
+@pytest.mark.parametrize("architecture", ["topk", "relu"])
+def test_crosscoder_sorts_planted_features(tmp_path, architecture):
+    pair = planted_pair(np.random.default_rng(1), n_tokens=20_000, d_in=D_IN)
+    url = _store(tmp_path, pair.x)
+    kw = {"architecture": architecture, "l1_coefficient": 0.1}
+    model = _train(url, str(tmp_path / "cc"), **kw)
+    accuracy = (_planted_groups(model, pair) == pair.group).mean()
+    assert accuracy >= 0.9, accuracy
+    held = torch.as_tensor(heldout_pairs(PairSource(url, 2, ("base", "final"))))
+    with torch.no_grad():
+        err = (model(held) - held).pow(2).sum() / (held - held.mean(0)).pow(2).sum()
+    assert err < 0.1
+
+
+def test_identical_models_give_only_shared_latents(tmp_path):
+    pair = planted_pair(np.random.default_rng(2), n_tokens=10_000, d_in=D_IN)
+    x = np.repeat(pair.x[:, :1], 2, axis=1)
+    model = _train(_store(tmp_path, x), str(tmp_path / "cc"), n_steps=300)
+    groups = classify_latents(relative_norms(model.decoder_norms().numpy()), 0.1, 0.9)
+    assert (groups == 1).all()
+
+
+def test_loader_keeps_heldout_examples_out(tmp_path):
+    n = 4000
+    x = np.zeros((n, 2, 4), dtype=np.float32)
+    x[:, :, 0] = np.arange(n)[:, None] // TOKENS_PER_EXAMPLE  # the example id
+    url = _store(tmp_path, x)
+    source = PairSource(url, 2, ("base", "final"), heldout_fraction=0.25, seed=3)
+    stream = paired_batches(source, 100, buffer_chunks=2)
+    seen = np.concatenate([next(stream) for _ in range(60)])  # more than one epoch
+    held = heldout_pairs(source)
+    train_ids, held_ids = set(seen[:, 0, 0].astype(int)), set(held[:, 0, 0].astype(int))
+    assert not train_ids & held_ids
+    assert len(held_ids) == 50 and len(train_ids) == 150
+    # Resuming the stream at step s gives exactly the batches an uninterrupted one gives.
+    again = paired_batches(source, 100, buffer_chunks=2, start_step=37)
+    np.testing.assert_array_equal(next(again), seen[3700:3800])
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    url = _store(tmp_path, np.zeros((200, 2, 4), dtype=np.float32))
+    with pytest.raises(KeyError, match="step-9"):
+        next(paired_batches(PairSource(url, 2, ("base", "step-9")), 10))
+
+
+def test_save_load_round_trip(tmp_path):
+    cfg = CrosscoderCfg(d_in=8, d_sae=16, k=3, checkpoints=("base", "final"), layer=1)
+    model = Crosscoder(cfg, torch.Generator().manual_seed(0))
+    model.scale.fill_(2.5)
+    save_crosscoder(model, str(tmp_path / "cc"))
+    again = load_crosscoder(str(tmp_path / "cc"))
+    assert again.cfg == cfg
+    x = torch.randn(5, 2, 8)
+    torch.testing.assert_close(again(x), model(x))
+    assert (again.encode(x) > 0).sum(dim=1).le(3).all()
+    with pytest.raises(FileNotFoundError, match="train it first"):
+        load_crosscoder(str(tmp_path / "nothing"))
+
+
+def test_resume_after_failure_matches_uninterrupted_run(tmp_path):
+    pair = planted_pair(np.random.default_rng(4), n_tokens=6_000, d_in=D_IN)
+    url = _store(tmp_path, pair.x)
+    whole = _train(url, str(tmp_path / "whole"), n_steps=70)
+    with pytest.raises(RuntimeError, match="injected"):
+        _train(url, str(tmp_path / "resumed"), n_steps=70, fail_after=50)
+    assert (tmp_path / "resumed" / "resume" / "step.json").exists()
+    resumed = _train(url, str(tmp_path / "resumed"), n_steps=70)
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0)
+    assert not (tmp_path / "resumed" / "resume").exists()
