@@ -1,0 +1,15 @@
+"""The fine-tuning stage: checkpoints of a sequence classifier under ``<run>/checkpoints/``."""
+
+from tasks.finetune.batches import planned_checkpoints
+from tasks.finetune.checkpointing import CheckpointMismatchError, finetune_fingerprint
+from tasks.finetune.prefect_tasks import finetune_task
+from tasks.finetune.train import finetune, finetune_complete
+
+__all__ = [
+    "CheckpointMismatchError",
+    "finetune",
+    "finetune_complete",
+    "finetune_fingerprint",
+    "finetune_task",
+    "planned_checkpoints",
+]

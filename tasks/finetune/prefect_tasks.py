@@ -1,0 +1,18 @@
+"""Thin Prefect wrappers over the fine-tuning stage (the flow sets caching options)."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from layerdrift.config import RunConfig
+from storage.rundir import RunDir
+from tasks.finetune.train import finetune
+
+
+@task(name="finetune", retries=1, retry_delay_seconds=5)
+def finetune_task(run: RunDir, cfg: RunConfig) -> list[str]:
+    """Prefect task: :func:`tasks.finetune.finetune`; returns the checkpoint labels in order.
+
+    A retry resumes from the last complete checkpoint instead of starting over.
+    """
+    return finetune(run, cfg)

@@ -1,0 +1,231 @@
+"""The fine-tuning loop: AdamW, linear warm-up schedule, clipping, bucketed batches, resume.
+
+Everything random is seeded: the classifier head by ``cfg.seed`` before loading, the batch
+order by one generator per epoch, dropout by the torch RNG whose state is saved at every
+checkpoint. A run resumed from checkpoint ``c`` therefore replays exactly the steps an
+uninterrupted run takes after ``c`` and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from layerdrift.config import RunConfig
+from storage.checkpoints import checkpoint_complete, local_checkpoint_path, read_checkpoint_metrics
+from storage.rundir import RunDir
+from tasks.data import data_complete, read_dataset_info, read_split
+from tasks.finetune.batches import (
+    encode_texts,
+    epoch_batches,
+    pad_batch,
+    planned_checkpoints,
+    steps_per_epoch,
+    total_steps,
+)
+from tasks.finetune.checkpointing import (
+    capture_rng,
+    finetune_fingerprint,
+    load_train_state,
+    prune_train_states,
+    restore_rng,
+    resume_point,
+    write_checkpoint,
+)
+from tasks.finetune.evaluate import evaluate
+from tasks.modeling import load_tokenizer, resolve_model, select_device
+
+logger = logging.getLogger(__name__)
+
+
+def finetune_complete(run: RunDir, cfg: RunConfig) -> bool:
+    """Whether every scheduled checkpoint of ``cfg`` is complete in ``run`` (same config)."""
+    if not data_complete(run):
+        return False
+    n_train = read_dataset_info(run)["split_sizes"]["train"]
+    fingerprint = finetune_fingerprint(cfg)
+    return all(
+        checkpoint_complete(run, label)
+        and read_checkpoint_metrics(run, label).get("fingerprint") == fingerprint
+        for _, label in planned_checkpoints(cfg, n_train)
+    )
+
+
+def build_model(cfg: RunConfig, source: str, names: list[str]):
+    """A float32 sequence classifier with ``len(names)`` labels loaded from ``source``."""
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(
+        source,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={name: i for i, name in enumerate(names)},
+        trust_remote_code=cfg.trust_remote_code,
+        ignore_mismatched_sizes=True,
+        dtype=torch.float32,
+    )
+
+
+def build_optimizer(model, cfg: RunConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases and LayerNorm weights)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.finetune.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.finetune.learning_rate)
+
+
+class _Trainer:
+    """One fine-tune of one run: data, model, optimizer and the checkpoint bookkeeping."""
+
+    def __init__(self, run: RunDir, cfg: RunConfig) -> None:
+        from transformers import get_linear_schedule_with_warmup
+
+        self.run, self.cfg = run, cfg
+        self.names = read_dataset_info(run)["label_names"]
+        train, val = read_split(run, "train"), read_split(run, "validation")
+        self.planned = planned_checkpoints(cfg, len(train))
+        self.total = total_steps(cfg, len(train))
+        self.per_epoch = steps_per_epoch(len(train), cfg.finetune.batch_size)
+        self.fingerprint = finetune_fingerprint(cfg)
+        self.device = select_device(cfg.device)
+        self.tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        max_length = cfg.data.max_length
+        self.train_enc = encode_texts(self.tokenizer, train["text"].tolist(), max_length)
+        self.val_enc = encode_texts(self.tokenizer, val["text"].tolist(), max_length)
+        self.train_labels = train["label"].to_numpy(np.int64)  # (n_train,)
+        self.val_labels = val["label"].to_numpy(np.int64)  # (n_val,)
+        self.lengths = np.array([len(ids) for ids in self.train_enc["input_ids"]])
+
+        self.resumed_from = resume_point(run, self.planned, self.fingerprint)
+        if self.resumed_from is None:
+            torch.manual_seed(cfg.seed)
+            source = resolve_model(cfg.model)
+        else:
+            source = str(local_checkpoint_path(run, self.resumed_from))
+        self.model = build_model(cfg, source, self.names).to(self.device).train()
+        self.optimizer = build_optimizer(self.model, cfg)
+        warmup = round(cfg.finetune.warmup_fraction * self.total)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, self.total)
+        self.step, self.tokens = 0, 0
+        if self.resumed_from is not None:
+            state = load_train_state(run, self.resumed_from, self.device)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            restore_rng(state["rng"])
+            self.step, self.tokens = int(state["step"]), int(state["tokens"])
+            logger.info("resuming %s from checkpoint %s", run.url, self.resumed_from)
+
+    def checkpoint(self, label: str, train_loss: float | None) -> None:
+        """Evaluate, then write checkpoint ``label`` with its metrics and training state."""
+        metrics = {
+            "label": label,
+            "step": self.step,
+            "epoch": self.step / self.per_epoch,
+            "train_loss": train_loss,
+            **evaluate(
+                self.model,
+                self.val_enc,
+                self.val_labels,
+                self.cfg.finetune.eval_batch_size,
+                self.device,
+                self.pad_id,
+                len(self.names),
+            ),
+            "learning_rate": self.scheduler.get_last_lr()[0],
+            "train_tokens": self.tokens,
+            "total_steps": self.total,
+            "label_names": self.names,
+            "n_train": len(self.train_labels),
+            "n_validation": len(self.val_labels),
+            "fingerprint": self.fingerprint,
+        }
+        state = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": capture_rng(),
+        }
+        write_checkpoint(self.run, label, self.model, self.tokenizer, metrics, state)
+        prune_train_states(self.run, keep=label)
+        logger.info(
+            "checkpoint %s: step %d/%d, train loss %s, val loss %.4f, val accuracy %.3f",
+            label, self.step, self.total, train_loss, metrics["val_loss"],
+            metrics["val_accuracy"],
+        )  # fmt: skip
+
+    def train_step(self, batch_indices: np.ndarray) -> float:
+        """One optimizer step on the examples ``batch_indices``; returns the batch loss."""
+        batch = pad_batch(self.train_enc, batch_indices, self.pad_id, self.tokenizer.padding_side)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        target = torch.as_tensor(self.train_labels[batch_indices], device=self.device)
+        logits = self.model(**batch).logits  # (batch, num_labels)
+        loss = F.cross_entropy(logits.float(), target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.finetune.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens += int(self.lengths[batch_indices].sum())
+        return loss.item()
+
+    def fit(self, stop_after: int | None) -> None:
+        """Train to the last step, checkpointing on schedule; stop early after
+        ``stop_after`` scheduled checkpoints exist."""
+        schedule = {step: (index, label) for index, (step, label) in enumerate(self.planned)}
+
+        def stop(index: int) -> bool:
+            return stop_after is not None and index + 1 >= stop_after
+
+        if self.resumed_from is None:
+            self.checkpoint("base", None)
+            if stop(0):
+                return
+        elif stop(schedule[self.step][0]):
+            return
+        losses: list[float] = []
+        epoch_seen, batches = -1, []
+        desc = f"fine-tune {self.cfg.name}"
+        with tqdm(total=self.total, initial=self.step, desc=desc, unit="step") as bar:
+            while self.step < self.total:
+                epoch, index = divmod(self.step, self.per_epoch)
+                if epoch != epoch_seen:
+                    batches = epoch_batches(
+                        epoch, self.cfg.seed, self.lengths, self.cfg.finetune.batch_size
+                    )
+                    epoch_seen = epoch
+                losses.append(self.train_step(batches[index]))
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", epoch=epoch, refresh=False)
+                if self.step in schedule:
+                    ordinal, label = schedule[self.step]
+                    self.checkpoint(label, float(np.mean(losses)))
+                    losses = []
+                    if stop(ordinal):
+                        return
+
+
+def finetune(run: RunDir, cfg: RunConfig, stop_after: int | None = None) -> list[str]:
+    """Fine-tune ``cfg.model`` on the run's train split, writing every scheduled checkpoint.
+
+    Resumes from the last complete checkpoint when the run holds one. ``stop_after`` stops
+    once that many scheduled checkpoints exist (for tests and partial runs). Returns the
+    labels of the complete checkpoints, in step order (``base``, ``step-NNNNNN``…, ``final``).
+    """
+    if not data_complete(run):
+        raise FileNotFoundError(f"run {run.url} has no prepared data: run the data stage first")
+    n_train = read_dataset_info(run)["split_sizes"]["train"]
+    planned = planned_checkpoints(cfg, n_train)
+    if finetune_complete(run, cfg):
+        logger.info("fine-tuning of %s already complete", run.url)
+    else:
+        _Trainer(run, cfg).fit(stop_after)
+    return [label for _, label in planned if checkpoint_complete(run, label)]
