@@ -45,19 +45,31 @@ class PairSource:
     exclude_special: bool = False
     seed: int = 0
 
-    def token_mask(self, ds: xr.Dataset, heldout: bool) -> np.ndarray:
-        """Tokens [n_token] of the training (or held-out) examples, minus specials if asked."""
+    def token_mask(self, ds: xr.Dataset, heldout: bool | None) -> np.ndarray:
+        """Tokens [n_token] of the training (held-out; None: all) examples, minus specials."""
         missing = [c for c in self.checkpoints if c not in ds.checkpoint.values.tolist()]
         if missing:
             raise KeyError(
                 f"checkpoints {missing} are not in the store {self.url} (it holds "
                 f"{ds.checkpoint.values.tolist()}): extract them or compare other checkpoints"
             )
-        held = split_heldout(ds.sizes["example"], self.heldout_fraction, self.seed)
-        mask = held[ds.example_of_token.values] == heldout
+        written = ds["written"].sel(checkpoint=list(self.checkpoints)).values
+        if not written.all():
+            raise RuntimeError(
+                f"the store {self.url} is incomplete for {list(self.checkpoints)} "
+                f"({int((~written).sum())} token chunks missing): finish the extract stage"
+            )
+        mask = np.ones(ds.sizes["token"], dtype=bool)
+        if heldout is not None:
+            held = self.heldout_examples(ds.sizes["example"])
+            mask = held[ds.example_of_token.values] == heldout
         if self.exclude_special:
             mask &= ~ds.is_special.values
         return mask
+
+    def heldout_examples(self, n_examples: int) -> np.ndarray:
+        """Boolean mask [n_examples] of the held-out examples."""
+        return split_heldout(n_examples, self.heldout_fraction, self.seed)
 
     def read(self, ds: xr.Dataset, start: int, stop: int) -> np.ndarray:
         """Activations of tokens [start, stop) in both checkpoints: [n, 2, hidden] float32."""

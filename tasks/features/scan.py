@@ -1,0 +1,128 @@
+"""One pass over a layer's paired activations that feeds every per-layer comparison.
+
+For each dictionary (base SAE, fine-tuned SAE, crosscoder) it collects the maximum of every
+latent per probe example (for AUROCs), how often each latent fires on held-out tokens (dead
+latents), and streaming FVU of every (dictionary, model) reconstruction on held-out tokens
+(the transfer table).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tasks.features.pairs import PairSource, chunk_bounds, open_store
+from tasks.features.task_latents import segment_max
+from tasks.features.transfer import FVUAccumulator
+
+logger = logging.getLogger(__name__)
+
+MODELS = ("base", "finetuned")
+
+
+@dataclass(frozen=True)
+class Dictionary:
+    """A trained dictionary seen through two callables.
+
+    ``reads`` is the model whose activations it encodes (``pair`` for a crosscoder).
+    ``encode`` maps raw activations [n, d_in] (pair: [n, 2, d_in]) to codes [n, d_sae];
+    ``decode`` maps codes back to raw activations of the same shape as the input.
+    ``decoder`` holds the decoder rows, [d_sae, d_in] (pair: [d_sae, 2, d_in]).
+    """
+
+    source: str
+    reads: Literal["base", "finetuned", "pair"]
+    encode: Callable[[torch.Tensor], torch.Tensor]
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    decoder: np.ndarray
+
+    @property
+    def d_sae(self) -> int:
+        """Number of latents."""
+        return int(self.decoder.shape[0])
+
+
+@dataclass
+class LayerScan:
+    """What :func:`scan_layer` gathered for one layer.
+
+    ``scores[source]`` [n_examples, d_sae]: each latent's max activation per example
+    (0 for an example without scored tokens); ``fires[source]`` [d_sae]: held-out tokens on
+    which the latent is non-zero; ``fvu[(source, model)]``: FVU accumulators over held-out
+    tokens of that model; ``labels`` [n_examples]; ``heldout`` [n_examples] bool.
+    """
+
+    scores: dict[str, np.ndarray]
+    fires: dict[str, np.ndarray]
+    fvu: dict[tuple[str, str], FVUAccumulator]
+    labels: np.ndarray
+    heldout: np.ndarray
+    n_heldout_tokens: int
+
+
+def _apply(d: Dictionary, pair: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Codes and, per model it can reconstruct, (x, x_hat) for a pair batch [n, 2, d_in]."""
+    if d.reads == "pair":
+        f = d.encode(pair)
+        x_hat = d.decode(f)
+        return {m: (pair[:, i], x_hat[:, i]) for i, m in enumerate(MODELS)} | {"codes": f}
+    own = MODELS.index(d.reads)
+    f = d.encode(pair[:, own])
+    out: dict = {"codes": f, d.reads: (pair[:, own], d.decode(f))}
+    other = MODELS[1 - own]  # the SAE on the other model's activations: the transfer
+    x = pair[:, 1 - own]
+    out[other] = (x, d.decode(d.encode(x)))
+    return out
+
+
+@torch.no_grad()
+def scan_layer(
+    source: PairSource,
+    dictionaries: list[Dictionary],
+    batch_size: int = 4096,
+    device: str | torch.device = "cpu",
+) -> LayerScan:
+    """Stream every token of ``source``'s layer once through all ``dictionaries``."""
+    ds = open_store(source.url)
+    mask = source.token_mask(ds, heldout=None)
+    n_ex = ds.sizes["example"]
+    heldout = source.heldout_examples(n_ex)
+    example_of_token = ds.example_of_token.values
+    scores = {d.source: torch.zeros(n_ex, d.d_sae, device=device) for d in dictionaries}
+    fires = {d.source: torch.zeros(d.d_sae, dtype=torch.int64, device=device) for d in dictionaries}
+    fvu = {(d.source, m): FVUAccumulator() for d in dictionaries for m in MODELS}
+    n_held = 0
+    bounds = chunk_bounds(ds)
+    for a, b in tqdm(bounds, desc=f"scan layer {source.layer}", unit="chunk", disable=None):
+        keep = mask[a:b]
+        if not keep.any():
+            continue
+        block = source.read(ds, a, b)[keep]
+        examples = example_of_token[a:b][keep]
+        for s in range(0, len(block), batch_size):
+            pair = torch.as_tensor(block[s : s + batch_size], device=device)
+            ex = torch.as_tensor(examples[s : s + batch_size], device=device)
+            held = torch.as_tensor(heldout[examples[s : s + batch_size]], device=device)
+            n_held += int(held.sum())
+            for d in dictionaries:
+                out = _apply(d, pair)
+                codes = out["codes"]
+                scores[d.source] = segment_max(codes.clamp_min(0), ex, n_ex, scores[d.source])
+                fires[d.source] += (codes[held] > 0).sum(dim=0)
+                for m in MODELS:
+                    x, x_hat = out[m]
+                    fvu[(d.source, m)].update(x[held], x_hat[held])
+    return LayerScan(
+        scores={k: v.cpu().numpy() for k, v in scores.items()},
+        fires={k: v.cpu().numpy() for k, v in fires.items()},
+        fvu=fvu,
+        labels=ds.label.values,
+        heldout=heldout,
+        n_heldout_tokens=n_held,
+    )

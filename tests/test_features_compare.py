@@ -1,0 +1,95 @@
+"""The per-layer comparison on planted data with oracle dictionaries: every number is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_features_crosscoder import TOKENS_PER_EXAMPLE, _store
+
+from tasks.features.compare import compare_layer
+from tasks.features.config import FeaturesConfig
+from tasks.features.pairs import PairSource, heldout_pairs
+from tasks.features.scan import Dictionary
+from tasks.features.synthetic import planted_pair
+from tasks.features.transfer import fvu
+
+PLANTED = 8  # a shared feature that fires only in positive examples
+
+
+def _oracle(source: str, reads: str, D: np.ndarray) -> Dictionary:
+    """A dictionary that decodes with the planted directions D [f, d] (or [f, 2, d])."""
+    flat = torch.as_tensor(D.reshape(len(D), -1), dtype=torch.float32)
+    pinv = torch.linalg.pinv(flat)  # [d, f]
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x.reshape(len(x), -1) @ pinv)
+
+    def decode(f: torch.Tensor) -> torch.Tensor:
+        return (f @ flat).reshape(len(f), *D.shape[1:])
+
+    return Dictionary(source, reads, encode, decode, D)
+
+
+@pytest.fixture(scope="module")
+def layer_result(tmp_path_factory):
+    rng = np.random.default_rng(5)
+    pair = planted_pair(rng, n_tokens=8000, d_in=32)
+    n_ex = 8000 // TOKENS_PER_EXAMPLE
+    labels = np.arange(n_ex) % 2
+    token_label = np.repeat(labels, TOKENS_PER_EXAMPLE)
+    codes = pair.codes.copy()
+    codes[token_label == 0, PLANTED] = 0.0
+    codes[np.flatnonzero(token_label == 1)[3::TOKENS_PER_EXAMPLE], PLANTED] = (
+        2.5  # token 3, above any draw
+    )
+    x = np.einsum("tf,fmi->tmi", codes, pair.D).astype(np.float32)
+    url = _store(tmp_path_factory.mktemp("cmp"), x)
+    source = PairSource(url, 2, ("base", "final"), heldout_fraction=0.2)
+    base = _oracle("base_sae", "base", pair.D[pair.group <= 1, 0])
+    ft = _oracle("finetuned_sae", "finetuned", pair.D[pair.group >= 1, 1])
+    cc = _oracle("crosscoder", "pair", pair.D)
+    result = compare_layer(source, base, ft, cc, FeaturesConfig(card_latents=2, card_examples=3))
+    return result, source, base, pair
+
+
+def test_counts_matching_and_fractions(layer_result):
+    result, _, _, pair = layer_result
+    assert result["crosscoder_counts"] == {"base_only": 8, "shared": 16, "finetuned_only": 8}
+    assert result["crosscoder_dead"] == 0
+    assert result["matched_fraction"] == pytest.approx(16 / 24)
+    assert result["best_match_fraction"] == pytest.approx(16 / 24)
+    assert sum(result["match_cosine_hist"]["hungarian"]) == 24
+    assert sum(result["relative_norm_hist"]) == 32
+    fractions = result["task_specific_fraction"]
+    assert fractions["base_sae"] == pytest.approx(1 / 24)
+    assert fractions["finetuned_sae"] == pytest.approx(1 / 24)
+    assert fractions["crosscoder_shared"] == pytest.approx(1 / 16)
+    assert fractions["crosscoder_base_only"] == 0 and fractions["crosscoder_finetuned_only"] == 0
+
+
+def test_transfer_fvu_directions(layer_result):
+    result, source, base, _ = layer_result
+    fvus = result["transfer_fvu"]
+    assert fvus["base_on_base"] < 1e-6 and fvus["finetuned_on_finetuned"] < 1e-6
+    assert fvus["base_on_finetuned"] > 0.1 and fvus["finetuned_on_base"] > 0.1
+    # The scan's streaming FVU equals the direct formula on the held-out tokens.
+    held = torch.as_tensor(heldout_pairs(source))
+    x = held[:, 1]
+    assert fvus["base_on_finetuned"] == pytest.approx(fvu(x, base.decode(base.encode(x))), rel=1e-6)
+    assert result["n_heldout_tokens"] == len(held)
+
+
+def test_cards_show_the_planted_latent(layer_result):
+    result, _, _, _ = layer_result
+    cards = result["cards"]
+    reasons = {(c["source"], c["reason"]) for c in cards}
+    assert ("crosscoder", "base_only") in reasons and ("finetuned_sae", "unmatched") in reasons
+    top = next(c for c in cards if c["source"] == "base_sae" and c["reason"] == "task_specific")
+    assert top["latent"] == PLANTED and top["auroc"] == pytest.approx(1.0)
+    assert len(top["examples"]) == 3
+    for ex in top["examples"]:
+        assert ex["label"] == 1
+        assert len(ex["tokens"]) == len(ex["activations"])
+        assert ex["activations"][ex["max_token"]] == max(ex["activations"])
+        assert ex["tokens"][ex["max_token"]] == f"t{ex['example'] * TOKENS_PER_EXAMPLE + 3}"
