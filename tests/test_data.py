@@ -216,3 +216,48 @@ def test_hf_without_datasets_library(monkeypatch):
     )
     with pytest.raises(DatasetError, match="needs the `datasets` library: `pip install datasets`"):
         load_labelled_texts(DataConfig(dataset="hf:imdb"))
+
+
+def test_numeric_labels_sort_numerically(tmp_path):
+    labels = [10, 2, None, 2, 10, 1]
+    frame = pd.DataFrame({"text": [f"t{i}" for i in range(6)], "label": labels})
+    frame.to_csv(tmp_path / "num.csv", index=False)  # the gap makes the column float
+    cleaned, names, _ = load_labelled_texts(csv_config(tmp_path / "num.csv"))
+    assert names == ["1", "2", "10"]
+    assert cleaned["label"].tolist() == [2, 1, 1, 2, 0]
+    assert cleaned["text"].tolist() == ["t0", "t1", "t3", "t4", "t5"]
+
+
+def test_hf_dataset_through_the_datasets_library(monkeypatch):
+    """`hf:NAME:CONFIG` calls datasets.load_dataset and names ClassLabel ids."""
+    import importlib.machinery
+    import sys
+    import types
+
+    calls = []
+
+    class ClassLabel:
+        names = ["negative", "positive"]
+
+        def int2str(self, value: int) -> str:
+            return self.names[value]
+
+    class Loaded:
+        features = {"sentence": object(), "label": ClassLabel()}
+
+        def to_pandas(self) -> pd.DataFrame:
+            return pd.DataFrame({"sentence": ["fine", "bad", "good"], "label": [1, 0, 1]})
+
+    def load_dataset(name, config_name, split):
+        calls.append((name, config_name, split))
+        return Loaded()
+
+    fake = types.ModuleType("datasets")
+    fake.__spec__ = importlib.machinery.ModuleSpec("datasets", None)
+    fake.load_dataset = load_dataset
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    cfg = DataConfig(dataset="hf:glue:sst2", text_column="sentence", hf_split="validation")
+    frame, names, identity = load_labelled_texts(cfg)
+    assert calls == [("glue", "sst2", "validation")]
+    assert names == ["negative", "positive"] and frame["label"].tolist() == [1, 0, 1]
+    assert identity["source"] == "hf:glue:sst2[validation]"

@@ -1,10 +1,8 @@
-"""The data stage: load a labelled text dataset, clean it, split it, write it into the run.
+"""Reading labelled texts: the bundled datasets, CSV files and Hugging Face datasets, cleaned.
 
-Sources: the bundled ``rotten-tomatoes`` and ``bbc-news`` (files inside installed packages,
-found with :func:`importlib.util.find_spec` without importing them), ``csv:PATH`` and
-``hf:NAME[:CONFIG]`` (through the optional ``datasets`` library). The cleaned, split data
-goes to ``<run>/data/{train,validation,probe}.jsonl``; ``<run>/data/dataset.json`` is written
-last and marks the stage complete.
+The bundled ``rotten-tomatoes`` and ``bbc-news`` are files inside installed packages, found
+with :func:`importlib.util.find_spec` without importing those packages. ``hf:NAME[:CONFIG]``
+goes through the optional ``datasets`` library.
 """
 
 from __future__ import annotations
@@ -15,16 +13,13 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-from prefect import task
-from sklearn.model_selection import train_test_split
 
-from layerdrift.config import DataConfig, RunConfig
-from storage.rundir import DATA_DIR, SPLITS, RunDir
+from layerdrift.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
-DATASET_INFO = "dataset.json"
 ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 BBC_NEWS_FOLDER = "bbcnews/data"
 
@@ -106,13 +101,31 @@ def _pick_columns(frame: pd.DataFrame, cfg: DataConfig, where: str) -> pd.DataFr
     return frame[[cfg.text_column, cfg.label_column]].set_axis(["text", "label"], axis=1)
 
 
+def _label_name(value) -> str:
+    """A label as text; whole floats (a CSV column with gaps) lose their ``.0``."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _label_order(name: str) -> tuple:
+    """Numbers in numeric order (``2`` before ``10``), then other names alphabetically."""
+    try:
+        return (0, float(name), name)
+    except ValueError:
+        return (1, 0.0, name)
+
+
 def clean_texts(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Strip texts, drop empty and duplicate texts (first kept), map labels to 0..K-1.
 
     ``frame`` has columns ``text`` and ``label`` (any label values). Returns a frame with
-    ``text`` (str) and ``label`` (int, 0..K-1 in sorted order of the names) and the names.
+    ``text`` (str) and ``label`` (int, 0..K-1 in sorted order of the names: numeric labels
+    numerically, others alphabetically) and the names.
     """
+    n_raw = len(frame)
     frame = frame.dropna(subset=["label"])
+    n_labelled = len(frame)
     texts = frame["text"]
     non_text = texts[texts.notna() & ~texts.map(lambda v: isinstance(v, str))]
     if len(non_text):
@@ -121,15 +134,22 @@ def clean_texts(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             f"in row {non_text.index[0]}): give a column of strings as the text column"
         )
     frame = frame.assign(text=texts.fillna("").str.strip())
-    frame = frame[frame["text"] != ""].drop_duplicates(subset="text", keep="first")
-    names = sorted({str(v) for v in frame["label"]})
+    frame = frame[frame["text"] != ""]
+    n_texts = len(frame)
+    frame = frame.drop_duplicates(subset="text", keep="first")
+    logger.info(
+        "cleaning dropped %d rows without label, %d empty texts, %d duplicate texts",
+        n_raw - n_labelled, n_labelled - n_texts, n_texts - len(frame),
+    )  # fmt: skip
+    label_names = frame["label"].map(_label_name)
+    names = sorted(set(label_names), key=_label_order)
     if len(names) < 2:
         raise DatasetError(
             f"the dataset has {len(names)} class(es) {names} after cleaning: a classifier "
             "needs at least 2 distinct labels; check the label column"
         )
     codes = {name: i for i, name in enumerate(names)}
-    labels = frame["label"].map(lambda v: codes[str(v)]).astype("int64")
+    labels = label_names.map(codes).astype("int64")
     cleaned = pd.DataFrame({"text": frame["text"].astype(str), "label": labels})
     return cleaned.reset_index(drop=True), names
 
@@ -166,94 +186,3 @@ def load_labelled_texts(cfg: DataConfig) -> tuple[pd.DataFrame, list[str], dict]
     frame, names = clean_texts(raw)
     logger.info("dataset %s: %d texts, %d labels %s", name, len(frame), len(names), names)
     return frame, names, _identity(name, source, frame, names)
-
-
-def split_frame(frame: pd.DataFrame, cfg: DataConfig, seed: int) -> dict[str, pd.DataFrame]:
-    """Stratified, seeded split into ``train``, ``validation`` and ``probe`` of the asked sizes.
-
-    Each split keeps the columns of ``frame`` plus ``id`` (the row in the cleaned dataset).
-    Rows beyond the three sizes are left out.
-    """
-    asked = cfg.train_size + cfg.val_size + cfg.probe_size
-    if len(frame) < asked:
-        raise DatasetError(
-            f"the dataset has {len(frame)} usable texts but the splits ask for {asked} "
-            f"(train {cfg.train_size} + validation {cfg.val_size} + probe {cfg.probe_size}): "
-            "lower data.train_size, data.val_size or data.probe_size"
-        )
-    frame = frame.assign(id=range(len(frame)))
-    try:
-        if len(frame) > asked:
-            frame, _ = train_test_split(
-                frame, train_size=asked, stratify=frame["label"], random_state=seed
-            )
-        train, rest = train_test_split(
-            frame, train_size=cfg.train_size, stratify=frame["label"], random_state=seed
-        )
-        validation, probe = train_test_split(
-            rest, train_size=cfg.val_size, stratify=rest["label"], random_state=seed + 1
-        )
-    except ValueError as error:
-        raise DatasetError(
-            f"cannot split stratified with these sizes ({error}): every split needs at least "
-            "one example per class, so raise the split sizes or use a dataset with more per class"
-        ) from error
-    splits = {"train": train, "validation": validation, "probe": probe}
-    return {k: v.reset_index(drop=True) for k, v in splits.items()}
-
-
-def data_complete(run: RunDir) -> bool:
-    """Whether the data stage finished in ``run`` (its ``dataset.json`` marker exists)."""
-    return run.exists(DATA_DIR, DATASET_INFO)
-
-
-def read_dataset_info(run: RunDir) -> dict:
-    """The ``dataset.json`` of a run: label_names, identity, split sizes, data config, seed."""
-    return json.loads(run.read_text(DATA_DIR, DATASET_INFO))
-
-
-def read_split(run: RunDir, split: str) -> pd.DataFrame:
-    """One split of a run as a frame with columns ``text``, ``label`` (int) and ``id``."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    lines = run.read_text(DATA_DIR, f"{split}.jsonl").splitlines()
-    frame = pd.DataFrame([json.loads(line) for line in lines if line.strip()])
-    return frame.astype({"text": str, "label": "int64", "id": "int64"})
-
-
-def prepare_data(run: RunDir, cfg: RunConfig) -> str:
-    """Write the cleaned, split dataset into ``run`` and return the data folder's URL.
-
-    Idempotent: a run whose data is complete for the same data config and seed is left as
-    it is; one prepared with a different data config is an error (use a new run name).
-    """
-    wanted = {"data_config": cfg.data.model_dump(mode="json"), "seed": cfg.seed}
-    if data_complete(run):
-        info = read_dataset_info(run)
-        if {k: info.get(k) for k in wanted} == wanted:
-            logger.info("data already prepared in %s", run.child_url(DATA_DIR))
-            return run.child_url(DATA_DIR)
-        raise DatasetError(
-            f"run {run.url} already holds data prepared with another data config or seed "
-            f"({info.get('data_config')}, seed {info.get('seed')}): use a new run name or "
-            "delete the run folder"
-        )
-    frame, names, identity = load_labelled_texts(cfg.data)
-    splits = split_frame(frame, cfg.data, cfg.seed)
-    for split, part in splits.items():
-        run.write_text(part.to_json(orient="records", lines=True), DATA_DIR, f"{split}.jsonl")
-    info = {
-        "label_names": names,
-        "identity": identity,
-        "split_sizes": {k: len(v) for k, v in splits.items()},
-        **wanted,
-    }
-    run.write_text(json.dumps(info, indent=2), DATA_DIR, DATASET_INFO)  # last: the marker
-    logger.info("wrote %s splits to %s", info["split_sizes"], run.child_url(DATA_DIR))
-    return run.child_url(DATA_DIR)
-
-
-@task(name="prepare-data", retries=1, retry_delay_seconds=2)
-def prepare_data_task(run: RunDir, cfg: RunConfig) -> str:
-    """Prefect task: :func:`prepare_data`; returns the data folder's URL."""
-    return prepare_data(run, cfg)

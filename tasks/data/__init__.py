@@ -1,0 +1,29 @@
+"""The data stage: load a labelled text dataset, clean it, split it, write it into the run.
+
+Sources: ``rotten-tomatoes`` and ``bbc-news`` (bundled), ``csv:PATH``, ``hf:NAME[:CONFIG]``.
+Output: ``<run>/data/{train,validation,probe}.jsonl`` and ``<run>/data/dataset.json`` (last).
+"""
+
+from tasks.data.prefect_tasks import prepare_data_task
+from tasks.data.sources import DatasetError, clean_texts, load_labelled_texts
+from tasks.data.splits import (
+    DATASET_INFO,
+    data_complete,
+    prepare_data,
+    read_dataset_info,
+    read_split,
+    split_frame,
+)
+
+__all__ = [
+    "DATASET_INFO",
+    "DatasetError",
+    "clean_texts",
+    "data_complete",
+    "load_labelled_texts",
+    "prepare_data",
+    "prepare_data_task",
+    "read_dataset_info",
+    "read_split",
+    "split_frame",
+]
