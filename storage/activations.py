@@ -1,0 +1,279 @@
+"""The activation store: create once, fill with region writes, open as a plain xarray Dataset.
+
+The schema is in :mod:`storage.schema`. :func:`create_store` writes every coordinate and all
+metadata from a lazy template (no activation chunk is written); a :class:`StoreWriter` then
+writes one token chunk of one checkpoint across all layers at a time and sets the chunk's
+``written`` entry only after the data write returned. Writes to the same region give the
+same bytes, so retries and resumes are idempotent. Works on local paths and fsspec URLs.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import warnings
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from dask.base import tokenize
+from zarr.codecs import Crc32cCodec
+
+from storage.lock import WriterLock
+from storage.schema import (
+    ACTIVATIONS,
+    LOCK_FILE,
+    SCHEMA_VERSION,
+    WRITTEN,
+    ChunkReadError,
+    StoreIdentity,
+    StoreIncompleteError,
+    StoreMismatchError,
+    StoreSchemaError,
+    TokenLayout,
+    chunk_bounds,
+    n_chunks,
+)
+
+logger = logging.getLogger(__name__)
+
+ACTIVATION_DIMS = ("checkpoint", "layer", "token", "hidden")
+
+
+def writer_lock(url: str, timeout_s: float = 600.0) -> WriterLock:
+    """The writer lock of the store at ``url`` (a lease file inside the store)."""
+    return WriterLock(f"{url.rstrip('/')}/{LOCK_FILE}", timeout_s=timeout_s)
+
+
+def read_attrs(url: str) -> dict | None:
+    """The root attributes of the store at ``url``, or None when there is no Zarr group."""
+    try:
+        return dict(zarr.open_group(url, mode="r").attrs)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return None
+
+
+def _template(layout: TokenLayout, identity: StoreIdentity) -> xr.Dataset:
+    """A Dataset with lazy activations and manifest, and every coordinate in memory."""
+    n_ckpt, n_chunk = len(identity.checkpoints), n_chunks(layout.n_tokens, identity.token_chunk)
+    shape = (n_ckpt, identity.n_layers, layout.n_tokens, identity.hidden)
+    chunks = (1, 1, identity.token_chunk, identity.hidden)
+    return xr.Dataset(
+        {
+            ACTIVATIONS: (ACTIVATION_DIMS, da.zeros(shape, dtype=identity.dtype, chunks=chunks)),
+            "text": ("example", layout.text),
+            "label": ("example", layout.label),
+            "token_start": ("example", layout.token_start),
+            "token_count": ("example", layout.token_count),
+            WRITTEN: (("checkpoint", "token_chunk"), da.zeros((n_ckpt, n_chunk), dtype=bool)),
+        },
+        coords={
+            "checkpoint": np.array(identity.checkpoints, dtype=object),
+            "layer": np.arange(identity.n_layers, dtype=np.int32),
+            "token_id": ("token", layout.token_id),
+            "token_text": ("token", layout.token_text),
+            "position": ("token", layout.position),
+            "is_special": ("token", layout.is_special),
+            "example_of_token": ("token", layout.example_of_token),
+        },
+    )
+
+
+def _clear(url: str, keep: str) -> None:
+    """Delete everything in the store folder except the file ``keep``."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    for entry in fs.ls(root, detail=False):
+        if entry.rstrip("/").rsplit("/", 1)[-1] != keep:
+            fs.rm(entry, recursive=True)
+
+
+def create_store(
+    url: str, layout: TokenLayout, identity: StoreIdentity, overwrite: bool = False
+) -> str:
+    """Create the store at ``url`` (metadata and coordinates only) and return its generation id.
+
+    An existing store with the same identity is kept as it is (resume) and its generation id
+    returned. One of another schema or identity raises :class:`StoreMismatchError` unless
+    ``overwrite`` is true, which deletes it first.
+    """
+    if layout.n_tokens != identity.n_tokens:
+        raise ValueError(f"layout has {layout.n_tokens} tokens, identity {identity.n_tokens}")
+    with writer_lock(url):
+        attrs = read_attrs(url)
+        if attrs is not None and not overwrite:
+            if attrs.get("schema_version") != SCHEMA_VERSION:
+                raise StoreMismatchError(
+                    f"{url} holds a store of schema version {attrs.get('schema_version')}, "
+                    f"not {SCHEMA_VERSION}: pass overwrite=True (or delete it) to rebuild it"
+                )
+            differing = identity.differences(attrs)
+            if differing:
+                raise StoreMismatchError(
+                    f"{url} already holds an activation store made from something else "
+                    f"(differs in {', '.join(differing)}): pass overwrite=True (or delete the "
+                    "store) to rebuild it, or use another run"
+                )
+            logger.info("activation store %s exists with the same identity: resuming", url)
+            return str(attrs["generation"])
+        if attrs is not None:
+            logger.warning("overwriting activation store %s", url)
+        _clear(url, keep=LOCK_FILE)
+        generation = uuid.uuid4().hex
+        encoding = {
+            ACTIVATIONS: {
+                "chunks": (1, 1, identity.token_chunk, identity.hidden),
+                "compressors": [Crc32cCodec()],
+                "fill_value": np.nan,
+            },
+            WRITTEN: {"chunks": (1, 1), "fill_value": False},
+        }
+        template = _template(layout, identity)
+        with warnings.catch_warnings():  # the lease file is not part of the Zarr hierarchy
+            warnings.filterwarnings("ignore", message=f"Object at {LOCK_FILE} is not")
+            template.to_zarr(
+                url, mode="a", compute=False, encoding=encoding, zarr_format=3, consolidated=False
+            )
+            group = zarr.open_group(url, mode="r+")
+            group.attrs.update({**identity.to_attrs(), "generation": generation})
+            zarr.consolidate_metadata(url)
+    logger.info(
+        "created activation store %s: %d checkpoints x %d layers x %d tokens x %d hidden",
+        url,
+        len(identity.checkpoints),
+        identity.n_layers,
+        layout.n_tokens,
+        identity.hidden,
+    )
+    return generation
+
+
+def _checked_attrs(url: str) -> dict:
+    attrs = read_attrs(url)
+    if attrs is None:
+        raise StoreSchemaError(f"no activation store at {url}: run the extract stage first")
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        raise StoreSchemaError(
+            f"{url} has schema version {attrs.get('schema_version')!r}; this layerdrift reads "
+            f"version {SCHEMA_VERSION}: re-run the extract stage to rebuild the store"
+        )
+    return attrs
+
+
+def written_manifest(url: str) -> np.ndarray:
+    """The ``written`` manifest, bool array of shape (checkpoint, token_chunk)."""
+    return np.asarray(zarr.open_array(url, path=WRITTEN, mode="r")[...], dtype=bool)
+
+
+def missing_chunks(url: str, checkpoint: str) -> list[int]:
+    """Token chunks of ``checkpoint`` not written yet (all of them when there is no store)."""
+    attrs = read_attrs(url)
+    if attrs is None or attrs.get("schema_version") != SCHEMA_VERSION:
+        raise StoreSchemaError(f"no activation store of schema {SCHEMA_VERSION} at {url}")
+    if checkpoint not in attrs["checkpoints"]:
+        raise KeyError(f"checkpoint {checkpoint!r} is not in {url} ({attrs['checkpoints']})")
+    row = written_manifest(url)[attrs["checkpoints"].index(checkpoint)]
+    return [int(i) for i in np.flatnonzero(~row)]
+
+
+class StoreWriter:
+    """Region writes into one store: ``write(checkpoint, chunk, data)``, then the manifest."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.attrs = _checked_attrs(url)
+        self.activations = zarr.open_array(url, path=ACTIVATIONS, mode="r+")
+        self.written = zarr.open_array(url, path=WRITTEN, mode="r+")
+        self.token_chunk = int(self.attrs["token_chunk"])
+        self.n_tokens = int(self.attrs["n_tokens"])
+
+    def write(self, checkpoint: str, chunk: int, data: np.ndarray) -> None:
+        """Write ``data`` (layer, tokens of the chunk, hidden) and mark the chunk written."""
+        index = self.attrs["checkpoints"].index(checkpoint)
+        start, stop = chunk_bounds(chunk, self.n_tokens, self.token_chunk)
+        expected = (self.activations.shape[1], stop - start, self.activations.shape[3])
+        if data.shape != expected:
+            raise ValueError(
+                f"chunk {chunk} of {checkpoint!r} needs shape {expected}, got {data.shape}"
+            )
+        try:
+            self.activations[index, :, start:stop, :] = data.astype(self.activations.dtype)
+        except Exception as error:
+            raise OSError(
+                f"failed to write chunk {chunk} (tokens {start}..{stop}) of checkpoint "
+                f"{checkpoint!r} to {self.url}: {error}"
+            ) from error
+        self.written[index, chunk] = True
+
+
+class _NamedChunkReader:
+    """Array-like over the Zarr activations whose read errors name the chunk."""
+
+    def __init__(self, url: str, array: zarr.Array, checkpoints: list[str]) -> None:
+        self.url, self.array, self.checkpoints = url, array, checkpoints
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key):
+        try:
+            return self.array[key]
+        except Exception as error:
+            where = describe_chunk(self.url, self.checkpoints, key)
+            raise ChunkReadError(f"{where}: {error}") from error
+
+
+def describe_chunk(url: str, checkpoints: list[str], key: tuple) -> str:
+    """Name the activation chunk(s) a selection (tuple of slices) touches."""
+    arr = zarr.open_array(url, path=ACTIVATIONS, mode="r")
+    parts = []
+    for selection, size in zip(key, arr.chunks, strict=False):
+        start = selection.start or 0 if isinstance(selection, slice) else int(selection)
+        parts.append(start // size)
+    ckpt = checkpoints[parts[0]] if parts and parts[0] < len(checkpoints) else "?"
+    file = "/".join([ACTIVATIONS, "c", *map(str, parts)])
+    return (
+        f"cannot read chunk {file} of {url} (checkpoint={ckpt!r}, layer={parts[1]}, "
+        f"token chunk {parts[2]}); the file is corrupt or unreadable: re-run the extract stage "
+        "after deleting it and its `written` entry"
+    )
+
+
+def read_chunk(url: str, checkpoint: str, layer: int, chunk: int) -> np.ndarray:
+    """One stored chunk, shape (tokens of the chunk, hidden); errors name the chunk."""
+    attrs = _checked_attrs(url)
+    ckpt = attrs["checkpoints"].index(checkpoint)
+    arr = zarr.open_array(url, path=ACTIVATIONS, mode="r")
+    start, stop = chunk_bounds(chunk, int(attrs["n_tokens"]), int(attrs["token_chunk"]))
+    reader = _NamedChunkReader(url, arr, attrs["checkpoints"])
+    return reader[ckpt, layer, slice(start, stop), slice(None)]
+
+
+def open_store(url: str, allow_partial: bool = False) -> xr.Dataset:
+    """Open the store as an xarray Dataset after checking its schema and completeness.
+
+    ``activations`` is a Dask array (checkpoint, layer, token, hidden) whose read errors
+    name the failing chunk. Raises :class:`StoreIncompleteError` when chunks are missing,
+    unless ``allow_partial`` (missing chunks then read as NaN).
+    """
+    attrs = _checked_attrs(url)
+    manifest = written_manifest(url)
+    if not allow_partial and not manifest.all():
+        counts = (~manifest).sum(axis=1)
+        labels = attrs["checkpoints"]
+        missing = {label: int(n) for label, n in zip(labels, counts, strict=True) if n}
+        raise StoreIncompleteError(
+            f"{url} is incomplete: chunks still missing per checkpoint {missing} of "
+            f"{manifest.shape[1]}: run the extract stage to finish it, or pass allow_partial=True"
+        )
+    ds = xr.open_zarr(url, consolidated=True)
+    arr = zarr.open_array(url, path=ACTIVATIONS, mode="r")
+    reader = _NamedChunkReader(url, arr, attrs["checkpoints"])
+    data = da.from_array(
+        reader,
+        chunks=arr.chunks,
+        name=f"activations-{tokenize(url, attrs['generation'])}",
+        meta=np.empty((0,) * arr.ndim, dtype=arr.dtype),
+        fancy=False,
+    )
+    return ds.assign({ACTIVATIONS: ds[ACTIVATIONS].copy(data=data)})

@@ -1,0 +1,165 @@
+"""Schema version 1 of the activation store: names, token layout, identity, errors.
+
+The store is a Zarr v3 group that plain ``xarray.open_zarr`` reads (see DESIGN.md):
+
+- ``activations`` (checkpoint, layer, token, hidden), chunks (1, 1, token_chunk, hidden),
+  crc32c-checksummed, NaN where nothing was written yet;
+- token coordinates ``token_id``, ``token_text``, ``position``, ``is_special``,
+  ``example_of_token``; example variables ``text``, ``label``, ``token_start``,
+  ``token_count``;
+- ``written`` (checkpoint, token_chunk): the completion manifest, one Zarr chunk per entry so
+  that writers of different chunks never rewrite each other's entries;
+- attributes: :data:`SCHEMA_VERSION`, the identity (below) and a generation id.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+ACTIVATIONS = "activations"
+WRITTEN = "written"
+LOCK_FILE = "writer.lock"
+IDENTITY_KEYS = (
+    "schema_version",
+    "config_hash",
+    "dataset",
+    "tokenizer",
+    "checkpoints",
+    "models",
+    "n_layers",
+    "hidden",
+    "n_tokens",
+    "token_chunk",
+    "dtype",
+)
+
+
+class StoreError(ValueError):
+    """Base class of activation-store errors that retrying cannot fix."""
+
+
+class StoreSchemaError(StoreError):
+    """The store is missing, or is not a layerdrift store of the supported schema version."""
+
+
+class StoreMismatchError(StoreError):
+    """The store, or a checkpoint, does not match what the caller asked for."""
+
+
+class StoreIncompleteError(StoreError):
+    """Some token chunks of some checkpoints have not been written yet."""
+
+
+class ChunkReadError(OSError):
+    """One stored chunk could not be read or failed its checksum."""
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Every non-padding token of the probe set, example after example.
+
+    Token arrays have shape (token,), example arrays shape (example,).
+    """
+
+    token_id: np.ndarray  # int32 (token,)
+    token_text: np.ndarray  # object str (token,)
+    position: np.ndarray  # int16 (token,)
+    is_special: np.ndarray  # bool (token,)
+    example_of_token: np.ndarray  # int32 (token,)
+    text: np.ndarray  # object str (example,)
+    label: np.ndarray  # int32 (example,)
+    token_start: np.ndarray  # int64 (example,)
+    token_count: np.ndarray  # int32 (example,)
+
+    @property
+    def n_tokens(self) -> int:
+        """Number of stored tokens."""
+        return int(self.token_id.shape[0])
+
+    @property
+    def n_examples(self) -> int:
+        """Number of probe examples."""
+        return int(self.text.shape[0])
+
+
+def tokenize_probe(texts: list[str], labels: list[int], tokenizer, max_length: int) -> TokenLayout:
+    """Tokenize the probe texts once (truncated to ``max_length``, no padding).
+
+    Special tokens are kept and flagged. Raises ``ValueError`` for empty input, mismatched
+    lengths or an example with no tokens.
+    """
+    if len(texts) == 0:
+        raise ValueError("the probe set is empty: the store needs at least one example")
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels: give one label per text")
+    encoded = tokenizer(
+        list(texts), truncation=True, max_length=max_length, return_special_tokens_mask=True
+    )
+    ids = [list(map(int, row)) for row in encoded["input_ids"]]
+    counts = np.array([len(row) for row in ids], dtype=np.int32)
+    if (counts == 0).any():
+        raise ValueError(f"example {int(np.argmin(counts))} has no tokens: drop empty texts")
+    flat_ids = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=counts.sum())
+    special = np.fromiter(
+        (bool(s) for row in encoded["special_tokens_mask"] for s in row), dtype=bool
+    )
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return TokenLayout(
+        token_id=flat_ids,
+        token_text=np.array(tokenizer.convert_ids_to_tokens(flat_ids.tolist()), dtype=object),
+        position=np.concatenate([np.arange(c) for c in counts]).astype(np.int16),
+        is_special=special,
+        example_of_token=np.repeat(np.arange(len(ids), dtype=np.int32), counts),
+        text=np.array([str(t) for t in texts], dtype=object),
+        label=np.asarray(labels, dtype=np.int32),
+        token_start=starts,
+        token_count=counts,
+    )
+
+
+@dataclass(frozen=True)
+class StoreIdentity:
+    """What a store was made from. Two stores with equal identities hold the same numbers.
+
+    ``models`` maps each checkpoint label to ``{model_type, num_hidden_layers, hidden_size,
+    weights_sha256}``; ``dataset`` is the data stage's identity (name, source, sha256, ...);
+    ``tokenizer`` is :func:`tasks.modeling.tokenizer_fingerprint` of the run's tokenizer.
+    """
+
+    config_hash: str
+    dataset: dict
+    tokenizer: str
+    checkpoints: tuple[str, ...]
+    models: dict[str, dict]
+    n_layers: int  # layer 0 = embeddings ... L, so L + 1 entries
+    hidden: int
+    n_tokens: int
+    token_chunk: int
+    dtype: str = "float16"
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+    def to_attrs(self) -> dict:
+        """The identity as JSON-ready store attributes."""
+        attrs = {key: getattr(self, key) for key in IDENTITY_KEYS}
+        attrs["checkpoints"] = list(self.checkpoints)
+        return json.loads(json.dumps(attrs))
+
+    def differences(self, attrs: dict) -> list[str]:
+        """Keys on which the stored attributes ``attrs`` differ from this identity."""
+        mine = self.to_attrs()
+        return [key for key in IDENTITY_KEYS if mine[key] != attrs.get(key)]
+
+
+def n_chunks(n_tokens: int, token_chunk: int) -> int:
+    """Number of token chunks: ceil(n_tokens / token_chunk)."""
+    return -(-n_tokens // token_chunk)
+
+
+def chunk_bounds(chunk: int, n_tokens: int, token_chunk: int) -> tuple[int, int]:
+    """The token range [start, stop) of one chunk."""
+    start = chunk * token_chunk
+    return start, min(start + token_chunk, n_tokens)
