@@ -40,7 +40,7 @@ def _store(tmp_path, x: np.ndarray, name: str = "acts.zarr") -> str:
     return make_activation_store(path, padded, [TOKENS_PER_EXAMPLE] * n_ex, token_chunk=1000)
 
 
-def _train(url: str, folder: str, n_steps: int = 1200, fail_after: int | None = None, **kw):
+def _train(url: str, folder: str, n_steps: int = 600, fail_after: int | None = None, **kw):
     cfg = CrosscoderCfg(d_in=D_IN, d_sae=D_SAE, k=4, layer=2, **kw)
     source = PairSource(url, 2, ("base", "final"), heldout_fraction=0.1)
 
@@ -73,8 +73,8 @@ def _planted_groups(model: Crosscoder, pair) -> np.ndarray:
 def test_crosscoder_sorts_planted_features(tmp_path, architecture):
     pair = planted_pair(np.random.default_rng(1), n_tokens=20_000, d_in=D_IN)
     url = _store(tmp_path, pair.x)
-    kw = {"architecture": architecture, "l1_coefficient": 0.1}
-    model = _train(url, str(tmp_path / "cc"), **kw)
+    kw = {"architecture": architecture, "l1_coefficient": 1.5e-3}
+    model = _train(url, str(tmp_path / "cc"), n_steps=600 if architecture == "topk" else 1200, **kw)
     accuracy = (_planted_groups(model, pair) == pair.group).mean()
     assert accuracy >= 0.9, accuracy
     held = torch.as_tensor(heldout_pairs(PairSource(url, 2, ("base", "final"))))

@@ -38,9 +38,9 @@ class FeaturesConfig:
     """Crosscoder d_sae = expansion_factor * hidden."""
     k: int = 32
     """Active crosscoder latents per token (TopK)."""
-    l1_coefficient: float = 0.1
+    l1_coefficient: float = 1e-3
     """L1 weight on activations times summed decoder norms (ReLU variant; the loss is the
-    squared error summed over both models' normalised activations, mean squared norm d_in)."""
+    mean squared error per element of normalised activations, as the SAEs')."""
     learning_rate: float = 2e-4
     """Adam learning rate of the crosscoder."""
     warmup_steps: int = 50
@@ -100,7 +100,7 @@ class FeaturesConfig:
         sae = getattr(cfg, "sae", None)
         if sae is None:
             return cls()
-        shared = ("expansion_factor", "k", "learning_rate", "warmup_steps")
+        shared = ("expansion_factor", "k", "l1_coefficient", "learning_rate", "warmup_steps")
         shared += ("batch_size", "token_budget", "checkpoint_every", "heldout_fraction")
         shared += ("exclude_special", "seed", "architecture")
         return cls(**{name: getattr(sae, name) for name in shared if hasattr(sae, name)})

@@ -28,6 +28,7 @@ from torch import nn
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "crosscoder_weights.safetensors"
 GROUPS = ("base_only", "shared", "finetuned_only")
+AUX_COEFFICIENT = 1 / 32
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,9 @@ class Crosscoder(nn.Module):
     """Shared-code crosscoder over ``n_models`` activation spaces of width ``d_in``.
 
     Parameters: ``W_enc`` [n_models, d_in, d_sae], ``b_enc`` [d_sae], ``W_dec``
-    [d_sae, n_models, d_in], ``b_dec`` [n_models, d_in]; buffer ``scale`` [n_models], the
-    factor that brings each model's activations to mean squared norm ``d_in``.
+    [d_sae, n_models, d_in], ``b_dec`` [n_models, d_in]; buffers ``scale`` [n_models], the
+    factor that brings each model's activations to mean squared norm ``d_in``, and
+    ``idle_steps`` [d_sae], training steps since each latent last fired (dead latents).
     """
 
     def __init__(self, cfg: CrosscoderCfg, generator: torch.Generator | None = None) -> None:
@@ -68,6 +70,7 @@ class Crosscoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(s))
         self.b_dec = nn.Parameter(torch.zeros(m, d))
         self.register_buffer("scale", torch.ones(m))
+        self.register_buffer("idle_steps", torch.zeros(s, dtype=torch.int64))
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder pre-activations of raw activations ``x`` [B, n_models, d_in]: [B, d_sae]."""
@@ -91,29 +94,82 @@ class Crosscoder(nn.Module):
         """``decode(encode(x))``: [B, n_models, d_in]."""
         return self.decode(self.encode(x))
 
+    @property
+    def d_sae(self) -> int:
+        """Number of latents."""
+        return self.cfg.d_sae
+
     def decoder_norms(self) -> torch.Tensor:
         """Norm of each latent's decoder row in each model: [d_sae, n_models]."""
         return self.W_dec.detach().norm(dim=2)
 
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training loss on raw ``x`` [B, n_models, d_in] and its parts (normalised units)."""
-        f = self.encode(x)
-        x_n = x * self.scale[None, :, None]
-        x_hat_n = torch.einsum("bs,smi->bmi", f, self.W_dec) + self.b_dec
-        mse = (x_hat_n - x_n).pow(2).sum(dim=(1, 2)).mean()
-        total = mse
-        l1 = torch.zeros((), device=x.device)
+    @torch.no_grad()
+    def init_from_sample(self, x: torch.Tensor) -> None:
+        """Set ``scale`` (E||x_m·scale_m||² = d_in per model) and ``b_dec`` from x [n, M, d_in]."""
+        x = x.to(self.b_dec.device, torch.float64)
+        mean_sq = x.pow(2).sum(dim=2).mean(dim=0).clamp_min(1e-12)
+        self.scale.copy_((self.cfg.d_in / mean_sq).sqrt().float())
+        self.b_dec.copy_((x * self.scale.double()[None, :, None]).mean(dim=0).float())
+
+    def loss(
+        self, x: torch.Tensor, dead_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """Training loss on raw ``x`` [B, n_models, d_in], the trainer protocol of tasks.sae.
+
+        Mean squared error per element of the normalised activations of both models; ReLU
+        adds ``l1_coefficient * E[sum_i f_i (||d_base,i|| + ||d_ft,i||)]``; TopK adds the
+        AuxK loss of the ``dead_mask`` [d_sae] latents on the residual (weight 1/32, Gao et
+        al. 2024). Returns (loss, parts, fired [d_sae] bool).
+        """
+        xn = x * self.scale[None, :, None]
+        pre = torch.einsum("bmi,mis->bs", xn - self.b_dec, self.W_enc) + self.b_enc
+        if self.cfg.architecture == "relu":
+            f = torch.relu(pre)
+        else:
+            top = torch.relu(pre).topk(min(self.cfg.k, self.d_sae), dim=1)
+            f = torch.zeros_like(pre).scatter(1, top.indices, top.values)
+        recon = torch.einsum("bs,smi->bmi", f, self.W_dec) + self.b_dec
+        mse = (recon - xn).pow(2).mean()
+        parts = {"mse": mse.item()}
         if self.cfg.architecture == "relu":
             l1 = (f * self.W_dec.norm(dim=2).sum(dim=1)).sum(dim=1).mean()
-            total = mse + self.cfg.l1_coefficient * l1
-        l0 = (f > 0).float().sum(dim=1).mean()
-        return total, {"mse": mse.item(), "l1": l1.item(), "l0": l0.item()}
+            loss = mse + self.cfg.l1_coefficient * l1
+            parts["l1"] = l1.item()
+        else:
+            aux = self._aux_loss(pre, (xn - recon).detach(), dead_mask)
+            loss = mse + AUX_COEFFICIENT * aux
+            parts["aux"] = aux.item()
+        active = f > 0
+        parts["loss"] = loss.item()
+        parts["l0"] = active.sum(dim=1).float().mean().item()
+        return loss, parts, active.any(dim=0)
+
+    def _aux_loss(
+        self, pre: torch.Tensor, residual: torch.Tensor, dead_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """AuxK: the top d_in/2 dead latents reconstruct the residual [B, M, d_in] (NMSE)."""
+        n_dead = int(dead_mask.sum()) if dead_mask is not None else 0
+        if n_dead == 0:
+            return pre.new_zeros(())
+        k_aux = min(self.cfg.d_in // 2, n_dead)
+        top = pre.masked_fill(~dead_mask, float("-inf")).topk(k_aux, dim=1)
+        f = torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values))
+        recon = torch.einsum("bs,smi->bmi", f, self.W_dec)
+        return (recon - residual).pow(2).mean() / residual.pow(2).mean().clamp_min(1e-12)
 
     @torch.no_grad()
-    def normalise_decoder(self) -> None:
-        """Rescale each latent's decoder to unit joint norm (TopK training keeps this)."""
-        norms = self.W_dec.flatten(1).norm(dim=1).clamp_min(1e-8)
-        self.W_dec /= norms[:, None, None]
+    def after_backward(self) -> None:
+        """TopK: drop the gradient component parallel to each latent's joint decoder row."""
+        if self.cfg.architecture == "topk" and self.W_dec.grad is not None:
+            w, g = self.W_dec.flatten(1), self.W_dec.grad.view(self.d_sae, -1)
+            g -= (g * w).sum(dim=1, keepdim=True) * w
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """TopK: rescale each latent's decoder to unit joint norm (the ratio stays free)."""
+        if self.cfg.architecture == "topk":
+            norms = self.W_dec.flatten(1).norm(dim=1).clamp_min(1e-12)
+            self.W_dec /= norms[:, None, None]
 
 
 def relative_norms(decoder_norms: np.ndarray) -> np.ndarray:

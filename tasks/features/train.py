@@ -34,19 +34,6 @@ logger = logging.getLogger(__name__)
 RESUME_DIR = "resume"
 
 
-def estimate_scales(x: torch.Tensor) -> torch.Tensor:
-    """Per-model factor giving mean squared norm d_in, from x [n, n_models, d_in]: [n_models]."""
-    msq = x.double().pow(2).sum(dim=2).mean(dim=0).clamp_min(1e-12)
-    return (x.shape[2] / msq).sqrt().float()
-
-
-def init_from_sample(model: Crosscoder, x: torch.Tensor) -> None:
-    """Set the normalisation scales and the decoder bias (mean) from a sample [n, M, d_in]."""
-    with torch.no_grad():
-        model.scale.copy_(estimate_scales(x))
-        model.b_dec.copy_((x * model.scale[None, :, None]).mean(dim=0))
-
-
 def _lr_lambda(warmup_steps: int) -> Callable[[int], float]:
     return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
@@ -61,9 +48,11 @@ def fit(
     optimizer_state: dict | None = None,
     on_checkpoint: Callable[[int, Crosscoder, torch.optim.Optimizer], None] | None = None,
     checkpoint_every: int = 0,
+    dead_after: int = 200,
 ) -> dict[str, float]:
     """Run Adam steps ``start_step .. n_steps-1`` on ``batches`` [B, n_models, d_in].
 
+    A latent that has not fired for ``dead_after`` steps is dead and gets the AuxK loss.
     ``on_checkpoint(step, model, optimizer)`` is called every ``checkpoint_every`` steps
     (after the step) with the number of steps done. Returns the last step's loss parts.
     """
@@ -79,15 +68,17 @@ def fit(
         x = torch.as_tensor(batch, dtype=torch.float32).to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate * lr_at(step)
-        loss, parts = model.loss(x)
+        loss, parts, fired = model.loss(x, model.idle_steps > dead_after)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        model.after_backward()
         optimizer.step()
-        if model.cfg.architecture == "topk":
-            model.normalise_decoder()
+        model.after_step()
+        model.idle_steps.add_(1).masked_fill_(fired, 0)
         bar.update(1)
         if step % 20 == 0:
-            bar.set_postfix(mse=f"{parts['mse']:.4g}", l0=f"{parts['l0']:.1f}")
+            dead = float((model.idle_steps > dead_after).float().mean())
+            bar.set_postfix(mse=f"{parts['mse']:.4g}", l0=f"{parts['l0']:.1f}", dead=f"{dead:.3f}")
         done = step + 1
         if on_checkpoint is not None and checkpoint_every and done % checkpoint_every == 0:
             on_checkpoint(done, model, optimizer)
@@ -160,8 +151,9 @@ def train_crosscoder(
     generator = torch.Generator().manual_seed(cfg.seed)
     model = Crosscoder(cfg, generator=generator)
     stream = make_batches(0)
-    sample = torch.as_tensor(np.concatenate([next(stream) for _ in range(init_batches)]))
-    init_from_sample(model, sample)
+    model.init_from_sample(
+        torch.as_tensor(np.concatenate([next(stream) for _ in range(init_batches)]))
+    )
     state = ResumeState(fs, folder)
     start, opt_state = state.load(model)
     model.to(device)
