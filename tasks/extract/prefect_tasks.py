@@ -1,0 +1,110 @@
+"""Run-level entry points of the extract stage and their Prefect tasks (what the flow calls)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from prefect import task
+
+from layerdrift.config import RunConfig
+from storage.activations import read_attrs, written_manifest
+from storage.checkpoints import local_checkpoint_path
+from storage.lock import StoreLockedError
+from storage.rundir import RunDir
+from storage.schema import SCHEMA_VERSION
+from tasks.data import read_dataset_info, read_split
+from tasks.extract.run import extract_checkpoint
+from tasks.extract.store import create_activation_store
+from tasks.modeling import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def _probe_identity(run: RunDir, texts: list[str], labels: list[int]) -> dict:
+    digest = hashlib.sha256()
+    for text, label in zip(texts, labels, strict=True):
+        digest.update(f"{label}\t{text}\n".encode())
+    identity = dict(read_dataset_info(run).get("identity", {}))
+    probe = {"split": "probe", "probe_rows": len(texts), "probe_sha256": digest.hexdigest()}
+    return {**identity, **probe}
+
+
+def create_store_for_run(
+    run: RunDir, cfg: RunConfig, checkpoints: list[str], overwrite: bool = False
+) -> str:
+    """Create ``<run>/activations.zarr`` for ``checkpoints`` from the run's probe split.
+
+    The tokenizer is the first checkpoint's. Idempotent: an identical store is kept. Returns
+    the store's generation id (use it in cache keys: it changes whenever the store is rebuilt).
+    """
+    probe = read_split(run, "probe")
+    texts, labels = probe["text"].tolist(), [int(v) for v in probe["label"]]
+    folders = {label: local_checkpoint_path(run, label) for label in checkpoints}
+    if not folders:
+        raise ValueError(f"run {run.url} has no checkpoints to extract: run fine-tuning first")
+    tokenizer = load_tokenizer(str(folders[checkpoints[0]]))
+    return create_activation_store(
+        run.activations(),
+        texts,
+        labels,
+        tokenizer,
+        folders,
+        max_length=cfg.data.max_length,
+        token_chunk=cfg.extract.token_chunk,
+        dtype=cfg.extract.dtype,
+        config_hash=cfg.config_hash(),
+        dataset_identity=_probe_identity(run, texts, labels),
+        overwrite=overwrite,
+    )
+
+
+def extract_checkpoint_for_run(run: RunDir, cfg: RunConfig, label: str) -> int:
+    """Fill the store's chunks of checkpoint ``label``; returns the number written now."""
+    return extract_checkpoint(
+        run.activations(),
+        label,
+        local_checkpoint_path(run, label),
+        batch_size=cfg.extract.batch_size,
+        device=cfg.device,
+        write_queue=cfg.extract.write_queue,
+    )
+
+
+def extraction_complete(run: RunDir) -> bool:
+    """Whether the run's store exists, has schema version 1 and every chunk written."""
+    attrs = read_attrs(run.activations())
+    if attrs is None or attrs.get("schema_version") != SCHEMA_VERSION:
+        return False
+    return bool(written_manifest(run.activations()).all())
+
+
+def _transient(task_, task_run, state) -> bool:
+    """Retry I/O errors and a busy writer lock, not bad input or a mismatched store."""
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, StoreLockedError):
+        return True
+    return isinstance(error, OSError) and not isinstance(error, FileNotFoundError)
+
+
+@task(
+    name="create-activation-store",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=_transient,
+)
+def create_store_task(run: RunDir, cfg: RunConfig, checkpoints: list[str]) -> str:
+    """Prefect task: :func:`create_store_for_run`; returns the store's generation id."""
+    return create_store_for_run(run, cfg, checkpoints)
+
+
+@task(
+    name="extract-checkpoint",
+    task_run_name="extract-{label}",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=_transient,
+)
+def extract_checkpoint_task(run: RunDir, cfg: RunConfig, label: str) -> int:
+    """Prefect task: :func:`extract_checkpoint_for_run`; returns the chunks written now."""
+    return extract_checkpoint_for_run(run, cfg, label)

@@ -1,0 +1,207 @@
+"""The extract stage: every checkpoint over the probe set, all layers x all tokens, into the store.
+
+One shard is one chunk-aligned token range (one store chunk). Its examples (every one that
+overlaps the range) go through the model in length-sorted batches with
+``output_hidden_states=True``; only the shard's own tokens are kept and handed to a
+background writer through a bounded queue, so writes overlap the next forward passes. Shards
+already marked in the store's ``written`` manifest are skipped, which makes a rerun resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from tqdm.auto import tqdm
+
+from storage.activations import StoreWriter, missing_chunks, read_attrs, writer_lock
+from storage.schema import StoreError, StoreMismatchError
+from tasks.extract.plan import Shard, plan_batches, plan_shards
+from tasks.extract.store import model_identity
+from tasks.modeling import load_tokenizer, select_device, tokenizer_fingerprint
+
+logger = logging.getLogger(__name__)
+
+
+def load_encoder(model_dir: str | Path, device: torch.device) -> torch.nn.Module:
+    """The base encoder of a saved model, in eval mode on ``device``.
+
+    A classifier checkpoint loads without its head (``AutoModel``); its hidden states are
+    those of the classifier's encoder.
+    """
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the dropped classifier head is expected, not news
+    try:
+        model = AutoModel.from_pretrained(str(model_dir))
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model.to(device).eval()
+
+
+def forward_hidden_states(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Hidden states of every layer, shape (layer = L + 1, batch, seq, hidden)."""
+    output = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    return torch.stack(output.hidden_states)
+
+
+def _check_checkpoint(url: str, attrs: dict, checkpoint: str, model_dir: Path, tokenizer) -> None:
+    """Refuse a checkpoint whose tokenizer, shape or weights differ from the store's."""
+    if checkpoint not in attrs["checkpoints"]:
+        raise StoreMismatchError(
+            f"checkpoint {checkpoint!r} is not in the store {url} (it holds "
+            f"{attrs['checkpoints']}): recreate the store with this checkpoint"
+        )
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    if fingerprint != attrs["tokenizer"]:
+        raise StoreMismatchError(
+            f"checkpoint {checkpoint!r} ({model_dir}) has tokenizer {fingerprint}, the store "
+            f"{url} was tokenized with {attrs['tokenizer']}: every checkpoint must share the "
+            "run's tokenizer"
+        )
+    ident = model_identity(model_dir)
+    shape = (ident["num_hidden_layers"] + 1, ident["hidden_size"])
+    if shape != (attrs["n_layers"], attrs["hidden"]):
+        raise StoreMismatchError(
+            f"checkpoint {checkpoint!r} gives {shape[0]} layers x hidden {shape[1]}, the store "
+            f"{url} holds {attrs['n_layers']} x {attrs['hidden']}: wrong model for this store"
+        )
+    recorded = attrs["models"].get(checkpoint, {}).get("weights_sha256")
+    if recorded and recorded != ident["weights_sha256"]:
+        raise StoreMismatchError(
+            f"checkpoint {checkpoint!r} ({model_dir}) changed since the store {url} was "
+            f"created (weights {ident['weights_sha256']} vs {recorded}): rebuild the store "
+            "with overwrite=True"
+        )
+
+
+class _BackgroundWriter:
+    """A thread writing (chunk, array) items from a bounded queue; errors re-raised on close."""
+
+    def __init__(self, writer: StoreWriter, checkpoint: str, lock, size: int, bar) -> None:
+        self.writer, self.checkpoint, self.lock, self.bar = writer, checkpoint, lock, bar
+        self.queue: queue.Queue = queue.Queue(maxsize=size)
+        self.error: BaseException | None = None
+        self.written = 0
+        self.thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain so the producer never blocks
+            chunk, data = item
+            try:
+                self.lock.check()
+                self.writer.write(self.checkpoint, chunk, data)
+                self.written += 1
+                self.bar.update(data.shape[1])
+            except BaseException as error:  # noqa: BLE001 - handed to the main thread
+                self.error = error
+
+    def put(self, chunk: int, data: np.ndarray) -> None:
+        """Queue one chunk (layer, tokens, hidden); raises a writer error seen so far."""
+        if self.error is not None:
+            raise self.error
+        self.queue.put((chunk, data))
+
+    def close(self) -> int:
+        """Finish the queued writes; return how many chunks were written."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.written
+
+
+def _run_shard(model, shard: Shard, tokens: dict, batch_size: int, device, dtype) -> np.ndarray:
+    """Hidden states of one shard's tokens, shape (layer, stop - start, hidden)."""
+    starts, counts, ids = tokens["token_start"], tokens["token_count"], tokens["token_id"]
+    out = None
+    for batch in plan_batches(shard.examples, counts, batch_size):
+        width = int(counts[batch].max())
+        input_ids = np.full((len(batch), width), tokens["pad_id"], dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, ex in enumerate(batch):
+            input_ids[row, : counts[ex]] = ids[starts[ex] : starts[ex] + counts[ex]]
+            mask[row, : counts[ex]] = 1
+        with torch.inference_mode():
+            states = forward_hidden_states(
+                model, torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device)
+            )
+        states_np = states.to(dtype).cpu().numpy()  # (layer, batch, seq, hidden)
+        if out is None:
+            shape = (states_np.shape[0], shard.stop - shard.start, states_np.shape[3])
+            out = np.empty(shape, dtype=states_np.dtype)
+        for row, ex in enumerate(batch):
+            lo, hi = max(starts[ex], shard.start), min(starts[ex] + counts[ex], shard.stop)
+            out[:, lo - shard.start : hi - shard.start] = states_np[
+                :, row, lo - starts[ex] : hi - starts[ex]
+            ]
+    return out
+
+
+def extract_checkpoint(
+    url: str,
+    checkpoint: str,
+    model_dir: str | Path,
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    write_queue: int = 4,
+    lock_timeout_s: float = 600.0,
+) -> int:
+    """Fill the store's chunks of ``checkpoint`` from the model in ``model_dir``.
+
+    Skips chunks already written (resume); returns the number of chunks written now.
+    """
+    model_dir = Path(model_dir)
+    attrs = read_attrs(url)
+    if attrs is None:
+        raise StoreError(f"no activation store at {url}: create it first (create_store_task)")
+    _check_checkpoint(url, attrs, checkpoint, model_dir, load_tokenizer(str(model_dir)))
+    todo = missing_chunks(url, checkpoint)
+    if not todo:
+        logger.info("checkpoint %s: every chunk already in %s", checkpoint, url)
+        return 0
+    with writer_lock(url, timeout_s=lock_timeout_s) as lock:
+        todo = missing_chunks(url, checkpoint)
+        torch_device = select_device(device)
+        model = load_encoder(model_dir, torch_device)
+        tokens = tokens_of_store(url)
+        tokens["pad_id"] = model.config.pad_token_id or 0
+        shards = plan_shards(
+            tokens["token_start"], tokens["token_count"], int(attrs["token_chunk"]), todo
+        )
+        dtype = torch.float16 if attrs["dtype"] == "float16" else torch.float32
+        n_tokens = int(attrs["n_tokens"])
+        done_tokens = n_tokens - sum(s.stop - s.start for s in shards)
+        with tqdm(
+            total=n_tokens, initial=done_tokens, unit="tok", desc=f"extract {checkpoint}"
+        ) as bar:
+            background = _BackgroundWriter(StoreWriter(url), checkpoint, lock, write_queue, bar)
+            try:
+                for shard in shards:
+                    background.put(
+                        shard.chunk,
+                        _run_shard(model, shard, tokens, batch_size, torch_device, dtype),
+                    )
+            finally:
+                written = background.close()
+    logger.info("checkpoint %s: wrote %d chunks to %s", checkpoint, written, url)
+    return written
+
+
+def tokens_of_store(url: str) -> dict[str, np.ndarray]:
+    """Token ids (token,) and per-example ``token_start`` and ``token_count`` (example,)."""
+    group = zarr.open_group(url, mode="r")
+    return {name: group[name][...] for name in ("token_id", "token_start", "token_count")}

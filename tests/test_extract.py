@@ -1,0 +1,232 @@
+"""Extraction into the store, against a direct forward pass of each checkpoint.
+
+Three tiny BERT classifiers (seeds 0, 1, 2) stand for base, a middle step and final.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from factories import make_tiny_bert, separable_texts
+
+import tasks.extract.run as extract_run
+from layerdrift.config import RunConfig
+from storage.activations import missing_chunks, open_store
+from storage.rundir import RunDir
+from storage.schema import StoreMismatchError
+from tasks.extract import (
+    create_activation_store,
+    create_store_for_run,
+    create_store_task,
+    extract_checkpoint,
+    extract_checkpoint_for_run,
+    extract_checkpoint_task,
+    extraction_complete,
+    plan_batches,
+    plan_shards,
+)
+from tasks.modeling import load_tokenizer
+
+LABELS = ("base", "step-000010", "final")
+CHUNK = 16
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Three tiny BERT classifier folders with different weights and one tokenizer."""
+    root = tmp_path_factory.mktemp("ckpts")
+    return {label: make_tiny_bert(root / label, seed=s) for s, label in enumerate(LABELS)}
+
+
+@pytest.fixture(scope="module")
+def probe() -> tuple[list[str], list[int]]:
+    """20 short texts (5..11 tokens each) and their labels."""
+    frame = separable_texts(20, seed=3)
+    return frame["text"].tolist(), [int(v == "pos") for v in frame["label"]]
+
+
+def make_store(url: str, checkpoints: dict, probe, **kwargs) -> str:
+    texts, labels = probe
+    tokenizer = load_tokenizer(str(checkpoints["base"]))
+    return create_activation_store(
+        url, texts, labels, tokenizer, checkpoints, max_length=64, token_chunk=CHUNK, **kwargs
+    )
+
+
+def extract_all(url: str, checkpoints: dict) -> None:
+    for label, folder in checkpoints.items():
+        extract_checkpoint(url, label, folder, batch_size=3, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def full_store(tmp_path_factory, checkpoints, probe) -> str:
+    """A store extracted in one go: the reference for resume tests."""
+    url = str(tmp_path_factory.mktemp("full") / "activations.zarr")
+    make_store(url, checkpoints, probe)
+    extract_all(url, checkpoints)
+    return url
+
+
+def test_every_layer_and_token_equals_a_direct_forward(full_store, checkpoints, probe):
+    from transformers import AutoModel, BertForSequenceClassification
+
+    texts, labels = probe
+    tokenizer = load_tokenizer(str(checkpoints["base"]))
+    ds = open_store(full_store)
+    assert ds.sizes["layer"] == 3 and ds.sizes["hidden"] == 32 and ds.activations.dtype == "f2"
+    assert ds.label.values.tolist() == labels
+    for label, folder in checkpoints.items():
+        model = AutoModel.from_pretrained(folder).eval()
+        stored = ds.activations.sel(checkpoint=label).values  # (layer, token, hidden)
+        for i, text in enumerate(texts):
+            encoded = tokenizer(text, return_tensors="pt")  # unpadded, one example
+            with torch.no_grad():
+                out = model(**encoded, output_hidden_states=True)
+            expected = torch.stack(out.hidden_states)[:, 0].numpy()  # (layer, seq, hidden)
+            tokens = (ds.example_of_token == i).values
+            np.testing.assert_allclose(stored[:, tokens], expected, rtol=2e-3, atol=2e-3)
+            ids = encoded["input_ids"][0].tolist()
+            assert ds.token_id.values[tokens].tolist() == ids  # padding never stored
+            assert ds.token_text.values[tokens].tolist() == tokenizer.convert_ids_to_tokens(ids)
+            assert ds.position.values[tokens].tolist() == list(range(len(ids)))
+            assert ds.is_special.values[tokens].tolist() == [
+                t in (tokenizer.cls_token_id, tokenizer.sep_token_id) for t in ids
+            ]
+    # The encoder loaded from a classifier folder is the classifier's own encoder.
+    classifier = BertForSequenceClassification.from_pretrained(checkpoints["final"]).eval()
+    encoded = tokenizer(texts[0], return_tensors="pt")
+    with torch.no_grad():
+        direct = classifier.bert(**encoded, output_hidden_states=True).hidden_states[2][0]
+    np.testing.assert_allclose(
+        ds.activations.sel(checkpoint="final", layer=2).values[: direct.shape[0]],
+        direct.numpy(),
+        rtol=2e-3,
+        atol=2e-3,
+    )
+
+
+def test_shards_cover_every_token_once():
+    counts = np.array([5, 9, 3, 20, 4])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    shards = plan_shards(starts, counts, 8, list(range(6)))
+    covered = np.zeros(counts.sum(), dtype=int)
+    for shard in shards:
+        covered[shard.start : shard.stop] += 1
+        for ex in range(len(counts)):
+            overlaps = starts[ex] < shard.stop and starts[ex] + counts[ex] > shard.start
+            assert (ex in shard.examples) == overlaps
+    assert (covered == 1).all()
+    batches = plan_batches((0, 1, 2, 3, 4), counts, 2)
+    assert [b.tolist() for b in batches] == [[3, 1], [0, 4], [2]]
+    with pytest.raises(ValueError, match="beyond"):
+        plan_shards(starts, counts, 8, [6])
+
+
+def _chunk_files(url: str) -> dict[str, bytes]:
+    root = Path(url)
+    files = [*root.glob("activations/c/**/*"), *root.glob("written/c/**/*")]
+    return {str(p.relative_to(root)): p.read_bytes() for p in files if p.is_file()}
+
+
+def test_resume_after_failure_is_byte_identical(
+    tmp_path, full_store, checkpoints, probe, monkeypatch
+):
+    url = str(tmp_path / "activations.zarr")
+    make_store(url, checkpoints, probe)
+    real_run_shard = extract_run._run_shard
+    fail_at = 3
+
+    def failing(model, shard, *args):
+        if shard.chunk == fail_at:
+            raise RuntimeError("injected failure")
+        return real_run_shard(model, shard, *args)
+
+    monkeypatch.setattr(extract_run, "_run_shard", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        extract_checkpoint(url, "final", checkpoints["final"], batch_size=3, device="cpu")
+    missing = missing_chunks(url, "final")
+    assert missing[0] == fail_at and 0 < len(missing) < 10  # shards before k are kept
+
+    calls = []
+    real_forward = extract_run.forward_hidden_states
+
+    def counting(model, input_ids, attention_mask):
+        calls.append(input_ids.shape[0])
+        return real_forward(model, input_ids, attention_mask)
+
+    monkeypatch.setattr(extract_run, "_run_shard", real_run_shard)
+    monkeypatch.setattr(extract_run, "forward_hidden_states", counting)
+    store = open_store(url, allow_partial=True)
+    shards = plan_shards(store.token_start.values, store.token_count.values, CHUNK, missing)
+    expected = [len(b) for s in shards for b in plan_batches(s.examples, store.token_count, 3)]
+    written = extract_checkpoint(url, "final", checkpoints["final"], batch_size=3, device="cpu")
+    assert written == len(missing) and calls == expected  # only missing shards recomputed
+    calls.clear()
+    assert extract_checkpoint(url, "final", checkpoints["final"], device="cpu") == 0
+    assert calls == []
+    for label in ("base", "step-000010"):
+        extract_checkpoint(url, label, checkpoints[label], batch_size=3, device="cpu")
+    assert _chunk_files(url) == _chunk_files(full_store)
+
+
+def test_refuses_other_tokenizer_shape_or_weights(tmp_path, checkpoints, probe):
+    url = str(tmp_path / "activations.zarr")
+    make_store(url, checkpoints, probe)
+    other_vocab = tmp_path / "vocab"
+    shutil.copytree(checkpoints["final"], other_vocab)
+    other_tokenizer = load_tokenizer(str(other_vocab))
+    other_tokenizer.add_tokens(["extra"])
+    other_tokenizer.save_pretrained(other_vocab)
+    with pytest.raises(StoreMismatchError, match="tokenizer"):
+        extract_checkpoint(url, "final", other_vocab, device="cpu")
+
+    from transformers import BertConfig, BertModel
+
+    deeper = tmp_path / "deeper"
+    config = BertConfig.from_pretrained(checkpoints["final"], num_hidden_layers=3)
+    BertModel(config).save_pretrained(deeper)
+    load_tokenizer(str(checkpoints["final"])).save_pretrained(deeper)
+    with pytest.raises(StoreMismatchError, match="4 layers x hidden 32.*3 x 32"):
+        extract_checkpoint(url, "final", deeper, device="cpu")
+    with pytest.raises(StoreMismatchError, match="changed since the store"):
+        extract_checkpoint(url, "final", checkpoints["base"], device="cpu")
+    with pytest.raises(StoreMismatchError, match="architecture"):
+        make_store(str(tmp_path / "b.zarr"), {**checkpoints, "final": deeper}, probe)
+
+
+def _make_run(root: Path, checkpoints: dict, probe) -> RunDir:
+    """A run directory as the data and fine-tuning stages leave it."""
+    run = RunDir(str(root))
+    texts, labels = probe
+    pairs = enumerate(zip(texts, labels, strict=True))
+    rows = [{"text": t, "label": v, "id": i} for i, (t, v) in pairs]
+    run.write_text("\n".join(json.dumps(r) for r in rows), "data", "probe.jsonl")
+    run.write_text(json.dumps({"identity": {"name": "toy", "sha256": "x"}}), "data", "dataset.json")
+    for step, (label, folder) in enumerate(checkpoints.items()):
+        shutil.copytree(folder, root / "checkpoints" / label)
+        run.write_text(json.dumps({"step": step * 10}), "checkpoints", label, "metrics.json")
+    return run
+
+
+def test_run_level_api_and_prefect_tasks(tmp_path, checkpoints, probe, full_store):
+    run = _make_run(tmp_path / "run", checkpoints, probe)
+    cfg = RunConfig(data={"max_length": 64}, extract={"token_chunk": CHUNK, "batch_size": 3})
+    generation = create_store_for_run(run, cfg, list(LABELS))
+    assert create_store_task.fn(run, cfg, list(LABELS)) == generation  # idempotent
+    assert not extraction_complete(run)
+    chunks = len(missing_chunks(run.activations(), "base"))
+    assert chunks == -(-open_store(full_store).sizes["token"] // CHUNK)
+    assert extract_checkpoint_for_run(run, cfg, "base") == chunks
+    for label in LABELS[1:]:
+        assert extract_checkpoint_task.fn(run, cfg, label) == chunks
+    assert extraction_complete(run)
+    assert extract_checkpoint_task.fn(run, cfg, "final") == 0
+    ds = open_store(run.activations())
+    assert ds.attrs["config_hash"] == cfg.config_hash()
+    assert ds.attrs["dataset"]["probe_rows"] == len(probe[0])
+    np.testing.assert_array_equal(ds.activations.values, open_store(full_store).activations.values)
