@@ -111,6 +111,12 @@ class SAEConfig(_Section):
     exclude_special: bool = Field(False, description="Train without special tokens.")
     checkpoint_every: int = Field(200, gt=0, description="Steps between resumable saves.")
     seed: int = Field(0, description="Seed for initialisation and shuffling.")
+    aux_coefficient: float = Field(1 / 32, ge=0, description="AuxK loss weight (TopK).")
+    dead_tokens: int = Field(
+        200_000, gt=0, description="A latent unfired for this many training tokens is dead."
+    )
+    buffer_chunks: int = Field(8, gt=0, description="Store chunks shuffled together.")
+    eval_tokens: int = Field(100_000, gt=0, description="Most held-out tokens for metrics.")
 
 
 class ReportConfig(_Section):
