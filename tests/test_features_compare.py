@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_features_crosscoder import TOKENS_PER_EXAMPLE, _store
+from test_features_crosscoder import TOKENS_PER_EXAMPLE, _store, loader_for
 
 from tasks.features.compare import compare_layer
 from tasks.features.config import FeaturesConfig
-from tasks.features.pairs import PairSource, heldout_pairs
 from tasks.features.scan import Dictionary
 from tasks.features.synthetic import planted_pair
 from tasks.features.transfer import fvu
@@ -45,7 +44,7 @@ def layer_result(tmp_path_factory):
     )
     x = np.einsum("tf,fmi->tmi", codes, pair.D).astype(np.float32)
     url = _store(tmp_path_factory.mktemp("cmp"), x)
-    source = PairSource(url, 2, ("base", "final"), heldout_fraction=0.2)
+    source = loader_for(url, heldout_fraction=0.2)
     base = _oracle("base_sae", "base", pair.D[pair.group <= 1, 0])
     ft = _oracle("finetuned_sae", "finetuned", pair.D[pair.group >= 1, 1])
     cc = _oracle("crosscoder", "pair", pair.D)
@@ -74,7 +73,7 @@ def test_transfer_fvu_directions(layer_result):
     assert fvus["base_on_base"] < 1e-6 and fvus["finetuned_on_finetuned"] < 1e-6
     assert fvus["base_on_finetuned"] > 0.1 and fvus["finetuned_on_base"] > 0.1
     # The scan's streaming FVU equals the direct formula on the held-out tokens.
-    held = torch.as_tensor(heldout_pairs(source))
+    held = torch.as_tensor(source.heldout()[0])
     x = held[:, 1]
     assert fvus["base_on_finetuned"] == pytest.approx(fvu(x, base.decode(base.encode(x))), rel=1e-6)
     assert result["n_heldout_tokens"] == len(held)

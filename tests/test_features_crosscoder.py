@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from factories import make_activation_store
 
+from tasks.features.config import FeaturesConfig
 from tasks.features.crosscoder import (
     Crosscoder,
     CrosscoderCfg,
@@ -15,9 +17,10 @@ from tasks.features.crosscoder import (
     relative_norms,
     save_crosscoder,
 )
-from tasks.features.pairs import PairSource, heldout_pairs, paired_batches
 from tasks.features.synthetic import planted_pair
-from tasks.features.train import train_crosscoder
+from tasks.features.train import pair_loader, train_crosscoder
+from tasks.sae.loader import ActivationLoader
+from tasks.sae.train import Schedule
 
 D_IN, D_SAE, TOKENS_PER_EXAMPLE = 32, 64, 20
 
@@ -40,21 +43,31 @@ def _store(tmp_path, x: np.ndarray, name: str = "acts.zarr") -> str:
     return make_activation_store(path, padded, [TOKENS_PER_EXAMPLE] * n_ex, token_chunk=1000)
 
 
-def _train(url: str, folder: str, n_steps: int = 600, fail_after: int | None = None, **kw):
-    cfg = CrosscoderCfg(d_in=D_IN, d_sae=D_SAE, k=4, layer=2, **kw)
-    source = PairSource(url, 2, ("base", "final"), heldout_fraction=0.1)
+def loader_for(url: str, batch_size: int = 256, heldout_fraction: float = 0.1):
+    """A (base, final) loader over layer 2 of the test store."""
+    fcfg = FeaturesConfig(batch_size=batch_size, heldout_fraction=heldout_fraction)
+    return pair_loader(xr.open_zarr(url, chunks=None), 2, fcfg)
 
-    def make_batches(start: int):
-        stream = paired_batches(source, 256, buffer_chunks=4, start_step=start)
-        for i, batch in enumerate(stream, start=start):
-            if fail_after is not None and i >= fail_after:
+
+class FailingLoader(ActivationLoader):
+    """A loader whose stream raises after ``fail_after`` batches (an injected crash)."""
+
+    fail_after: int | None = None
+
+    def batches(self, start_step: int = 0):
+        for i, batch in enumerate(super().batches(start_step), start=start_step):
+            if self.fail_after is not None and i >= self.fail_after:
                 raise RuntimeError("injected failure")
             yield batch
 
-    return train_crosscoder(
-        cfg, make_batches, folder, n_steps=n_steps, learning_rate=3e-3, warmup_steps=20,
-        checkpoint_every=20,
-    )  # fmt: skip
+
+def _train(url: str, folder: str, n_steps: int = 600, fail_after: int | None = None, **kw):
+    cfg = CrosscoderCfg(d_in=D_IN, d_sae=D_SAE, k=4, layer=2, **kw)
+    loader = loader_for(url)
+    loader.__class__ = FailingLoader
+    loader.fail_after = fail_after
+    schedule = Schedule(n_steps, 3e-3, warmup_steps=20, dead_tokens=50_000, checkpoint_every=20)
+    return train_crosscoder(loader, cfg, folder, schedule)
 
 
 def _planted_groups(model: Crosscoder, pair) -> np.ndarray:
@@ -77,7 +90,7 @@ def test_crosscoder_sorts_planted_features(tmp_path, architecture):
     model = _train(url, str(tmp_path / "cc"), n_steps=600 if architecture == "topk" else 1200, **kw)
     accuracy = (_planted_groups(model, pair) == pair.group).mean()
     assert accuracy >= 0.9, accuracy
-    held = torch.as_tensor(heldout_pairs(PairSource(url, 2, ("base", "final"))))
+    held = torch.as_tensor(loader_for(url).heldout()[0])
     with torch.no_grad():
         err = (model(held) - held).pow(2).sum() / (held - held.mean(0)).pow(2).sum()
     assert err < 0.1
@@ -91,27 +104,11 @@ def test_identical_models_give_only_shared_latents(tmp_path):
     assert (groups == 1).all()
 
 
-def test_loader_keeps_heldout_examples_out(tmp_path):
-    n = 4000
-    x = np.zeros((n, 2, 4), dtype=np.float32)
-    x[:, :, 0] = np.arange(n)[:, None] // TOKENS_PER_EXAMPLE  # the example id
-    url = _store(tmp_path, x)
-    source = PairSource(url, 2, ("base", "final"), heldout_fraction=0.25, seed=3)
-    stream = paired_batches(source, 100, buffer_chunks=2)
-    seen = np.concatenate([next(stream) for _ in range(60)])  # more than one epoch
-    held = heldout_pairs(source)
-    train_ids, held_ids = set(seen[:, 0, 0].astype(int)), set(held[:, 0, 0].astype(int))
-    assert not train_ids & held_ids
-    assert len(held_ids) == 50 and len(train_ids) == 150
-    # Resuming the stream at step s gives exactly the batches an uninterrupted one gives.
-    again = paired_batches(source, 100, buffer_chunks=2, start_step=37)
-    np.testing.assert_array_equal(next(again), seen[3700:3800])
-
-
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     url = _store(tmp_path, np.zeros((200, 2, 4), dtype=np.float32))
+    fcfg = FeaturesConfig(finetuned="step-9", batch_size=10)
     with pytest.raises(KeyError, match="step-9"):
-        next(paired_batches(PairSource(url, 2, ("base", "step-9")), 10))
+        pair_loader(xr.open_zarr(url, chunks=None), 2, fcfg)
 
 
 def test_save_load_round_trip(tmp_path):
@@ -134,8 +131,8 @@ def test_resume_after_failure_matches_uninterrupted_run(tmp_path):
     whole = _train(url, str(tmp_path / "whole"), n_steps=70)
     with pytest.raises(RuntimeError, match="injected"):
         _train(url, str(tmp_path / "resumed"), n_steps=70, fail_after=50)
-    assert (tmp_path / "resumed" / "resume" / "step.json").exists()
+    assert (tmp_path / "resumed" / "train-state" / "state.json").exists()
     resumed = _train(url, str(tmp_path / "resumed"), n_steps=70)
     for name, value in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0)
-    assert not (tmp_path / "resumed" / "resume").exists()
+    assert not (tmp_path / "resumed" / "train-state").exists()

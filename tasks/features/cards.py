@@ -21,10 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import xarray as xr
 
-from tasks.features.pairs import PairSource
 from tasks.features.scan import MODELS, Dictionary
+from tasks.sae.loader import ActivationLoader
 
 
 @dataclass(frozen=True)
@@ -85,18 +84,18 @@ def pick_latents(
 
 @torch.no_grad()
 def latent_on_example(
-    ds: xr.Dataset, source: PairSource, d: Dictionary, example: int, device="cpu"
+    loader: ActivationLoader, d: Dictionary, example: int, device="cpu"
 ) -> np.ndarray:
     """All latents of ``d`` on every token of one example: [token_count, d_sae]."""
+    ds = loader.ds
     start, count = int(ds.token_start.values[example]), int(ds.token_count.values[example])
-    pair = torch.as_tensor(source.read(ds, start, start + count), device=device)
+    pair = torch.as_tensor(loader.read(start, start + count), device=device)
     x = pair if d.reads == "pair" else pair[:, MODELS.index(d.reads)]
     return d.encode(x).cpu().numpy()
 
 
 def build_card(
-    ds: xr.Dataset,
-    source: PairSource,
+    loader: ActivationLoader,
     d: Dictionary,
     pick: CardPick,
     scores: np.ndarray,
@@ -107,16 +106,18 @@ def build_card(
 ) -> dict:
     """The card of one latent: its top ``n_examples`` examples by max activation.
 
-    ``scores`` [n_examples_total, d_sae] are the per-example maxima from the layer scan.
+    ``scores`` [n_examples_total, d_sae] are the per-example maxima from the layer scan;
+    tokens the loader leaves out (special tokens, when excluded) cannot be the top token.
     """
+    ds = loader.ds
+    scored = loader.train_mask | loader.heldout_mask
     column = scores[:, pick.latent]
     top = [int(e) for e in np.argsort(-column, kind="stable")[:n_examples] if column[e] > 0]
     examples = []
     for e in top:
-        acts = latent_on_example(ds, source, d, e, device)[:, pick.latent]
+        acts = latent_on_example(loader, d, e, device)[:, pick.latent]
         start, count = int(ds.token_start.values[e]), int(ds.token_count.values[e])
-        if source.exclude_special:
-            acts = np.where(ds.is_special.values[start : start + count], 0.0, acts)
+        acts = np.where(scored[start : start + count], acts, 0.0)
         peak = int(np.argmax(acts))
         lo, hi = max(0, peak - context), min(count, peak + context + 1)
         examples.append(

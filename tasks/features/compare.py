@@ -16,9 +16,9 @@ from tasks.features.cards import build_card, pick_latents
 from tasks.features.config import FeaturesConfig
 from tasks.features.crosscoder import GROUPS, classify_latents, relative_norms
 from tasks.features.matching import histogram, match_decoders
-from tasks.features.pairs import PairSource, open_store
-from tasks.features.scan import MODELS, Dictionary, scan_layer
+from tasks.features.scan import MODELS, Dictionary, loader_layer, scan_layer
 from tasks.features.task_latents import latent_auroc, task_specific_fraction
+from tasks.sae.loader import ActivationLoader
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _hist(values: np.ndarray, bins: int, lo: float, hi: float) -> list[int]:
 
 
 def compare_layer(
-    source: PairSource,
+    loader: ActivationLoader,
     base: Dictionary,
     finetuned: Dictionary,
     crosscoder: Dictionary,
@@ -49,7 +49,8 @@ def compare_layer(
     ``base``/``finetuned`` are the SAEs (``source`` names ``base_sae``/``finetuned_sae``),
     ``crosscoder`` the pair dictionary (``crosscoder``) with decoder [d_sae, 2, d_in].
     """
-    scan = scan_layer(source, [base, finetuned, crosscoder], batch_size, device)
+    layer = loader_layer(loader)
+    scan = scan_layer(loader, [base, finetuned, crosscoder], batch_size, device)
     alive = {name: fires > 0 for name, fires in scan.fires.items()}
     auroc = {name: latent_auroc(scores, scan.labels)[0] for name, scores in scan.scores.items()}
 
@@ -82,8 +83,8 @@ def compare_layer(
     }
     bins = fcfg.hist_bins
     result = {
-        "layer": source.layer,
-        "checkpoints": list(source.checkpoints),
+        "layer": layer,
+        "checkpoints": [c for c, _ in loader.sources],
         "n_heldout_tokens": scan.n_heldout_tokens,
         "crosscoder_counts": counts,
         "crosscoder_dead": int((~live_c).sum()),
@@ -106,24 +107,14 @@ def compare_layer(
         fcfg.base_only_below, fcfg.finetuned_only_above,
     )  # fmt: skip
     by_name = {d.source: d for d in (base, finetuned, crosscoder)}
-    ds = open_store(source.url)
+    card_opts = {"n_examples": fcfg.card_examples, "context": fcfg.card_context, "device": device}
     result["cards"] = [
-        build_card(
-            ds,
-            source,
-            by_name[p.source],
-            p,
-            scan.scores[p.source],
-            source.layer,
-            fcfg.card_examples,
-            fcfg.card_context,
-            device,
-        )  # fmt: skip
+        build_card(loader, by_name[p.source], p, scan.scores[p.source], layer, **card_opts)
         for p in picks
     ]
     logger.info(
         "layer %d: crosscoder %s, matched %.3f, transfer %s",
-        source.layer, counts, result["matched_fraction"],
+        layer, counts, result["matched_fraction"],
         {k: round(v, 3) for k, v in transfer.items()},
     )  # fmt: skip
     return result

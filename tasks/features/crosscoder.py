@@ -54,9 +54,8 @@ class Crosscoder(nn.Module):
     """Shared-code crosscoder over ``n_models`` activation spaces of width ``d_in``.
 
     Parameters: ``W_enc`` [n_models, d_in, d_sae], ``b_enc`` [d_sae], ``W_dec``
-    [d_sae, n_models, d_in], ``b_dec`` [n_models, d_in]; buffers ``scale`` [n_models], the
-    factor that brings each model's activations to mean squared norm ``d_in``, and
-    ``idle_steps`` [d_sae], training steps since each latent last fired (dead latents).
+    [d_sae, n_models, d_in], ``b_dec`` [n_models, d_in]; buffer ``scale`` [n_models], the
+    factor that brings each model's activations to mean squared norm ``d_in``.
     """
 
     def __init__(self, cfg: CrosscoderCfg, generator: torch.Generator | None = None) -> None:
@@ -70,7 +69,6 @@ class Crosscoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(s))
         self.b_dec = nn.Parameter(torch.zeros(m, d))
         self.register_buffer("scale", torch.ones(m))
-        self.register_buffer("idle_steps", torch.zeros(s, dtype=torch.int64))
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder pre-activations of raw activations ``x`` [B, n_models, d_in]: [B, d_sae]."""

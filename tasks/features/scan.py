@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tasks.features.pairs import PairSource, chunk_bounds, open_store
 from tasks.features.task_latents import segment_max
 from tasks.features.transfer import FVUAccumulator
+from tasks.sae.loader import ActivationLoader
 
 logger = logging.getLogger(__name__)
 
@@ -81,29 +81,39 @@ def _apply(d: Dictionary, pair: torch.Tensor) -> dict[str, tuple[torch.Tensor, t
     return out
 
 
+def loader_layer(loader: ActivationLoader) -> int:
+    """The layer a (base, fine-tuned) pair loader reads."""
+    return int(loader.sources[0][1])
+
+
 @torch.no_grad()
 def scan_layer(
-    source: PairSource,
+    loader: ActivationLoader,
     dictionaries: list[Dictionary],
     batch_size: int = 4096,
     device: str | torch.device = "cpu",
 ) -> LayerScan:
-    """Stream every token of ``source``'s layer once through all ``dictionaries``."""
-    ds = open_store(source.url)
-    mask = source.token_mask(ds, heldout=None)
+    """Stream every scored token of ``loader``'s layer once through all ``dictionaries``.
+
+    ``loader`` reads the sources (base, layer) and (fine-tuned, layer); its held-out
+    examples (the SAEs' own, for the same seed and fraction) give the FVUs, all its tokens
+    (minus special tokens when it excludes them) give the per-example maxima.
+    """
+    ds = loader.ds
+    mask = loader.train_mask | loader.heldout_mask
     n_ex = ds.sizes["example"]
-    heldout = source.heldout_examples(n_ex)
-    example_of_token = ds.example_of_token.values
+    heldout = loader.heldout_examples
+    example_of_token = np.asarray(ds.example_of_token.values)
     scores = {d.source: torch.zeros(n_ex, d.d_sae, device=device) for d in dictionaries}
     fires = {d.source: torch.zeros(d.d_sae, dtype=torch.int64, device=device) for d in dictionaries}
     fvu = {(d.source, m): FVUAccumulator() for d in dictionaries for m in MODELS}
     n_held = 0
-    bounds = chunk_bounds(ds)
-    for a, b in tqdm(bounds, desc=f"scan layer {source.layer}", unit="chunk", disable=None):
+    desc = f"scan layer {loader_layer(loader)}"
+    for a, b in tqdm(loader.chunks, desc=desc, unit="chunk", disable=None):
         keep = mask[a:b]
         if not keep.any():
             continue
-        block = source.read(ds, a, b)[keep]
+        block = loader.read(a, b)[keep]
         examples = example_of_token[a:b][keep]
         for s in range(0, len(block), batch_size):
             pair = torch.as_tensor(block[s : s + batch_size], device=device)
@@ -122,7 +132,7 @@ def scan_layer(
         scores={k: v.cpu().numpy() for k, v in scores.items()},
         fires={k: v.cpu().numpy() for k, v in fires.items()},
         fvu=fvu,
-        labels=ds.label.values,
+        labels=np.asarray(ds.label.values),
         heldout=heldout,
         n_heldout_tokens=n_held,
     )
