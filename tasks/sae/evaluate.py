@@ -1,0 +1,188 @@
+"""SAE metrics on held-out tokens, and accuracy / loss recovered inside the classifier.
+
+Reconstruction (``x`` [n, d_in] held-out activations, ``x̂`` the SAE output):
+
+- ``mse`` = mean over tokens and dims of (x − x̂)², in the model's units;
+- ``fvu`` = Σ||x − x̂||² / Σ||x − mean(x)||² (fraction of variance unexplained);
+- ``explained_variance`` = 1 − Σ_d Var(x − x̂)_d / Σ_d Var(x)_d (like scikit-learn's
+  ``explained_variance_score`` with variance weighting: a constant error is forgiven);
+- ``l0`` = mean active latents per token; ``dead_fraction`` = share of latents that never
+  fire on the held-out tokens.
+
+Recovered (Gao et al. 2024 style, on the held-out probe examples): the layer's hidden state
+(``hidden_states[layer]``: 0 = embeddings output, l ≥ 1 = output of encoder layer l − 1) is
+replaced on the real tokens by the SAE reconstruction, or by the mean activation, through a
+forward hook; ``loss_recovered = (L_mean − L_sae) / (L_mean − L_clean)``, same for accuracy.
+It is NaN when the denominator is ~0 (e.g. an untrained head where ablation changes nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tasks.sae.model import SparseAutoencoder
+
+logger = logging.getLogger(__name__)
+
+DENSITY_EDGES = np.linspace(-6.0, 0.0, 25)  # log10 firing frequency, 0.25 decades per bin
+RECOVERY_EPS = 1e-6
+
+
+@torch.no_grad()
+def reconstruction_metrics(
+    model: SparseAutoencoder, x: torch.Tensor, batch_size: int = 4096
+) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics of ``model`` on ``x`` [n, d_in] and each latent's firing frequency [d_sae]."""
+    if x.shape[0] == 0:
+        raise ValueError("no held-out tokens to evaluate on: raise sae.heldout_fraction")
+    device = model.b_dec.device
+    x64 = x.double()
+    err_sum = torch.zeros(x.shape[1], dtype=torch.float64)
+    err_sq = torch.zeros(x.shape[1], dtype=torch.float64)
+    fired = torch.zeros(model.d_sae, dtype=torch.float64)
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start : start + batch_size].to(device, torch.float32)
+        f = model.encode(xb)
+        err = (xb - model.decode(f)).double().cpu()
+        err_sum += err.sum(dim=0)
+        err_sq += err.pow(2).sum(dim=0)
+        fired += (f > 0).sum(dim=0).double().cpu()
+    n = x.shape[0]
+    total_var = (x64 - x64.mean(dim=0)).pow(2).sum()
+    err_var = (err_sq - err_sum.pow(2) / n).sum()
+    frequency = (fired / n).numpy()
+    metrics = {
+        "mse": float(err_sq.sum() / (n * x.shape[1])),
+        "fvu": float(err_sq.sum() / total_var),
+        "explained_variance": float(1.0 - err_var / total_var),
+        "l0": float(fired.sum() / n),
+        "dead_fraction": float((fired == 0).double().mean()),
+    }
+    return metrics, frequency
+
+
+def density_histogram(frequency: np.ndarray) -> np.ndarray:
+    """Counts of latents per bin of log10 firing frequency (:data:`DENSITY_EDGES`).
+
+    Latents firing less often than 1e-6 (never-firing included) fall in the first bin.
+    """
+    logf = np.log10(np.clip(frequency, 10 ** DENSITY_EDGES[0], 1.0))
+    counts, _ = np.histogram(logf, bins=DENSITY_EDGES)
+    return counts
+
+
+def layer_module(model: nn.Module, layer: int) -> nn.Module:
+    """The module whose output is ``hidden_states[layer]`` of a Hugging Face encoder."""
+    base = getattr(model, "base_model", model)
+    if layer == 0:
+        return base.embeddings
+    for path in ("encoder.layer", "transformer.layer", "layers", "encoder.layers"):
+        obj: object = base
+        for name in path.split("."):
+            obj = getattr(obj, name, None)
+        if isinstance(obj, nn.ModuleList):
+            if not 1 <= layer <= len(obj):
+                raise ValueError(f"layer {layer} is outside 0..{len(obj)} for this model")
+            return obj[layer - 1]
+    raise ValueError(f"cannot find the encoder layers of {type(base).__name__} to hook")
+
+
+def _replacing_hook(replace: Callable[[torch.Tensor], torch.Tensor], mask: list[torch.Tensor]):
+    """A forward hook replacing the hidden state on ``mask[0]`` [B, T] tokens."""
+
+    def hook(module, inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        new = hidden.clone()
+        selected = mask[0]
+        new[selected] = replace(hidden[selected]).to(hidden.dtype)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    return hook
+
+
+@torch.no_grad()
+def recovered_metrics(
+    classifier_dir: str | Path,
+    layer: int,
+    model: SparseAutoencoder,
+    mean_activation: torch.Tensor,
+    texts: list[str],
+    labels: np.ndarray,
+    max_length: int = 128,
+    batch_size: int = 32,
+    exclude_special: bool = False,
+) -> dict[str, float]:
+    """Accuracy and CE loss of the classifier clean, with the SAE spliced in, and mean-ablated.
+
+    ``mean_activation`` [d_in] replaces every real token in the ablation. Returns
+    ``accuracy_{clean,sae,mean}``, ``loss_{clean,sae,mean}``, ``accuracy_recovered`` and
+    ``loss_recovered``.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    device = model.b_dec.device
+    classifier = AutoModelForSequenceClassification.from_pretrained(classifier_dir).to(device)
+    classifier.eval()
+    tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if labels_t.numel() and int(labels_t.max()) >= classifier.config.num_labels:
+        raise ValueError(
+            f"store labels go up to {int(labels_t.max())} but {classifier_dir} has "
+            f"{classifier.config.num_labels} labels: the store and checkpoint do not match"
+        )
+    mean = mean_activation.to(device, torch.float32)
+    modes = {"clean": None, "sae": lambda h: model(h.float()), "mean": lambda h: mean.expand_as(h)}
+    mask: list[torch.Tensor] = [torch.zeros(0)]
+    sums = {name: [0.0, 0.0] for name in modes}  # loss sum, correct count
+    target = layer_module(classifier, layer)
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            texts[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_special_tokens_mask=True,
+        )
+        special = batch.pop("special_tokens_mask").bool()
+        real = batch["attention_mask"].bool()
+        mask[0] = (real & ~special if exclude_special else real).to(device)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        y = labels_t[start : start + batch_size].to(device)
+        for name, replace in modes.items():
+            handle = (
+                None
+                if replace is None
+                else target.register_forward_hook(_replacing_hook(replace, mask))
+            )
+            try:
+                logits = classifier(**batch).logits.float()
+            finally:
+                if handle is not None:
+                    handle.remove()
+            sums[name][0] += F.cross_entropy(logits, y, reduction="sum").item()
+            sums[name][1] += (logits.argmax(dim=-1) == y).sum().item()
+    n = max(len(texts), 1)
+    out = {}
+    for name, (loss_sum, correct) in sums.items():
+        out[f"loss_{name}"], out[f"accuracy_{name}"] = loss_sum / n, correct / n
+    out["loss_recovered"] = _recovered(out["loss_mean"], out["loss_sae"], out["loss_clean"])
+    out["accuracy_recovered"] = _recovered(
+        out["accuracy_mean"], out["accuracy_sae"], out["accuracy_clean"]
+    )
+    return out
+
+
+def _recovered(ablated: float, spliced: float, clean: float) -> float:
+    """(ablated − spliced) / (ablated − clean), NaN when the denominator is ~0."""
+    denominator = ablated - clean
+    if abs(denominator) < RECOVERY_EPS:
+        return float("nan")
+    return (ablated - spliced) / denominator

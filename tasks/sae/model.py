@@ -1,0 +1,188 @@
+"""Sparse autoencoders: TopK (Gao et al. 2024) and ReLU + L1 (Anthropic, April 2024 update).
+
+Shapes: ``x`` [batch, d_in] raw activations, ``f`` [batch, d_sae] latent code. Inside, the
+SAE works on normalised activations ``x * scale`` (``scale`` is chosen so that
+E||x * scale||² = d_in, estimated from a sample of the store); ``decode`` divides by
+``scale`` again, so inputs and reconstructions are always in the model's own units.
+
+- TopK: ``f = ReLU(TopK_k((x̂ - b_dec) W_enc + b_enc))`` with x̂ = x * scale; the decoder
+  rows are kept at unit norm (the gradient component parallel to each row is removed before
+  the step and rows are renormalised after it); the AuxK loss (k_aux = d_in / 2, weight
+  1/32) lets dead latents reconstruct the residual.
+- ReLU: ``f = ReLU((x̂ - b_dec) W_enc + b_enc)`` with the loss
+  ``mse + λ · E[Σ_i f_i ||W_dec[i]||]``: the L1 penalty weighted by decoder row norms.
+
+The training loss uses the mean squared error per element of the normalised activations.
+Every model offers what :mod:`tasks.sae.train` needs: ``loss(x, dead_mask)``,
+``after_backward()``, ``after_step()`` and ``d_sae``, so other dictionaries (crosscoders)
+can reuse the trainer by offering the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    """Shape, architecture, loss weights and provenance of one SAE."""
+
+    d_in: int
+    d_sae: int
+    architecture: Literal["topk", "relu"] = "topk"
+    k: int = 32
+    l1_coefficient: float = 1e-3
+    aux_k: int | None = None  # None: d_in // 2 (Gao et al. 2024)
+    aux_coefficient: float = 1 / 32
+    model_name: str = ""
+    checkpoint: str = ""
+    layer: int = 0
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ("topk", "relu"):
+            raise ValueError(f"architecture must be 'topk' or 'relu', got {self.architecture!r}")
+        if self.architecture == "topk" and not 0 < self.k <= self.d_sae:
+            raise ValueError(f"k={self.k} must lie in 1..d_sae={self.d_sae}")
+
+    @property
+    def k_aux(self) -> int:
+        """Latents used by the AuxK loss."""
+        return min(self.aux_k if self.aux_k is not None else self.d_in // 2, self.d_sae)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
+        return asdict(self)
+
+
+class SparseAutoencoder(nn.Module):
+    """A TopK or ReLU+L1 SAE with SAELens's parameter names and shapes.
+
+    Parameters: ``W_enc`` [d_in, d_sae], ``b_enc`` [d_sae], ``W_dec`` [d_sae, d_in],
+    ``b_dec`` [d_in] (all in normalised units); buffer ``scale`` [] (the input factor).
+    """
+
+    def __init__(self, spec: SAESpec, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        d_in, d_sae = spec.d_in, spec.d_sae
+        w_dec = torch.randn(d_sae, d_in, generator=generator)
+        w_dec /= w_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(w_dec)
+        self.W_enc = nn.Parameter(w_dec.t().clone())  # encoder = decoder transpose at init
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.register_buffer("scale", torch.ones(()))
+
+    @property
+    def d_sae(self) -> int:
+        """Number of latents."""
+        return self.spec.d_sae
+
+    @torch.no_grad()
+    def init_from_sample(self, x: torch.Tensor) -> None:
+        """Set ``scale`` (E||x·scale||² = d_in) and ``b_dec`` (the mean) from ``x`` [n, d_in]."""
+        x = x.to(self.b_dec.device, torch.float64)
+        mean_sq = x.pow(2).sum(dim=1).mean().clamp_min(1e-12)
+        self.scale.fill_(float((self.spec.d_in / mean_sq).sqrt()))
+        self.b_dec.copy_((x * self.scale.double()).mean(dim=0).float())
+
+    def encode_pre(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder pre-activations of raw ``x`` [B, d_in]: [B, d_sae]."""
+        return torch.addmm(self.b_enc, x * self.scale - self.b_dec, self.W_enc)
+
+    def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """TopK code of raw ``x`` [B, d_in] as (values [B, k] ≥ 0, indices [B, k])."""
+        values, indices = self.encode_pre(x).topk(self.spec.k, dim=-1, sorted=False)
+        return values.relu(), indices
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense sparse code of raw ``x`` [B, d_in]: [B, d_sae], non-negative."""
+        if self.spec.architecture == "relu":
+            return self.encode_pre(x).relu()
+        values, indices = self.encode_sparse(x)
+        return torch.zeros(x.shape[0], self.d_sae, dtype=values.dtype, device=x.device).scatter(
+            1, indices, values
+        )
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """Reconstruction [B, d_in] in raw units of code ``f`` [B, d_sae]."""
+        return torch.addmm(self.b_dec, f, self.W_dec) / self.scale
+
+    def _decode_sparse_normalised(
+        self, values: torch.Tensor, indices: torch.Tensor
+    ) -> torch.Tensor:
+        """Normalised reconstruction from a TopK code, gathering only the k active rows."""
+        out = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
+        return out + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction [B, d_in] of raw ``x`` [B, d_in] (equals ``decode(encode(x))``)."""
+        if self.spec.architecture == "relu":
+            return self.decode(self.encode(x))
+        values, indices = self.encode_sparse(x)
+        return self._decode_sparse_normalised(values, indices) / self.scale
+
+    def loss(
+        self, x: torch.Tensor, dead_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """Training loss on raw ``x`` [B, d_in].
+
+        ``dead_mask`` [d_sae] marks dead latents for the AuxK loss (TopK only). Returns
+        (loss, parts {loss, mse, l0, aux or l1}, fired [d_sae] bool: latents active in ``x``).
+        """
+        xn = x * self.scale
+        pre = torch.addmm(self.b_enc, xn - self.b_dec, self.W_enc)
+        if self.spec.architecture == "relu":
+            f = pre.relu()
+            recon = torch.addmm(self.b_dec, f, self.W_dec)
+            mse = (recon - xn).pow(2).mean()
+            l1 = (f * self.W_dec.norm(dim=1)).sum(dim=1).mean()
+            loss = mse + self.spec.l1_coefficient * l1
+            active = f > 0
+            parts = {"mse": mse.item(), "l1": l1.item()}
+        else:
+            values, indices = pre.topk(self.spec.k, dim=-1, sorted=False)
+            values = values.relu()
+            recon = self._decode_sparse_normalised(values, indices)
+            mse = (recon - xn).pow(2).mean()
+            aux = self._aux_loss(pre, (xn - recon).detach(), dead_mask)
+            loss = mse + self.spec.aux_coefficient * aux
+            active = torch.zeros_like(pre, dtype=torch.bool).scatter(1, indices, values > 0)
+            parts = {"mse": mse.item(), "aux": aux.item()}
+        parts["loss"] = loss.item()
+        parts["l0"] = active.sum(dim=1).float().mean().item()
+        return loss, parts, active.any(dim=0)
+
+    def _aux_loss(
+        self, pre: torch.Tensor, residual: torch.Tensor, dead_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """AuxK: the top ``k_aux`` dead latents reconstruct the residual [B, d_in] (NMSE)."""
+        n_dead = int(dead_mask.sum()) if dead_mask is not None else 0
+        if n_dead == 0:
+            return pre.new_zeros(())
+        k_aux = min(self.spec.k_aux, n_dead)
+        masked = pre.masked_fill(~dead_mask, float("-inf"))
+        values, indices = masked.topk(k_aux, dim=-1, sorted=False)
+        values = values.relu()
+        recon = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
+        return (recon - residual).pow(2).mean() / residual.pow(2).mean().clamp_min(1e-12)
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        """TopK: drop the gradient component parallel to each (unit) decoder row."""
+        if self.spec.architecture == "topk" and self.W_dec.grad is not None:
+            w, g = self.W_dec, self.W_dec.grad
+            g -= (g * w).sum(dim=1, keepdim=True) * w
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """TopK: renormalise decoder rows to unit norm."""
+        if self.spec.architecture == "topk":
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)

@@ -1,0 +1,174 @@
+"""Training dictionaries (SAEs, and anything with the same methods) from a batch stream.
+
+:class:`Trainer` steps one Adam optimizer over one or more models fed from the same batch
+[batch, n_sources, d] (``route(x, i)`` picks model ``i``'s input: by default source ``i``,
+so one pass over the store trains the SAEs of several layers). A model must offer
+``loss(x, dead_mask) -> (loss, parts, fired[d_sae])``, ``after_backward()``,
+``after_step()`` and ``d_sae`` (see :class:`tasks.sae.model.SparseAutoencoder`).
+
+Resume: :meth:`Trainer.state` and :meth:`Trainer.restore` carry the models, the optimizer,
+the step and the dead-latent counters; with a seeded stream that restarts at the saved step
+(``ActivationLoader.batches(start_step)``), a resumed run ends with the same weights as an
+uninterrupted one (on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from storage.saes import TrainState
+
+logger = logging.getLogger(__name__)
+
+Route = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def route_by_source(x: torch.Tensor, i: int) -> torch.Tensor:
+    """Model ``i`` trains on source ``i`` of the batch [B, n_sources, d]: [B, d]."""
+    return x[:, i]
+
+
+def route_all(x: torch.Tensor, i: int) -> torch.Tensor:
+    """Every model sees the whole batch [B, n_sources, d] (crosscoders)."""
+    return x
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Optimisation settings: steps, learning rate with linear warm-up and final decay."""
+
+    n_steps: int
+    learning_rate: float
+    warmup_steps: int = 0
+    decay_fraction: float = 0.2  # linear decay to 0 over the last 20% of steps
+    dead_tokens: int = 1_000_000  # a latent not fired for this many tokens is dead (AuxK)
+    checkpoint_every: int = 0  # 0: never
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of step ``step`` (0-based)."""
+        scale = 1.0
+        if self.warmup_steps > 0:
+            scale = min(scale, (step + 1) / self.warmup_steps)
+        decay_steps = int(self.decay_fraction * self.n_steps)
+        if decay_steps > 0:
+            scale = min(scale, (self.n_steps - step) / decay_steps)
+        return self.learning_rate * scale
+
+
+class Trainer:
+    """Adam over ``models`` (each on ``device``), with dead-latent tracking and resume."""
+
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        schedule: Schedule,
+        route: Route = route_by_source,
+        desc: str = "sae",
+    ) -> None:
+        self.models, self.schedule, self.route, self.desc = list(models), schedule, route, desc
+        self.device = next(self.models[0].parameters()).device
+        params = [p for m in self.models for p in m.parameters()]
+        self.optimizer = torch.optim.Adam(params, lr=schedule.learning_rate)
+        self.step, self.tokens_seen = 0, 0
+        self.since_fired = [
+            torch.zeros(m.d_sae, dtype=torch.long, device=self.device) for m in self.models
+        ]
+        self.last_parts: list[dict[str, float]] = [{} for _ in self.models]
+
+    def dead_fraction(self, i: int = 0) -> float:
+        """Share of model ``i``'s latents not fired for ``dead_tokens`` training tokens."""
+        return (self.since_fired[i] >= self.schedule.dead_tokens).float().mean().item()
+
+    def train_step(self, batch: torch.Tensor) -> None:
+        """One optimizer step on ``batch`` [B, n_sources, d] (float32, any device)."""
+        x = batch.to(self.device, torch.float32, non_blocking=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule.lr_at(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, model in enumerate(self.models):
+            dead = self.since_fired[i] >= self.schedule.dead_tokens
+            loss, parts, fired = model.loss(self.route(x, i), dead)
+            loss.backward()
+            self.since_fired[i] += x.shape[0]
+            self.since_fired[i][fired] = 0
+            self.last_parts[i] = parts
+            model.after_backward()
+        self.optimizer.step()
+        for model in self.models:
+            model.after_step()
+        self.step += 1
+        self.tokens_seen += x.shape[0]
+
+    def fit(
+        self,
+        batches: Iterator[np.ndarray | torch.Tensor],
+        on_checkpoint: Callable[[Trainer], None] | None = None,
+    ) -> list[dict[str, float]]:
+        """Train from :attr:`step` to ``schedule.n_steps``; returns the last loss parts per model.
+
+        ``on_checkpoint(trainer)`` runs every ``schedule.checkpoint_every`` steps.
+        """
+        every = self.schedule.checkpoint_every
+        bar = tqdm(
+            total=self.schedule.n_steps,
+            initial=self.step,
+            desc=self.desc,
+            unit="step",
+            disable=None,
+        )
+        tokens, started = 0, time.perf_counter()
+        while self.step < self.schedule.n_steps:
+            raw = next(batches)
+            x = torch.from_numpy(np.ascontiguousarray(raw)) if isinstance(raw, np.ndarray) else raw
+            self.train_step(x)
+            tokens += x.shape[0]
+            bar.update(1)
+            if self.step % 10 == 0 or self.step == self.schedule.n_steps:
+                parts = self.last_parts[0]
+                rate = tokens / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(
+                    tok_s=f"{rate:,.0f}",
+                    loss=f"{parts.get('loss', float('nan')):.4g}",
+                    l0=f"{parts.get('l0', float('nan')):.1f}",
+                    dead=f"{self.dead_fraction(0):.3f}",
+                )
+            if on_checkpoint is not None and every and self.step % every == 0:
+                on_checkpoint(self)
+        bar.close()
+        return self.last_parts
+
+    def state(self) -> TrainState:
+        """The resumable state: models, optimizer, step and dead-latent counters."""
+        model_state = {
+            f"{i}.{name}": tensor
+            for i, model in enumerate(self.models)
+            for name, tensor in model.state_dict().items()
+        }
+        counters = {f"since_fired.{i}": c for i, c in enumerate(self.since_fired)}
+        return TrainState(
+            model=model_state,
+            optimizer=self.optimizer.state_dict(),
+            extra={"step": self.step, "tokens_seen": self.tokens_seen},
+            tensors=counters,
+        )
+
+    def restore(self, state: TrainState) -> None:
+        """Load a :meth:`state` (saved by this trainer's configuration) in place."""
+        for i, model in enumerate(self.models):
+            prefix = f"{i}."
+            own = {k[len(prefix) :]: v for k, v in state.model.items() if k.startswith(prefix)}
+            model.load_state_dict(own)
+        self.optimizer.load_state_dict(state.optimizer)
+        for i in range(len(self.models)):
+            self.since_fired[i] = state.tensors[f"since_fired.{i}"].to(self.device)
+        self.step = int(state.extra["step"])
+        self.tokens_seen = int(state.extra.get("tokens_seen", 0))
+        logger.info("resumed %s training at step %d", self.desc, self.step)
