@@ -249,3 +249,28 @@ def test_remote_run_on_fsspec_url(tiny_model_dir, separable_csv, tmp_path, monke
 
     model = AutoModelForSequenceClassification.from_pretrained(local)
     assert model.config.id2label == {0: "neg", 1: "pos"}
+
+
+def test_remote_checkpoint_cache_follows_the_remote(tmp_path, monkeypatch):
+    """Only complete folders are listed (by step); a rewritten checkpoint is fetched again."""
+    monkeypatch.setenv("LAYERDRIFT_CACHE_DIR", str(tmp_path / "cache"))
+    run = RunDir("memory://cache-test/run")
+
+    def put(label: str, step: int, weights: bytes, complete: bool = True) -> None:
+        run.fs.pipe(run.path("checkpoints", label, "model.safetensors"), weights)
+        if complete:
+            run.write_text(json.dumps({"step": step}), "checkpoints", label, "metrics.json")
+
+    put("final", 9, b"v1")
+    put("base", 0, b"b")
+    put("step-000004", 4, b"s")
+    put("step-000007", 7, b"x", complete=False)
+    assert list_checkpoints(run) == ["base", "step-000004", "final"]
+    first = local_checkpoint_path(run, "final")
+    assert (first / "model.safetensors").read_bytes() == b"v1"
+    put("final", 9, b"v2")  # same metrics: the cached copy is kept
+    assert (local_checkpoint_path(run, "final") / "model.safetensors").read_bytes() == b"v1"
+    run.write_text(json.dumps({"step": 9, "rebuilt": True}), "checkpoints", "final", "metrics.json")
+    assert (local_checkpoint_path(run, "final") / "model.safetensors").read_bytes() == b"v2"
+    with pytest.raises(FileNotFoundError, match="'step-000007'.*missing or incomplete"):
+        local_checkpoint_path(run, "step-000007")
