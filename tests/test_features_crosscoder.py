@@ -8,6 +8,7 @@ import torch
 import xarray as xr
 from factories import make_activation_store
 
+from layerdrift.config import SAEConfig
 from tasks.features.config import FeaturesConfig
 from tasks.features.crosscoder import (
     Crosscoder,
@@ -45,8 +46,10 @@ def _store(tmp_path, x: np.ndarray, name: str = "acts.zarr") -> str:
 
 def loader_for(url: str, batch_size: int = 256, heldout_fraction: float = 0.1):
     """A (base, final) loader over layer 2 of the test store."""
-    fcfg = FeaturesConfig(batch_size=batch_size, heldout_fraction=heldout_fraction)
-    return pair_loader(xr.open_zarr(url, chunks=None), 2, fcfg)
+    sae = SAEConfig(heldout_fraction=heldout_fraction)
+    return pair_loader(
+        xr.open_zarr(url, chunks=None), 2, FeaturesConfig(batch_size=batch_size), sae
+    )
 
 
 class FailingLoader(ActivationLoader):

@@ -43,6 +43,7 @@ def compare_layer(
     fcfg: FeaturesConfig,
     batch_size: int = 4096,
     device="cpu",
+    max_heldout_tokens: int | None = None,
 ) -> dict:
     """Every per-layer comparison as a JSON-ready dict (see :func:`tasks.features.run`).
 
@@ -50,7 +51,8 @@ def compare_layer(
     ``crosscoder`` the pair dictionary (``crosscoder``) with decoder [d_sae, 2, d_in].
     """
     layer = loader_layer(loader)
-    scan = scan_layer(loader, [base, finetuned, crosscoder], batch_size, device)
+    dictionaries = [base, finetuned, crosscoder]
+    scan = scan_layer(loader, dictionaries, batch_size, device, max_heldout_tokens)
     alive = {name: fires > 0 for name, fires in scan.fires.items()}
     auroc = {name: latent_auroc(scores, scan.labels)[0] for name, scores in scan.scores.items()}
 

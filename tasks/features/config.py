@@ -51,10 +51,8 @@ class FeaturesConfig:
     """Training token pairs per crosscoder."""
     checkpoint_every: int = 200
     """Steps between resumable crosscoder saves."""
-    heldout_fraction: float = 0.1
-    """Examples kept out of crosscoder training (evaluation)."""
-    exclude_special: bool = False
-    """Train and score without special tokens."""
+    dead_tokens: int = 200_000
+    """A crosscoder latent unfired for this many training tokens is dead (gets AuxK)."""
     hist_bins: int = 20
     """Bins of the match-cosine and relative-norm histograms."""
     card_latents: int = 3
@@ -89,7 +87,10 @@ class FeaturesConfig:
         """The run's ``features`` section when it has one, else these defaults.
 
         Without a section, the crosscoder follows the SAE section's optimisation settings
-        (learning rate, warm-up, batch, budget, k, expansion, held-out share, seed).
+        (architecture, expansion, k, L1, learning rate, warm-up, batch, budget, dead tokens,
+        seed). The held-out split, special-token filter and shuffle buffer always come from
+        the SAE section (:func:`tasks.features.train.pair_loader`), so the transfer FVUs are
+        measured on tokens no SAE was trained on.
         """
         section = getattr(cfg, "features", None)
         if section is not None:
@@ -101,8 +102,8 @@ class FeaturesConfig:
         if sae is None:
             return cls()
         shared = ("expansion_factor", "k", "l1_coefficient", "learning_rate", "warmup_steps")
-        shared += ("batch_size", "token_budget", "checkpoint_every", "heldout_fraction")
-        shared += ("exclude_special", "seed", "architecture")
+        shared += ("batch_size", "token_budget", "checkpoint_every", "dead_tokens")
+        shared += ("seed", "architecture")
         return cls(**{name: getattr(sae, name) for name in shared if hasattr(sae, name)})
 
     def to_dict(self) -> dict[str, Any]:

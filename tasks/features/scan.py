@@ -92,17 +92,21 @@ def scan_layer(
     dictionaries: list[Dictionary],
     batch_size: int = 4096,
     device: str | torch.device = "cpu",
+    max_heldout_tokens: int | None = None,
 ) -> LayerScan:
     """Stream every scored token of ``loader``'s layer once through all ``dictionaries``.
 
     ``loader`` reads the sources (base, layer) and (fine-tuned, layer); its held-out
-    examples (the SAEs' own, for the same seed and fraction) give the FVUs, all its tokens
-    (minus special tokens when it excludes them) give the per-example maxima.
+    tokens (the SAEs' own for the same seed and fraction; the first ``max_heldout_tokens``
+    in store order, as the SAE metrics take them) give the FVUs and firing counts; all its
+    tokens (minus special tokens when it excludes them) give the per-example maxima.
     """
     ds = loader.ds
     mask = loader.train_mask | loader.heldout_mask
     n_ex = ds.sizes["example"]
     heldout = loader.heldout_examples
+    held_tokens = np.zeros(ds.sizes["token"], dtype=bool)
+    held_tokens[np.flatnonzero(loader.heldout_mask)[:max_heldout_tokens]] = True
     example_of_token = np.asarray(ds.example_of_token.values)
     scores = {d.source: torch.zeros(n_ex, d.d_sae, device=device) for d in dictionaries}
     fires = {d.source: torch.zeros(d.d_sae, dtype=torch.int64, device=device) for d in dictionaries}
@@ -115,10 +119,11 @@ def scan_layer(
             continue
         block = loader.read(a, b)[keep]
         examples = example_of_token[a:b][keep]
+        held_block = held_tokens[a:b][keep]
         for s in range(0, len(block), batch_size):
             pair = torch.as_tensor(block[s : s + batch_size], device=device)
             ex = torch.as_tensor(examples[s : s + batch_size], device=device)
-            held = torch.as_tensor(heldout[examples[s : s + batch_size]], device=device)
+            held = torch.as_tensor(held_block[s : s + batch_size], device=device)
             n_held += int(held.sum())
             for d in dictionaries:
                 out = _apply(d, pair)

@@ -18,6 +18,7 @@ import fsspec
 import torch
 import xarray as xr
 
+from layerdrift.config import SAEConfig
 from storage.saes import clear_train_state, load_train_state, save_train_state
 from tasks.features.config import FeaturesConfig
 from tasks.features.crosscoder import (
@@ -34,27 +35,33 @@ logger = logging.getLogger(__name__)
 
 
 def pair_loader(
-    ds: xr.Dataset, layer: int, fcfg: FeaturesConfig, batch_size: int | None = None
+    ds: xr.Dataset, layer: int, fcfg: FeaturesConfig, sae: SAEConfig | None = None
 ) -> ActivationLoader:
-    """Loader of (base, fine-tuned) activations of ``layer``: batches [B, 2, hidden]."""
+    """Loader of (base, fine-tuned) activations of ``layer``: batches [B, 2, hidden].
+
+    Held-out split, seed, special-token filter and buffer are the SAE section's (``sae``;
+    its defaults when None), so held-out tokens are the SAEs' held-out tokens.
+    """
+    sae = sae or SAEConfig()
     return ActivationLoader(
         ds,
         [(fcfg.base, layer), (fcfg.finetuned, layer)],
-        batch_size=batch_size or fcfg.batch_size,
-        heldout_fraction=fcfg.heldout_fraction,
-        seed=fcfg.seed,
-        exclude_special=fcfg.exclude_special,
+        batch_size=fcfg.batch_size,
+        heldout_fraction=sae.heldout_fraction,
+        seed=sae.seed,
+        exclude_special=sae.exclude_special,
+        buffer_chunks=sae.buffer_chunks,
     )
 
 
-def crosscoder_schedule(fcfg: FeaturesConfig, batch_size: int) -> Schedule:
-    """The optimisation schedule for ``token_budget`` token pairs in batches of ``batch_size``."""
-    n_steps = max(1, math.ceil(fcfg.token_budget / batch_size))
+def crosscoder_schedule(fcfg: FeaturesConfig) -> Schedule:
+    """The optimisation schedule: ``token_budget`` token pairs in batches of ``batch_size``."""
+    n_steps = max(1, math.ceil(fcfg.token_budget / fcfg.batch_size))
     return Schedule(
         n_steps=n_steps,
         learning_rate=fcfg.learning_rate,
         warmup_steps=min(fcfg.warmup_steps, n_steps // 2),
-        dead_tokens=min(1_000_000, max(batch_size, fcfg.token_budget // 10)),
+        dead_tokens=fcfg.dead_tokens,
         checkpoint_every=fcfg.checkpoint_every,
     )
 
