@@ -52,7 +52,7 @@ def probe() -> tuple[list[str], list[int]]:
 
 def make_store(url: str, checkpoints: dict, probe, **kwargs) -> str:
     texts, labels = probe
-    tokenizer = load_tokenizer(str(checkpoints["base"]))
+    tokenizer = load_tokenizer(str(next(iter(checkpoints.values()))))
     return create_activation_store(
         url, texts, labels, tokenizer, checkpoints, max_length=64, token_chunk=CHUNK, **kwargs
     )
@@ -121,8 +121,11 @@ def test_shards_cover_every_token_once():
             overlaps = starts[ex] < shard.stop and starts[ex] + counts[ex] > shard.start
             assert (ex in shard.examples) == overlaps
     assert (covered == 1).all()
-    batches = plan_batches((0, 1, 2, 3, 4), counts, 2)
+    batches = plan_batches((0, 1, 2, 3, 4), counts, 2, max_padding=1.0)
     assert [b.tolist() for b in batches] == [[3, 1], [0, 4], [2]]
+    # 20 then 9 would be 27% padding; 9, 5 is 22%; 9, 5, 4 would be 33%; 4, 3 is 12%.
+    batches = plan_batches((0, 1, 2, 3, 4), counts, 8, max_padding=0.25)
+    assert [b.tolist() for b in batches] == [[3], [1, 0], [4, 2]]
     with pytest.raises(ValueError, match="beyond"):
         plan_shards(starts, counts, 8, [6])
 
@@ -230,3 +233,31 @@ def test_run_level_api_and_prefect_tasks(tmp_path, checkpoints, probe, full_stor
     assert ds.attrs["config_hash"] == cfg.config_hash()
     assert ds.attrs["dataset"]["probe_rows"] == len(probe[0])
     np.testing.assert_array_equal(ds.activations.values, open_store(full_store).activations.values)
+
+
+def test_extract_into_an_fsspec_store(checkpoints, probe, full_store):
+    url = "memory://layerdrift-extract/activations.zarr"
+    subset = {"final": checkpoints["final"]}
+    make_store(url, subset, probe)
+    extract_all(url, subset)
+    np.testing.assert_array_equal(
+        open_store(url).activations.sel(checkpoint="final").values,
+        open_store(full_store).activations.sel(checkpoint="final").values,
+    )
+
+
+def test_retries_only_transient_errors():
+    from storage.lock import StoreLockedError
+    from tasks.extract.prefect_tasks import _transient
+
+    class State:
+        def __init__(self, error):
+            self.error = error
+
+        def result(self, raise_on_failure=True):
+            return self.error
+
+    assert _transient(None, None, State(OSError("connection reset")))
+    assert _transient(None, None, State(StoreLockedError("busy")))
+    assert not _transient(None, None, State(StoreMismatchError("other tokenizer")))
+    assert not _transient(None, None, State(FileNotFoundError("no checkpoint")))

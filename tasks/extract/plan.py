@@ -42,15 +42,32 @@ def plan_shards(
 
 
 def plan_batches(
-    examples: tuple[int, ...] | list[int], token_count: np.ndarray, batch_size: int
+    examples: tuple[int, ...] | list[int],
+    token_count: np.ndarray,
+    batch_size: int,
+    max_padding: float = 0.25,
 ) -> list[np.ndarray]:
-    """Split ``examples`` into batches of at most ``batch_size``, longest first.
+    """Split ``examples`` into length-sorted batches (longest first) of at most ``batch_size``.
 
-    Sorting by length (stable, ties by example index) keeps padding small. Returns arrays of
-    example indices.
+    A batch is closed early when the next example would make more than ``max_padding`` of the
+    batch's token slots padding (width = its longest example). Returns arrays of example
+    indices; ties keep example order.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    counts = np.asarray(token_count)
     order = np.asarray(examples, dtype=np.int64)
-    order = order[np.argsort(-np.asarray(token_count)[order], kind="stable")]
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    order = order[np.argsort(-counts[order], kind="stable")]
+    batches: list[list[int]] = []
+    width = real = 0
+    for ex in order.tolist():
+        n = int(counts[ex])
+        if batches and len(batches[-1]) < batch_size:
+            slots = (len(batches[-1]) + 1) * width
+            if slots - (real + n) <= max_padding * slots:
+                batches[-1].append(ex)
+                real += n
+                continue
+        batches.append([ex])
+        width = real = n
+    return [np.asarray(batch, dtype=np.int64) for batch in batches]

@@ -131,22 +131,25 @@ def _run_shard(model, shard: Shard, tokens: dict, batch_size: int, device, dtype
         width = int(counts[batch].max())
         input_ids = np.full((len(batch), width), tokens["pad_id"], dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
+        rows, cols, dest = [], [], []  # kept tokens: batch row, position, place in the shard
         for row, ex in enumerate(batch):
-            input_ids[row, : counts[ex]] = ids[starts[ex] : starts[ex] + counts[ex]]
-            mask[row, : counts[ex]] = 1
+            first, n = int(starts[ex]), int(counts[ex])
+            input_ids[row, :n] = ids[first : first + n]
+            mask[row, :n] = 1
+            lo, hi = max(first, shard.start), min(first + n, shard.stop)
+            rows.append(np.full(hi - lo, row))
+            cols.append(np.arange(lo - first, hi - first))
+            dest.append(np.arange(lo - shard.start, hi - shard.start))
         with torch.inference_mode():
             states = forward_hidden_states(
                 model, torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device)
-            )
-        states_np = states.to(dtype).cpu().numpy()  # (layer, batch, seq, hidden)
+            )  # (layer, batch, seq, hidden)
+            rows_t = torch.from_numpy(np.concatenate(rows)).to(device)
+            cols_t = torch.from_numpy(np.concatenate(cols)).to(device)
+            kept = states[:, rows_t, cols_t].to(dtype).cpu().numpy()  # (layer, kept, hidden)
         if out is None:
-            shape = (states_np.shape[0], shard.stop - shard.start, states_np.shape[3])
-            out = np.empty(shape, dtype=states_np.dtype)
-        for row, ex in enumerate(batch):
-            lo, hi = max(starts[ex], shard.start), min(starts[ex] + counts[ex], shard.stop)
-            out[:, lo - shard.start : hi - shard.start] = states_np[
-                :, row, lo - starts[ex] : hi - starts[ex]
-            ]
+            out = np.empty((kept.shape[0], shard.stop - shard.start, kept.shape[2]), kept.dtype)
+        out[:, np.concatenate(dest)] = kept
     return out
 
 
