@@ -3,21 +3,25 @@
 The schema is in :mod:`storage.schema`. :func:`create_store` writes every coordinate and all
 metadata from a lazy template (no activation chunk is written); a :class:`StoreWriter` then
 writes one token chunk of one checkpoint across all layers at a time and sets the chunk's
-``written`` entry only after the data write returned. Writes to the same region give the
-same bytes, so retries and resumes are idempotent. Works on local paths and fsspec URLs.
+``written`` entry only after the data write returned (and, on a local disk, was fsynced).
+Writes to the same region give the same bytes, so retries and resumes are idempotent. Works
+on local paths and fsspec URLs.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 import warnings
 
 import dask.array as da
+import fsspec
 import numpy as np
 import xarray as xr
 import zarr
 from dask.base import tokenize
+from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import Crc32cCodec
 
 from storage.lock import WriterLock
@@ -82,8 +86,6 @@ def _template(layout: TokenLayout, identity: StoreIdentity) -> xr.Dataset:
 
 def _clear(url: str, keep: str) -> None:
     """Delete everything in the store folder except the file ``keep``."""
-    import fsspec
-
     fs, root = fsspec.core.url_to_fs(url)
     for entry in fs.ls(root, detail=False):
         if entry.rstrip("/").rsplit("/", 1)[-1] != keep:
@@ -188,6 +190,20 @@ class StoreWriter:
         self.written = zarr.open_array(url, path=WRITTEN, mode="r+")
         self.token_chunk = int(self.attrs["token_chunk"])
         self.n_tokens = int(self.attrs["n_tokens"])
+        fs, root = fsspec.core.url_to_fs(url)
+        self._local_root = root if isinstance(fs, LocalFileSystem) else None
+
+    def _sync(self, index: int, chunk: int) -> None:
+        """fsync the chunk files of a local store (object stores are durable on return)."""
+        if self._local_root is None:
+            return
+        for layer in range(self.activations.shape[1]):
+            path = os.path.join(self._local_root, ACTIVATIONS, "c", str(index), str(layer))
+            fd = os.open(os.path.join(path, str(chunk), "0"), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def write(self, checkpoint: str, chunk: int, data: np.ndarray) -> None:
         """Write ``data`` (layer, tokens of the chunk, hidden) and mark the chunk written."""
@@ -199,7 +215,8 @@ class StoreWriter:
                 f"chunk {chunk} of {checkpoint!r} needs shape {expected}, got {data.shape}"
             )
         try:
-            self.activations[index, :, start:stop, :] = data.astype(self.activations.dtype)
+            self.activations[index, :, start:stop, :] = np.asarray(data, self.activations.dtype)
+            self._sync(index, chunk)
         except Exception as error:
             raise OSError(
                 f"failed to write chunk {chunk} (tokens {start}..{stop}) of checkpoint "
