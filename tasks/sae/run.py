@@ -88,7 +88,8 @@ def saes_evaluated(run: RunDir) -> bool:
     """Whether ``sae_metrics`` covers every SAE folder currently complete in ``run``."""
     if "sae_metrics" not in list_results(run.results()):
         return False
-    evaluated = set(open_result(run.results(), "sae_metrics").attrs.get("saes", []))
+    stored = open_result(run.results(), "sae_metrics")["sae_metrics"]
+    evaluated = set(stored.attrs.get("saes", []))
     present = set()
     if run.exists("saes"):
         for entry in run.fs.glob(run.path("saes", "*", "layer-*")):
