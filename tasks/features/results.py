@@ -1,0 +1,137 @@
+"""Writing the per-layer comparisons into ``results.zarr`` and the feature cards file.
+
+Groups (one per variable, labelled dims; read with ``storage.results.open_result``):
+
+- ``crosscoder_counts`` (layer, group): live crosscoder latents per group
+  (``base_only``, ``shared``, ``finetuned_only``); ``crosscoder_dead`` (layer);
+- ``matched_fraction`` (layer): share of live fine-tuned SAE latents whose one-to-one
+  (Hungarian) partner among the live base SAE latents has decoder cosine >= the threshold;
+  ``best_match_fraction`` (layer): the same with each latent's best cosine;
+- ``task_specific_fraction`` (source, layer): share of live latents with AUROC >= high or
+  <= low, source in base_sae, finetuned_sae, crosscoder_{base_only,shared,finetuned_only};
+- ``transfer_fvu`` and ``transfer_accuracy_recovered`` (direction, layer), direction in
+  base_on_finetuned, finetuned_on_base, base_on_base, finetuned_on_finetuned;
+- ``crosscoder_fvu`` (model, layer);
+- ``match_cosine_hist`` (layer, match[best, hungarian], bin), ``relative_norm_hist``
+  (layer, bin) and ``auroc_hist`` (dictionary, layer, bin): counts, with ``bin`` the lower
+  edge and ``bin_upper`` the upper edge of each bin on [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import xarray as xr
+
+from storage.results import write_result
+from storage.rundir import RunDir
+from tasks.features.compare import SOURCES
+from tasks.features.crosscoder import GROUPS
+from tasks.features.transfer import DIRECTIONS
+
+CARDS_PATH = ("features", "cards.json")
+MODELS = ("base", "finetuned")
+MATCHES = ("best", "hungarian")
+
+
+def _by_layer(per_layer: list[dict], key: str, labels: tuple[str, ...]) -> np.ndarray:
+    """[len(labels), n_layers] float array of ``layer_result[key][label]``."""
+    return np.array([[float(r.get(key, {}).get(lab, np.nan)) for r in per_layer] for lab in labels])
+
+
+def _hist(values: np.ndarray, bins: int, dims: tuple[str, ...], coords: dict) -> xr.DataArray:
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    coords = {**coords, "bin": edges[:-1], "bin_upper": ("bin", edges[1:])}
+    return xr.DataArray(values.astype(np.int64), dims=dims, coords=coords)
+
+
+def _json_safe(obj):
+    """NaN and infinities as null, so the file is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def feature_datasets(per_layer: list[dict]) -> dict[str, xr.DataArray]:
+    """The results groups of :mod:`tasks.features.results` from per-layer result dicts."""
+    per_layer = sorted(per_layer, key=lambda r: r["layer"])
+    layers = [int(r["layer"]) for r in per_layer]
+    attrs = {
+        "base": per_layer[0]["checkpoints"][0],
+        "finetuned": per_layer[0]["checkpoints"][1],
+    }
+    config = per_layer[0].get("config", {})
+    attrs |= {k: config[k] for k in config if k.endswith(("_below", "_above", "threshold"))}
+    attrs |= {k: config[k] for k in ("auroc_high", "auroc_low") if k in config}
+    lay = {"layer": layers}
+    counts = np.array([[r["crosscoder_counts"][g] for g in GROUPS] for r in per_layer])
+    bins = int(per_layer[0]["hist_bins"])
+    dictionaries = list(per_layer[0]["auroc_hist"])
+    out = {
+        "crosscoder_counts": xr.DataArray(
+            counts, dims=("layer", "group"), coords={**lay, "group": list(GROUPS)}
+        ),
+        "crosscoder_dead": xr.DataArray([r["crosscoder_dead"] for r in per_layer], dims="layer"),
+        "matched_fraction": xr.DataArray([r["matched_fraction"] for r in per_layer], dims="layer"),
+        "best_match_fraction": xr.DataArray(
+            [r["best_match_fraction"] for r in per_layer], dims="layer"
+        ),
+        "task_specific_fraction": xr.DataArray(
+            _by_layer(per_layer, "task_specific_fraction", SOURCES),
+            dims=("source", "layer"),
+            coords={"source": list(SOURCES), **lay},
+        ),
+        "transfer_fvu": xr.DataArray(
+            _by_layer(per_layer, "transfer_fvu", DIRECTIONS),
+            dims=("direction", "layer"),
+            coords={"direction": list(DIRECTIONS), **lay},
+        ),
+        "transfer_accuracy_recovered": xr.DataArray(
+            _by_layer(per_layer, "transfer_accuracy_recovered", DIRECTIONS),
+            dims=("direction", "layer"),
+            coords={"direction": list(DIRECTIONS), **lay},
+        ),
+        "crosscoder_fvu": xr.DataArray(
+            _by_layer(per_layer, "crosscoder_fvu", MODELS),
+            dims=("model", "layer"),
+            coords={"model": list(MODELS), **lay},
+        ),
+        "match_cosine_hist": _hist(
+            np.array([[r["match_cosine_hist"][m] for m in MATCHES] for r in per_layer]),
+            bins,
+            ("layer", "match", "bin"),
+            {**lay, "match": list(MATCHES)},
+        ),  # fmt: skip
+        "relative_norm_hist": _hist(
+            np.array([r["relative_norm_hist"] for r in per_layer]), bins, ("layer", "bin"), lay
+        ),
+        "auroc_hist": _hist(
+            np.array([[r["auroc_hist"][d] for r in per_layer] for d in dictionaries]),
+            bins,
+            ("dictionary", "layer", "bin"),
+            {"dictionary": dictionaries, **lay},
+        ),  # fmt: skip
+    }
+    for name, array in out.items():
+        if "layer" not in array.coords:
+            array = array.assign_coords(layer=layers)
+        # Variable-length strings: Zarr v3 has no stable spec for fixed-width unicode.
+        text = {k: v.values.astype(object) for k, v in array.coords.items() if v.dtype.kind == "U"}
+        out[name] = array.assign_coords(text).assign_attrs(attrs)
+    return out
+
+
+def write_feature_results(run: RunDir, per_layer: list[dict]) -> None:
+    """Write every feature group into ``results.zarr`` and ``features/cards.json``."""
+    if not per_layer:
+        raise ValueError("no per-layer feature comparisons to write: run the compare tasks first")
+    for name, array in feature_datasets(per_layer).items():
+        write_result(run.results(), name, array)
+    cards = [card for r in sorted(per_layer, key=lambda r: r["layer"]) for card in r["cards"]]
+    run.write_text(json.dumps(_json_safe(cards), indent=1, allow_nan=False), *CARDS_PATH)

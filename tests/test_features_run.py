@@ -1,0 +1,128 @@
+"""The run-level API on a real (schema-1) store with SAEs trained by the SAE stage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from layerdrift.config import RunConfig
+from storage.activations import StoreWriter, create_store, open_store
+from storage.results import open_result
+from storage.rundir import RunDir
+from storage.schema import StoreIdentity, TokenLayout
+from tasks.features.compare import SOURCES
+from tasks.features.run import (
+    compare_features_for_run,
+    crosscoder_url,
+    feature_layers,
+    features_complete,
+    write_feature_results,
+)
+from tasks.features.synthetic import planted_pair
+from tasks.sae.run import evaluate_sae, train_sae_for_run
+
+TOKENS_PER_EXAMPLE, N_TOKENS, D_IN, CHUNK = 20, 12_000, 32, 4000
+
+
+def _make_run_store(run: RunDir, x: np.ndarray) -> None:
+    """A schema-1 store with checkpoints base/final and layers 0..1; layer 1 holds x [n, 2, d]."""
+    n_ex = len(x) // TOKENS_PER_EXAMPLE
+    counts = np.full(n_ex, TOKENS_PER_EXAMPLE, dtype=np.int32)
+    position = np.tile(np.arange(TOKENS_PER_EXAMPLE, dtype=np.int16), n_ex)
+    layout = TokenLayout(
+        token_id=np.arange(len(x), dtype=np.int32) % 30,
+        token_text=np.array([f"t{i}" for i in range(len(x))], dtype=object),
+        position=position,
+        is_special=position == 0,
+        example_of_token=np.repeat(np.arange(n_ex, dtype=np.int32), TOKENS_PER_EXAMPLE),
+        text=np.array([f"example {i}" for i in range(n_ex)], dtype=object),
+        label=(np.arange(n_ex) % 2).astype(np.int32),
+        token_start=(np.arange(n_ex) * TOKENS_PER_EXAMPLE).astype(np.int64),
+        token_count=counts,
+    )
+    identity = StoreIdentity(
+        config_hash="test", dataset={"name": "planted"}, tokenizer="none",
+        checkpoints=("base", "final"), models={}, n_layers=2, hidden=D_IN,
+        n_tokens=len(x), token_chunk=CHUNK, dtype="float32",
+    )  # fmt: skip
+    create_store(run.activations(), layout, identity)
+    writer = StoreWriter(run.activations())
+    for i, checkpoint in enumerate(("base", "final")):
+        for c in range(len(x) // CHUNK):
+            block = x[c * CHUNK : (c + 1) * CHUNK, i]
+            writer.write(checkpoint, c, np.stack([0.5 * block, block]))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("runs")
+    cfg = RunConfig(
+        runs_root=str(root), name="r", device="cpu",
+        sae={"layers": [1], "expansion_factor": 2, "k": 4, "batch_size": 256,
+             "token_budget": 80_000, "learning_rate": 3e-3, "warmup_steps": 20,
+             "checkpoint_every": 100, "dead_tokens": 20_000, "heldout_fraction": 0.2},
+    )  # fmt: skip
+    run = RunDir(cfg.run_url)
+    pair = planted_pair(np.random.default_rng(7), n_tokens=N_TOKENS, d_in=D_IN)
+    _make_run_store(run, pair.x)
+    for checkpoint in ("base", "final"):
+        train_sae_for_run(run, cfg, checkpoint, 1)
+    result = compare_features_for_run(run, cfg, 1)
+    return run, cfg, result, pair
+
+
+def test_compare_features_for_run(trained_run):
+    run, cfg, result, pair = trained_run
+    assert features_complete(run, 1) and feature_layers(run, cfg) == [1]
+    assert run.exists("crosscoders", "layer-1", "cfg.json")
+    assert crosscoder_url(run, 1).endswith("crosscoders/layer-1")
+    counts = result["crosscoder_counts"]
+    assert set(counts) == {"base_only", "shared", "finetuned_only"}
+    assert counts["base_only"] >= 6 and counts["finetuned_only"] >= 6 and counts["shared"] >= 14
+    assert 0.5 <= result["matched_fraction"] <= 0.85  # 16 of 24 planted features are shared
+    assert set(result["task_specific_fraction"]) == set(SOURCES)
+    fvus = result["transfer_fvu"]
+    assert fvus["base_on_finetuned"] > 3 * fvus["base_on_base"]
+    assert np.isnan(result["transfer_accuracy_recovered"]["base_on_finetuned"])  # no checkpoint
+
+
+def test_transfer_fvu_on_own_data_equals_the_sae_metric(trained_run):
+    run, cfg, result, _ = trained_run
+    ds = open_store(run.activations())
+    for checkpoint, direction in (("base", "base_on_base"), ("final", "finetuned_on_finetuned")):
+        metrics, _ = evaluate_sae(run, cfg, ds, checkpoint, 1)
+        assert result["transfer_fvu"][direction] == pytest.approx(metrics["fvu"], rel=1e-5)
+
+
+def test_second_call_reuses_the_saved_comparison(trained_run):
+    run, cfg, result, _ = trained_run
+    again = compare_features_for_run(run, cfg, 1)
+    assert again["crosscoder_counts"] == result["crosscoder_counts"]
+
+
+def test_write_feature_results(trained_run):
+    run, cfg, result, _ = trained_run
+    write_feature_results(run, cfg)
+    counts = open_result(run.results(), "crosscoder_counts")["crosscoder_counts"]
+    assert counts.dims == ("layer", "group")
+    assert int(counts.sel(layer=1, group="shared")) == result["crosscoder_counts"]["shared"]
+    tsf = open_result(run.results(), "task_specific_fraction")["task_specific_fraction"]
+    assert tsf.dims == ("source", "layer") and list(tsf.source.values) == list(SOURCES)
+    fvu = open_result(run.results(), "transfer_fvu")["transfer_fvu"]
+    assert float(fvu.sel(direction="base_on_base", layer=1)) == pytest.approx(
+        result["transfer_fvu"]["base_on_base"]
+    )
+    assert open_result(run.results(), "matched_fraction")["matched_fraction"].dims == ("layer",)
+    hist = open_result(run.results(), "match_cosine_hist")["match_cosine_hist"]
+    assert hist.dims == ("layer", "match", "bin")
+    cards = json.loads(run.read_text("features", "cards.json"))
+    assert cards and {c["source"] for c in cards} <= {"base_sae", "finetuned_sae", "crosscoder"}
+    for card in cards:
+        assert {"layer", "source", "latent", "reason", "auroc", "examples"} <= set(card)
+        for ex in card["examples"]:
+            assert {"example", "tokens", "activations", "max_token"} <= set(ex)
+            assert len(ex["tokens"]) == len(ex["activations"])
