@@ -1,0 +1,253 @@
+"""The Dask pass: one fused blockwise over token blocks, partial moments per block, tree sum.
+
+Representations are addressed as ``(checkpoint index, layer index)`` into the store's
+``activations`` (checkpoint, layer, token, hidden). A pass reads every token block of each
+representation it touches once, runs :func:`tasks.similarity.moments.block_moments` on the
+block, packs the partial moments into one float64 vector, and sums those vectors with
+``split_every``-ary tree reduction. Peak memory is a few token blocks plus a few packed
+vectors (O(pairs · hidden²)), independent of the number of tokens; when many pairs would
+make one vector too large, :func:`plan_passes` splits them into several passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from tasks.similarity.moments import (
+    CrossMoments,
+    SelfMoments,
+    block_moments,
+    cross_fields,
+    field_size,
+    pack,
+    self_fields,
+    unpack,
+)
+
+logger = logging.getLogger(__name__)
+
+Rep = tuple[int, int]  # (checkpoint index, layer index)
+Pair = tuple[Rep, Rep]
+DEFAULT_PASS_BYTES = 64 * 2**20  # packed partial moments per token block and pass
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """One Dask pass: the representations it reads, whose self moments it sums, its pairs."""
+
+    reps: tuple[Rep, ...]
+    self_reps: tuple[Rep, ...]
+    pairs: tuple[Pair, ...]
+
+    def packed_size(self, hidden: int) -> int:
+        """Float64 values in one block's packed partial moments."""
+        return len(self.self_reps) * field_size(self_fields(hidden)) + len(self.pairs) * field_size(
+            cross_fields(hidden, hidden)
+        )
+
+
+def token_mask(
+    ds: xr.Dataset, exclude_special: bool = False, examples: Sequence[int] | None = None
+) -> np.ndarray:
+    """Which tokens the statistics use: bool (token,).
+
+    ``exclude_special`` drops tokens flagged ``is_special``; ``examples`` keeps only the tokens
+    of those example indices. Raises ValueError when an example does not exist or nothing is
+    left.
+    """
+    mask = np.ones(ds.sizes["token"], dtype=bool)
+    if exclude_special:
+        mask &= ~np.asarray(ds["is_special"].values, dtype=bool)
+    if examples is not None:
+        wanted = np.asarray(list(examples), dtype=np.int64)
+        n_examples = ds.sizes["example"]
+        bad = wanted[(wanted < 0) | (wanted >= n_examples)]
+        if bad.size:
+            raise ValueError(
+                f"similarity.examples {bad.tolist()} are not probe examples "
+                f"(the store has examples 0..{n_examples - 1}): fix the config"
+            )
+        mask &= np.isin(np.asarray(ds["example_of_token"].values), wanted)
+    if not mask.any():
+        raise ValueError(
+            "no tokens left after exclude_special/examples: select examples with real tokens"
+        )
+    return mask
+
+
+def plan_passes(
+    pairs: Sequence[Pair], hidden: int, budget_bytes: int = DEFAULT_PASS_BYTES
+) -> list[PassPlan]:
+    """Split ``pairs`` (in order) into passes whose packed partial moments fit the budget.
+
+    A pair ``(a, a)`` only asks for the self moments of ``a``. Each representation's self
+    moments are summed in the first pass that reads it. Consecutive pairs sharing
+    representations end up in the same pass, so order pairs by locality.
+    """
+    budget = max(budget_bytes // 8, 1)
+    self_size = field_size(self_fields(hidden))
+    cross_size = field_size(cross_fields(hidden, hidden))
+    plans: list[PassPlan] = []
+    done: set[Rep] = set()
+    reps: list[Rep] = []
+    selves: list[Rep] = []
+    cross: list[Pair] = []
+    size = 0
+    for a, b in dict.fromkeys(pairs):
+        new_selves = [r for r in dict.fromkeys((a, b)) if r not in done]
+        cost = len(new_selves) * self_size + (cross_size if a != b else 0)
+        if cross or selves:
+            if size + cost > budget:
+                plans.append(PassPlan(tuple(reps), tuple(selves), tuple(cross)))
+                reps, selves, cross, size = [], [], [], 0
+        for r in (a, b):
+            if r not in reps:
+                reps.append(r)
+        selves += new_selves
+        done.update(new_selves)
+        if a != b:
+            cross.append((a, b))
+        size += cost
+    if selves or cross:
+        plans.append(PassPlan(tuple(reps), tuple(selves), tuple(cross)))
+    return plans
+
+
+def _pass_kernel(
+    *arrays: np.ndarray,
+    shifts: list[np.ndarray],
+    self_idx: list[int],
+    pair_idx: list[tuple[int, int]],
+    hidden: int,
+) -> np.ndarray:
+    """Blockwise kernel: rep blocks (t, hidden) ..., then the mask block (t,) → (1, P)."""
+    *blocks, mask = arrays
+    if not mask.all():
+        blocks = [b[mask] for b in blocks]
+    selves, crosses = block_moments(blocks, shifts, self_idx, pair_idx)
+    s_fields, c_fields = self_fields(hidden), cross_fields(hidden, hidden)
+    parts = [pack(s, s_fields) for s in selves] + [pack(c, c_fields) for c in crosses]
+    return np.concatenate(parts)[None, :] if parts else np.zeros((1, 0))
+
+
+def selected_blocks(mask: np.ndarray, chunks: Sequence[int]) -> list[int]:
+    """Token blocks holding at least one selected token."""
+    bounds = np.cumsum([0, *chunks])
+    return [i for i in range(len(chunks)) if mask[bounds[i] : bounds[i + 1]].any()]
+
+
+def compute_shifts(
+    acts: da.Array, reps: Sequence[Rep], mask: np.ndarray, scheduler: Any = None
+) -> dict[Rep, np.ndarray]:
+    """Per representation, the float64 mean (hidden,) of its first block's selected tokens."""
+    chunks = acts.chunks[2]
+    first = selected_blocks(mask, chunks)[0]
+    start = int(np.sum(chunks[:first]))
+    stop = start + chunks[first]
+    keep = mask[start:stop]
+    slices = [acts[c, layer, start:stop] for c, layer in reps]
+    (values,) = dask.compute(slices, scheduler=scheduler)
+    return {
+        rep: np.asarray(v, dtype=np.float64)[keep].mean(axis=0)
+        for rep, v in zip(reps, values, strict=True)
+    }
+
+
+def run_pass(
+    acts: da.Array,
+    plan: PassPlan,
+    mask: np.ndarray,
+    shifts: dict[Rep, np.ndarray],
+    scheduler: Any = None,
+    split_every: int = 4,
+) -> tuple[dict[Rep, SelfMoments], dict[Pair, CrossMoments]]:
+    """Run one pass over ``acts`` (checkpoint, layer, token, hidden) and unpack its moments."""
+    hidden = acts.shape[3]
+    acts = acts.rechunk({0: 1, 1: 1, 3: -1})
+    blocks = selected_blocks(mask, acts.chunks[2])
+    index = {rep: i for i, rep in enumerate(plan.reps)}
+    rep_arrays = [acts[c, layer].blocks[blocks] for c, layer in plan.reps]
+    mask_da = da.from_array(mask, chunks=(acts.chunks[2],)).blocks[blocks]
+    args: list[Any] = []
+    for arr in rep_arrays:
+        args += [arr, "th"]
+    args += [mask_da, "t"]
+    size = plan.packed_size(hidden)
+    partials = da.blockwise(
+        _pass_kernel,
+        "tp",
+        *args,
+        new_axes={"p": size},
+        adjust_chunks={"t": 1},
+        dtype=np.float64,
+        concatenate=True,
+        meta=np.empty((0, 0), dtype=np.float64),
+        shifts=[shifts[r] for r in plan.reps],
+        self_idx=[index[r] for r in plan.self_reps],
+        pair_idx=[(index[a], index[b]) for a, b in plan.pairs],
+        hidden=hidden,
+    )
+    total = partials.sum(axis=0, split_every=split_every)
+    (flat,) = dask.compute(total, scheduler=scheduler)
+    return _unpack_pass(np.asarray(flat), plan, shifts, hidden)
+
+
+def _unpack_pass(
+    flat: np.ndarray, plan: PassPlan, shifts: dict[Rep, np.ndarray], hidden: int
+) -> tuple[dict[Rep, SelfMoments], dict[Pair, CrossMoments]]:
+    s_fields, c_fields = self_fields(hidden), cross_fields(hidden, hidden)
+    s_size, c_size = field_size(s_fields), field_size(c_fields)
+    selves: dict[Rep, SelfMoments] = {}
+    offset = 0
+    for rep in plan.self_reps:
+        values = unpack(flat[offset : offset + s_size], s_fields)
+        selves[rep] = SelfMoments(shift=shifts[rep], **values)
+        offset += s_size
+    crosses: dict[Pair, CrossMoments] = {}
+    for pair in plan.pairs:
+        crosses[pair] = CrossMoments(**unpack(flat[offset : offset + c_size], c_fields))
+        offset += c_size
+    return selves, crosses
+
+
+def accumulate_moments(
+    acts: da.Array,
+    pairs: Sequence[Pair],
+    mask: np.ndarray,
+    scheduler: Any = None,
+    budget_bytes: int = DEFAULT_PASS_BYTES,
+    split_every: int = 4,
+) -> tuple[dict[Rep, SelfMoments], dict[Pair, CrossMoments]]:
+    """Moments of every representation in ``pairs`` and of every pair with distinct sides.
+
+    ``acts`` is the store's dask array (checkpoint, layer, token, hidden); ``mask`` bool
+    (token,) selects tokens. ``scheduler`` is anything ``dask.compute`` accepts (``None``
+    for the current default, ``"threads"``, ``"synchronous"``, a distributed ``Client``).
+    """
+    if mask.shape != (acts.shape[2],):
+        raise ValueError(f"mask has shape {mask.shape}, the store has {acts.shape[2]} tokens")
+    plans = plan_passes(pairs, acts.shape[3], budget_bytes)
+    reps = list(dict.fromkeys(r for p in plans for r in p.reps))
+    shifts = compute_shifts(acts, reps, mask, scheduler)
+    selves: dict[Rep, SelfMoments] = {}
+    crosses: dict[Pair, CrossMoments] = {}
+    for i, plan in enumerate(plans):
+        logger.info(
+            "moments pass %d/%d: %d representations, %d pairs",
+            i + 1,
+            len(plans),
+            len(plan.reps),
+            len(plan.pairs),
+        )
+        s, c = run_pass(acts, plan, mask, shifts, scheduler, split_every)
+        selves.update(s)
+        crosses.update(c)
+    return selves, crosses

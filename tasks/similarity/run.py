@@ -1,0 +1,143 @@
+"""The similarity stage for one run: moments → metrics, drift, probes → results.zarr + CSV.
+
+Writes to ``<run>/results.zarr`` the groups ``drift``, ``layer_similarity``,
+``probe_accuracy`` (when ``similarity.probes``) and, last, ``similarity``, whose attributes
+record the store generation and the groups written; then ``<run>/similarity.csv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any
+
+import dask
+import numpy as np
+from prefect import task
+
+from layerdrift.config import RunConfig
+from storage import RunDir, list_results, open_result, write_result
+from storage.activations import open_store, read_attrs
+from tasks.similarity.accumulate import accumulate_moments, token_mask
+from tasks.similarity.drift import drift_array
+from tasks.similarity.probes import probe_table
+from tasks.similarity.tables import layer_similarity_table, similarity_pairs, similarity_table
+
+logger = logging.getLogger(__name__)
+
+CSV_FILE = "similarity.csv"
+BASE, FINAL = "base", "final"
+
+
+def _selection_attrs(cfg: RunConfig, n_tokens: int, generation: str | None) -> dict[str, Any]:
+    examples = cfg.similarity.examples
+    return {
+        "exclude_special": bool(cfg.similarity.exclude_special),
+        "examples": "all" if examples is None else [int(e) for e in examples],
+        "n_tokens_used": int(n_tokens),
+        "store_generation": generation or "",
+    }
+
+
+def _scheduler(client: Any) -> contextlib.AbstractContextManager:
+    return dask.config.set(scheduler=client) if client is not None else contextlib.nullcontext()
+
+
+def compute_similarity(run: RunDir, cfg: RunConfig, client: Any = None) -> dict[str, Any]:
+    """Compute and write every similarity output of ``run``; return a small summary.
+
+    ``client`` is a ``distributed.Client`` (or any Dask scheduler); ``None`` uses the
+    current default (threads). The summary holds, per layer, final-vs-base cosine, linear
+    and debiased CKA, and the final checkpoint's mean-pooled probe accuracy.
+    """
+    ds = open_store(run.activations())
+    generation = (read_attrs(run.activations()) or {}).get("generation")
+    checkpoints = [str(c) for c in ds["checkpoint"].values]
+    if BASE not in checkpoints or checkpoints[0] != BASE:
+        raise ValueError(
+            f"the activation store's first checkpoint must be {BASE!r}, got {checkpoints}: "
+            "re-run the extract stage"
+        )
+    final = FINAL if FINAL in checkpoints else checkpoints[-1]
+    chosen = list(dict.fromkeys([0, checkpoints.index(final)]))
+    layers = np.asarray(ds["layer"].values)
+    mask = token_mask(ds, cfg.similarity.exclude_special, cfg.similarity.examples)
+    attrs = _selection_attrs(cfg, int(mask.sum()), generation)
+    pairs = similarity_pairs(len(checkpoints), len(layers), chosen)
+    results = run.results()
+    with _scheduler(client):
+        selves, crosses = accumulate_moments(ds["activations"].data, pairs, mask)
+        write_result(results, "drift", drift_array(ds, BASE).assign_attrs(attrs))
+        groups = ["drift", "layer_similarity"]
+        table = layer_similarity_table(checkpoints, chosen, layers, selves, crosses)
+        write_result(results, "layer_similarity", table.assign_attrs(attrs))
+        probes = None
+        if cfg.similarity.probes:
+            probes = probe_table(
+                ds,
+                cfg.similarity.probe_folds,
+                cfg.seed,
+                cfg.similarity.examples,
+                ~ds["is_special"].values if cfg.similarity.exclude_special else None,
+            )
+            write_result(results, "probe_accuracy", probes.assign_attrs(attrs))
+            groups.append("probe_accuracy")
+    sim = similarity_table(checkpoints, layers, selves, crosses)
+    sim = sim.assign_attrs({**attrs, "groups": [*groups, "similarity"], "base": BASE})
+    write_result(results, "similarity", sim)
+    frame = sim.to_series().rename("value").reset_index()
+    run.write_text(frame.to_csv(index=False), CSV_FILE)
+    return _summary(sim, probes, final, results)
+
+
+def _clean(values: np.ndarray) -> list[float | None]:
+    return [None if math.isnan(v) else round(float(v), 6) for v in values]
+
+
+def _summary(sim, probes, final: str, results: str) -> dict[str, Any]:
+    row = sim.sel(reference="base", checkpoint=final)
+    summary: dict[str, Any] = {
+        "results": results,
+        "final": final,
+        "layers": [int(v) for v in sim["layer"].values],
+        "n_tokens_used": sim.attrs["n_tokens_used"],
+    }
+    for metric in ("cosine", "linear_cka", "debiased_cka"):
+        summary[f"{metric}_final_vs_base"] = _clean(row.sel(metric=metric).values)
+    if probes is not None:
+        summary["probe_mean_final"] = _clean(probes.sel(checkpoint=final, pooling="mean").values)
+    return summary
+
+
+def similarity_complete(run: RunDir) -> bool:
+    """Whether every group and the CSV were written, for the activation store now on disk."""
+    results = run.results()
+    present = set(list_results(results))
+    if "similarity" not in present or not run.exists(CSV_FILE):
+        return False
+    attrs = open_result(results, "similarity")["similarity"].attrs
+    generation = (read_attrs(run.activations()) or {}).get("generation") or ""
+    return set(attrs.get("groups", [])) <= present and attrs.get("store_generation") == generation
+
+
+def _transient(task_, task_run, state) -> bool:
+    """Retry unless the error is bad input or an incomplete store (ValueError subclasses)."""
+    try:
+        state.result()
+    except ValueError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="similarity", retries=2, retry_delay_seconds=10, retry_condition_fn=_transient)
+def compute_similarity_task(run: RunDir, config: RunConfig) -> dict[str, Any]:
+    """Prefect task: :func:`compute_similarity`, on ``config.dask_address`` when set."""
+    if config.dask_address is None:
+        return compute_similarity(run, config)
+    from distributed import Client
+
+    with Client(config.dask_address) as client:
+        return compute_similarity(run, config, client)
