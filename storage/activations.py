@@ -98,7 +98,9 @@ def create_store(
     """Create the store at ``url`` (metadata and coordinates only) and return its generation id.
 
     An existing store with the same identity is kept as it is (resume) and its generation id
-    returned. One of another schema or identity raises :class:`StoreMismatchError` unless
+    returned. When only the weights of some checkpoints changed (a rebuilt checkpoint), their
+    ``written`` rows are cleared so that extraction redoes them, and a new generation id is
+    returned. A store of another schema or identity raises :class:`StoreMismatchError` unless
     ``overwrite`` is true, which deletes it first.
     """
     if layout.n_tokens != identity.n_tokens:
@@ -112,6 +114,8 @@ def create_store(
                     f"not {SCHEMA_VERSION}: pass overwrite=True (or delete it) to rebuild it"
                 )
             differing = identity.differences(attrs)
+            if differing == ["models"] and set(attrs["models"]) == set(identity.models):
+                return _invalidate_checkpoints(url, attrs, identity)
             if differing:
                 raise StoreMismatchError(
                     f"{url} already holds an activation store made from something else "
@@ -148,6 +152,26 @@ def create_store(
         identity.n_layers,
         layout.n_tokens,
         identity.hidden,
+    )
+    return generation
+
+
+def _invalidate_checkpoints(url: str, attrs: dict, identity: StoreIdentity) -> str:
+    """Clear the manifest rows of checkpoints whose model changed; return a new generation."""
+    changed = [label for label, ident in identity.models.items() if attrs["models"][label] != ident]
+    written = zarr.open_array(url, path=WRITTEN, mode="r+")
+    for label in changed:
+        written[attrs["checkpoints"].index(label), :] = False
+    generation = uuid.uuid4().hex
+    group = zarr.open_group(url, mode="r+")
+    group.attrs.update({"models": identity.to_attrs()["models"], "generation": generation})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=f"Object at {LOCK_FILE} is not")
+        zarr.consolidate_metadata(url)
+    logger.warning(
+        "checkpoints %s changed since %s was made: their chunks will be extracted again",
+        changed,
+        url,
     )
     return generation
 

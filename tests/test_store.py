@@ -192,8 +192,23 @@ def test_create_resumes_same_identity_and_refuses_another(tmp_path, layout, rng)
         create_store(url, layout, identity_for(layout, config_hash="cfg1"))
     with pytest.raises(StoreMismatchError, match="models"):
         create_store(url, layout, identity_for(layout, models={}))
+    with pytest.raises(StoreMismatchError, match="checkpoints"):
+        create_store(url, layout, identity_for(layout, checkpoints=("base", "mid", "final")))
     fresh = create_store(url, layout, identity_for(layout, config_hash="cfg1"), overwrite=True)
     assert fresh != generation and 0 in missing_chunks(url, "base")
+
+
+def test_rebuilt_checkpoint_is_invalidated_not_refused(tmp_path, layout, rng):
+    url = str(tmp_path / "a.zarr")
+    generation = create_store(url, layout, identity_for(layout))
+    fill(url, random_acts(layout, rng))
+    rebuilt = {"base": {"weights_sha256": "w0"}, "final": {"weights_sha256": "w2"}}
+    fresh = create_store(url, layout, identity_for(layout, models=rebuilt))
+    assert fresh != generation and read_attrs(url)["generation"] == fresh
+    assert missing_chunks(url, "base") == []
+    assert missing_chunks(url, "final") == list(range(n_chunks(layout.n_tokens, CHUNK)))
+    assert read_attrs(url)["models"]["final"] == {"weights_sha256": "w2"}
+    assert create_store(url, layout, identity_for(layout, models=rebuilt)) == fresh
 
 
 def test_schema_version_is_checked(tmp_path, layout):
