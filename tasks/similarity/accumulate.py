@@ -20,6 +20,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from tqdm.auto import tqdm
 
 from tasks.similarity.moments import (
     CrossMoments,
@@ -239,7 +240,7 @@ def accumulate_moments(
     shifts = compute_shifts(acts, reps, mask, scheduler)
     selves: dict[Rep, SelfMoments] = {}
     crosses: dict[Pair, CrossMoments] = {}
-    for i, plan in enumerate(plans):
+    for i, plan in enumerate(tqdm(plans, total=len(plans), desc="moments passes", leave=False)):
         logger.info(
             "moments pass %d/%d: %d representations, %d pairs",
             i + 1,
