@@ -261,3 +261,23 @@ def test_retries_only_transient_errors():
     assert _transient(None, None, State(StoreLockedError("busy")))
     assert not _transient(None, None, State(StoreMismatchError("other tokenizer")))
     assert not _transient(None, None, State(FileNotFoundError("no checkpoint")))
+
+
+def test_writer_error_stops_extraction_and_frees_lock(tmp_path, checkpoints, probe, monkeypatch):
+    from storage.activations import StoreWriter, writer_lock
+
+    url = str(tmp_path / "activations.zarr")
+    make_store(url, {"final": checkpoints["final"]}, probe)
+    real_write = StoreWriter.write
+
+    def flaky(self, checkpoint, chunk, data):
+        if chunk == 2:
+            raise OSError("disk full")
+        return real_write(self, checkpoint, chunk, data)
+
+    monkeypatch.setattr(StoreWriter, "write", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        extract_checkpoint(url, "final", checkpoints["final"], batch_size=3, device="cpu")
+    missing = missing_chunks(url, "final")
+    assert missing[0] == 2 and 0 not in missing and 1 not in missing
+    writer_lock(url).acquire().release()  # the failed writer let go of its lease

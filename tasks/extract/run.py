@@ -79,8 +79,8 @@ def _check_checkpoint(url: str, attrs: dict, checkpoint: str, model_dir: Path, t
     if recorded and recorded != ident["weights_sha256"]:
         raise StoreMismatchError(
             f"checkpoint {checkpoint!r} ({model_dir}) changed since the store {url} was "
-            f"created (weights {ident['weights_sha256']} vs {recorded}): rebuild the store "
-            "with overwrite=True"
+            f"created (weights {ident['weights_sha256']} vs {recorded}): create the store "
+            "again (create_store_for_run clears this checkpoint's chunks) and re-extract"
         )
 
 
@@ -114,11 +114,11 @@ class _BackgroundWriter:
             raise self.error
         self.queue.put((chunk, data))
 
-    def close(self) -> int:
+    def close(self, raise_errors: bool = True) -> int:
         """Finish the queued writes; return how many chunks were written."""
         self.queue.put(None)
         self.thread.join()
-        if self.error is not None:
+        if self.error is not None and raise_errors:
             raise self.error
         return self.written
 
@@ -198,8 +198,10 @@ def extract_checkpoint(
                         shard.chunk,
                         _run_shard(model, shard, tokens, batch_size, torch_device, dtype),
                     )
-            finally:
-                written = background.close()
+            except BaseException:
+                background.close(raise_errors=False)  # keep the shards already computed
+                raise
+            written = background.close()
     logger.info("checkpoint %s: wrote %d chunks to %s", checkpoint, written, url)
     return written
 
