@@ -281,3 +281,47 @@ def test_writer_error_stops_extraction_and_frees_lock(tmp_path, checkpoints, pro
     missing = missing_chunks(url, "final")
     assert missing[0] == 2 and 0 not in missing and 1 not in missing
     writer_lock(url).acquire().release()  # the failed writer let go of its lease
+
+
+KILLED_WRITER = """
+import sys, time
+sys.path[:0] = [{root!r}, {tests!r}]
+import tasks.extract.run as run
+real = run._run_shard
+def slow(*args):
+    time.sleep(0.4)
+    return real(*args)
+run._run_shard = slow
+run.extract_checkpoint({url!r}, "final", {model!r}, batch_size=3, device="cpu")
+"""
+
+
+def test_killed_extraction_resumes_to_identical_bytes(tmp_path, checkpoints, probe, full_store):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    url = str(tmp_path / "activations.zarr")
+    make_store(url, checkpoints, probe)
+    total = len(missing_chunks(url, "final"))
+    root = Path(__file__).resolve().parents[1]
+    script = KILLED_WRITER.format(
+        root=str(root), tests=str(root / "tests"), url=url, model=str(checkpoints["final"])
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], env={**os.environ})
+    deadline = time.monotonic() + 240
+    while len(missing_chunks(url, "final")) > total - 2 and time.monotonic() < deadline:
+        assert child.poll() is None, "the writer ended before it could be killed"
+        time.sleep(0.1)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    left = missing_chunks(url, "final")
+    assert 0 < len(left) <= total - 2
+    assert (Path(url) / "writer.lock").exists()  # the killed writer's lease stays behind
+    rerun = extract_checkpoint(url, "final", checkpoints["final"], device="cpu", batch_size=3)
+    assert rerun == len(left)
+    mine, reference = _chunk_files(url), _chunk_files(full_store)
+    final = [k for k in reference if k.startswith(("activations/c/2/", "written/c/2/"))]
+    assert final and all(mine[k] == reference[k] for k in final)
