@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from factories import make_tiny_bert, separable_texts
 
 from layerdrift.config import RunConfig
 from storage.activations import StoreWriter, create_store, open_store
@@ -14,15 +16,22 @@ from storage.results import open_result
 from storage.rundir import RunDir
 from storage.schema import StoreIdentity, TokenLayout
 from tasks.features.compare import SOURCES
+from tasks.features.config import FeaturesConfig
 from tasks.features.run import (
     compare_features_for_run,
+    compare_features_task,
     crosscoder_url,
     feature_layers,
+    feature_results_written,
     features_complete,
     write_feature_results,
+    write_features_task,
 )
 from tasks.features.synthetic import planted_pair
-from tasks.sae.run import evaluate_sae, train_sae_for_run
+from tasks.features.train import pair_loader
+from tasks.sae.evaluate import recovered_metrics
+from tasks.sae.files import load_sae
+from tasks.sae.run import MEAN_SAMPLE_TOKENS, evaluate_sae, train_sae_for_run
 
 TOKENS_PER_EXAMPLE, N_TOKENS, D_IN, CHUNK = 20, 12_000, 32, 4000
 
@@ -38,7 +47,7 @@ def _make_run_store(run: RunDir, x: np.ndarray) -> None:
         position=position,
         is_special=position == 0,
         example_of_token=np.repeat(np.arange(n_ex, dtype=np.int32), TOKENS_PER_EXAMPLE),
-        text=np.array([f"example {i}" for i in range(n_ex)], dtype=object),
+        text=np.array(separable_texts(n_ex)["text"].tolist(), dtype=object),
         label=(np.arange(n_ex) % 2).astype(np.int32),
         token_start=(np.arange(n_ex) * TOKENS_PER_EXAMPLE).astype(np.int64),
         token_count=counts,
@@ -71,6 +80,9 @@ def trained_run(tmp_path_factory):
     _make_run_store(run, pair.x)
     for checkpoint in ("base", "final"):
         train_sae_for_run(run, cfg, checkpoint, 1)
+    # A fine-tuned classifier (hidden 32, 2 layers) so transfer accuracy recovered runs.
+    make_tiny_bert(Path(run.path("checkpoints", "final")))
+    run.write_text(json.dumps({"step": 1}), "checkpoints", "final", "metrics.json")
     result = compare_features_for_run(run, cfg, 1)
     return run, cfg, result, pair
 
@@ -87,7 +99,34 @@ def test_compare_features_for_run(trained_run):
     assert set(result["task_specific_fraction"]) == set(SOURCES)
     fvus = result["transfer_fvu"]
     assert fvus["base_on_finetuned"] > 3 * fvus["base_on_base"]
-    assert np.isnan(result["transfer_accuracy_recovered"]["base_on_finetuned"])  # no checkpoint
+    recovered = result["transfer_accuracy_recovered"]
+    assert np.isnan(recovered["base_on_base"]) and np.isnan(recovered["finetuned_on_base"])
+
+
+def test_transfer_accuracy_recovered_splices_the_base_sae_into_the_finetuned_model(trained_run):
+    run, cfg, result, _ = trained_run
+    ds = open_store(run.activations())
+    loader = pair_loader(ds, 1, FeaturesConfig.from_run_config(cfg), cfg.sae)
+    held = np.flatnonzero(loader.heldout_examples)
+    expected = recovered_metrics(
+        run.path("checkpoints", "final"),
+        1,
+        load_sae(run.sae("base", 1)),
+        torch.from_numpy(loader.sample(MEAN_SAMPLE_TOKENS)[:, 1].mean(axis=0)),
+        [str(t) for t in ds["text"].values[held]],
+        np.asarray(ds["label"].values[held]),
+        max_length=cfg.data.max_length,
+    )
+    got = result["transfer_accuracy_recovered"]["base_on_finetuned"]
+    np.testing.assert_equal(got, expected["accuracy_recovered"])
+
+
+def test_prefect_task_wrappers(trained_run):
+    run, cfg, result, _ = trained_run
+    again = compare_features_task.fn(run, cfg, 1)  # the saved comparison, not a retrain
+    assert again["matched_fraction"] == result["matched_fraction"]
+    url = write_features_task.fn(run, cfg)
+    assert url.endswith("features/cards.json") and feature_results_written(run)
 
 
 def test_transfer_fvu_on_own_data_equals_the_sae_metric(trained_run):
