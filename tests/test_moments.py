@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -91,6 +92,21 @@ def test_schedulers_agree(tmp_path, rng):
         Client(cluster) as client,
     ):
         assert_same(pass_metrics(url, PAIRS, mask, scheduler=client), want)
+        # The whole stage on the cluster: open_store's reader and the drift write travel.
+        from layerdrift.config import RunConfig
+        from storage import RunDir, open_result
+        from tasks.similarity.run import compute_similarity
+
+        run = RunDir(str(tmp_path / "run"))
+        shutil.copytree(url, run.activations())
+        compute_similarity(run, RunConfig(similarity={"probes": False}), client)
+    sim = open_result(run.results(), "similarity")["similarity"]
+    got = sim.sel(reference="base", checkpoint="final", layer=1).values
+    np.testing.assert_allclose(got, want[((0, 1), (2, 1))], rtol=1e-9)
+    drift = open_result(run.results(), "drift")["drift"].values
+    x = acts.astype(np.float64)
+    cos = np.sum(x * x[:1], -1) / (np.linalg.norm(x, axis=-1) * np.linalg.norm(x[:1], axis=-1))
+    np.testing.assert_allclose(drift, 1 - cos, atol=1e-6)
 
 
 def test_token_selection(tmp_path, rng):

@@ -42,7 +42,7 @@ RANK_TOL = 1e-10  # eigenvalues below RANK_TOL · largest count as zero
 
 def covariance(sx: SelfMoments) -> np.ndarray:
     """Centred covariance (d, d) of one representation."""
-    return (sx.gram - np.outer(sx.total, sx.total) / sx.n) / sx.n
+    return sx.covariance
 
 
 def cross_covariance(sx: SelfMoments, sy: SelfMoments, xy: CrossMoments) -> np.ndarray:
@@ -109,49 +109,43 @@ def debiased_cka(sx: SelfMoments, sy: SelfMoments, xy: CrossMoments) -> float:
     return hxy / float(np.sqrt(hxx * hyy))
 
 
-def _eig_desc(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    values, vectors = np.linalg.eigh(cov)
-    order = np.argsort(values)[::-1]
-    return values[order], vectors[:, order]
-
-
-def _whitener(cov: np.ndarray, keep: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _whitener(s: SelfMoments, keep: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvectors (d, r) and eigenvalues (r,) of the retained, non-null directions."""
-    values, vectors = _eig_desc(cov)
+    values, vectors = s.eigen
     rank = int(np.sum(values > RANK_TOL * max(values[0], 0.0))) if values.size else 0
     r = rank if keep is None else min(keep, rank)
     return vectors[:, :r], values[:r]
 
 
 def canonical_correlations(
-    cxx: np.ndarray, cyy: np.ndarray, cxy: np.ndarray, keep_x: int | None = None,
+    sx: SelfMoments, sy: SelfMoments, cxy: np.ndarray, keep_x: int | None = None,
     keep_y: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """CCA from covariances, within the top ``keep_x``/``keep_y`` principal directions.
 
-    Returns the canonical correlations ρ (k,), k = min(r_x, r_y), and the pieces PWCCA needs:
-    X's retained eigenvectors E (d1, r_x), eigenvalues λ (r_x,) and the left singular
-    vectors U (r_x, k) of M = Λx^{-1/2} Exᵀ Cxy Ey Λy^{-1/2}.
+    ``cxy`` is the centred cross-covariance (d1, d2). Returns the canonical correlations
+    ρ (k,), k = min(r_x, r_y), and the pieces PWCCA needs: X's retained eigenvectors
+    E (d1, r_x), eigenvalues λ (r_x,) and the left singular vectors U (r_x, k) of
+    M = Λx^{-1/2} Exᵀ Cxy Ey Λy^{-1/2}.
     """
-    ex, lx = _whitener(cxx, keep_x)
-    ey, ly = _whitener(cyy, keep_y)
+    ex, lx = _whitener(sx, keep_x)
+    ey, ly = _whitener(sy, keep_y)
     m = (ex / np.sqrt(lx)).T @ cxy @ (ey / np.sqrt(ly))
     u, rho, _ = np.linalg.svd(m, full_matrices=False)
     k = min(lx.size, ly.size)
     return np.clip(rho[:k], 0.0, 1.0), ex, lx, u[:, :k]
 
 
-def _variance_rank(cov: np.ndarray, fraction: float) -> int:
-    values = np.clip(_eig_desc(cov)[0], 0.0, None)
+def _variance_rank(s: SelfMoments, fraction: float) -> int:
+    values = np.clip(s.eigen[0], 0.0, None)
     share = np.cumsum(values) / values.sum()
     return int(np.searchsorted(share, fraction) + 1)
 
 
 def svcca(sx: SelfMoments, sy: SelfMoments, xy: CrossMoments) -> float:
     """Mean canonical correlation within the 99%-variance principal subspaces."""
-    cxx, cyy = covariance(sx), covariance(sy)
-    kx, ky = _variance_rank(cxx, SVCCA_VARIANCE), _variance_rank(cyy, SVCCA_VARIANCE)
-    rho = canonical_correlations(cxx, cyy, cross_covariance(sx, sy, xy), kx, ky)[0]
+    kx, ky = _variance_rank(sx, SVCCA_VARIANCE), _variance_rank(sy, SVCCA_VARIANCE)
+    rho = canonical_correlations(sx, sy, cross_covariance(sx, sy, xy), kx, ky)[0]
     return float(rho.mean())
 
 
@@ -161,8 +155,7 @@ def pwcca(sx: SelfMoments, sy: SelfMoments, xy: CrossMoments) -> float:
     The unit canonical variate h_i = Xc·a_i/√n has ⟨h_i, x_j⟩ ∝ (Cxx a_i)_j, and with
     a_i = E Λ^{-1/2} u_i that is (E Λ^{1/2} u_i)_j, so α_i = ||E Λ^{1/2} u_i||_1.
     """
-    cxx = covariance(sx)
-    rho, ex, lx, u = canonical_correlations(cxx, covariance(sy), cross_covariance(sx, sy, xy))
+    rho, ex, lx, u = canonical_correlations(sx, sy, cross_covariance(sx, sy, xy))
     alpha = np.abs((ex * np.sqrt(lx)) @ u).sum(axis=0)
     return float(alpha @ rho / alpha.sum())
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
 ROWS_PER_STEP = 2048  # rows converted to float64 at a time inside a token block
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SelfMoments:
     """Moments of one representation (shifted rows ``x_i = raw_i - shift``)."""
 
@@ -44,6 +45,17 @@ class SelfMoments:
     def dim(self) -> int:
         """Hidden size d."""
         return self.total.shape[0]
+
+    @cached_property
+    def covariance(self) -> np.ndarray:
+        """Centred covariance (d, d), computed once."""
+        return (self.gram - np.outer(self.total, self.total) / self.n) / self.n
+
+    @cached_property
+    def eigen(self) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues (d,) in descending order and eigenvectors (d, d) of the covariance."""
+        values, vectors = np.linalg.eigh(self.covariance)
+        return values[::-1].copy(), vectors[:, ::-1].copy()
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,10 @@ def compute_similarity(run: RunDir, cfg: RunConfig, client: Any = None) -> dict[
     results = run.results()
     with _scheduler(client):
         selves, crosses = accumulate_moments(ds["activations"].data, pairs, mask)
-        write_result(results, "drift", drift_array(ds, BASE).assign_attrs(attrs))
+        drift = drift_array(ds, BASE).assign_attrs(
+            {"store_generation": attrs["store_generation"], "tokens": "every store token"}
+        )
+        write_result(results, "drift", drift)
         groups = ["drift", "layer_similarity"]
         table = layer_similarity_table(checkpoints, chosen, layers, selves, crosses)
         write_result(results, "layer_similarity", table.assign_attrs(attrs))
