@@ -138,39 +138,48 @@ class SparseAutoencoder(nn.Module):
         (loss, parts {loss, mse, l0, aux or l1}, fired [d_sae] bool: latents active in ``x``).
         """
         xn = x * self.scale
-        pre = torch.addmm(self.b_enc, xn - self.b_dec, self.W_enc)
+        xc = xn - self.b_dec
         if self.spec.architecture == "relu":
-            f = pre.relu()
+            f = torch.addmm(self.b_enc, xc, self.W_enc).relu()
             recon = torch.addmm(self.b_dec, f, self.W_dec)
             mse = (recon - xn).pow(2).mean()
             l1 = (f * self.W_dec.norm(dim=1)).sum(dim=1).mean()
             loss = mse + self.spec.l1_coefficient * l1
             active = f > 0
-            parts = {"mse": mse.item(), "l1": l1.item()}
+            parts = {"mse": mse.item(), "l1": l1.item(), "l0": active.sum(1).float().mean().item()}
+            fired = active.any(dim=0)
         else:
-            values, indices = pre.topk(self.spec.k, dim=-1, sorted=False)
-            values = values.relu()
+            with torch.no_grad():
+                pre = torch.addmm(self.b_enc, xc, self.W_enc)
+                indices = pre.topk(self.spec.k, dim=-1, sorted=False).indices
+            values = _SelectedPre.apply(xc, self.W_enc, self.b_enc, indices, pre).relu()
             recon = self._decode_sparse_normalised(values, indices)
             mse = (recon - xn).pow(2).mean()
-            aux = self._aux_loss(pre, (xn - recon).detach(), dead_mask)
+            aux = self._aux_loss(xc, pre, (xn - recon).detach(), dead_mask)
             loss = mse + self.spec.aux_coefficient * aux
-            active = torch.zeros_like(pre, dtype=torch.bool).scatter(1, indices, values > 0)
-            parts = {"mse": mse.item(), "aux": aux.item()}
+            positive = values.detach() > 0
+            fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
+            fired[indices[positive]] = True
+            l0 = positive.sum(dim=1).float().mean().item()
+            parts = {"mse": mse.item(), "aux": aux.item(), "l0": l0}
         parts["loss"] = loss.item()
-        parts["l0"] = active.sum(dim=1).float().mean().item()
-        return loss, parts, active.any(dim=0)
+        return loss, parts, fired
 
     def _aux_loss(
-        self, pre: torch.Tensor, residual: torch.Tensor, dead_mask: torch.Tensor | None
+        self,
+        xc: torch.Tensor,
+        pre: torch.Tensor,
+        residual: torch.Tensor,
+        dead_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """AuxK: the top ``k_aux`` dead latents reconstruct the residual [B, d_in] (NMSE)."""
-        n_dead = int(dead_mask.sum()) if dead_mask is not None else 0
-        if n_dead == 0:
+        dead = dead_mask.nonzero().squeeze(1) if dead_mask is not None else None
+        if dead is None or dead.numel() == 0:
             return pre.new_zeros(())
-        k_aux = min(self.spec.k_aux, n_dead)
-        masked = pre.masked_fill(~dead_mask, float("-inf"))
-        values, indices = masked.topk(k_aux, dim=-1, sorted=False)
-        values = values.relu()
+        k_aux = min(self.spec.k_aux, dead.numel())
+        with torch.no_grad():
+            indices = dead[pre[:, dead].topk(k_aux, dim=-1, sorted=False).indices]
+        values = _SelectedPre.apply(xc, self.W_enc, self.b_enc, indices, pre).relu()
         recon = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
         return (recon - residual).pow(2).mean() / residual.pow(2).mean().clamp_min(1e-12)
 
@@ -186,3 +195,36 @@ class SparseAutoencoder(nn.Module):
         """TopK: renormalise decoder rows to unit norm."""
         if self.spec.architecture == "topk":
             self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+class _SelectedPre(torch.autograd.Function):
+    """``pre[b, idx[b, j]]`` of ``pre = xc @ W_enc + b_enc`` with a sparse backward.
+
+    Forward gathers from the already computed ``pre`` [B, d_sae]; backward touches only the
+    selected (token, latent) pairs: grad W_enc = xcᵀ G with G sparse (B·k non-zeros), grad
+    xc = G W_encᵀ as an embedding bag, instead of two dense [B, d_in] × [d_in, d_sae] products.
+    """
+
+    @staticmethod
+    def forward(ctx, xc, W_enc, b_enc, indices, pre):  # noqa: N803 - SAELens's name
+        ctx.save_for_backward(xc, W_enc, indices)
+        return pre.gather(1, indices)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xc, W_enc, indices = ctx.saved_tensors  # noqa: N806
+        n, k = indices.shape
+        d_sae = W_enc.shape[1]
+        flat, g = indices.reshape(-1), grad.reshape(-1).contiguous()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.embedding_bag(
+                indices, W_enc.t().contiguous(), per_sample_weights=grad, mode="sum"
+            )
+        if ctx.needs_input_grad[1]:
+            rows = torch.arange(n, device=xc.device).repeat_interleave(k)
+            sparse = torch.sparse_coo_tensor(torch.stack([flat, rows]), g, (d_sae, n))
+            grad_w = torch.sparse.mm(sparse, xc.detach()).t().contiguous()
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat, g)
+        return grad_x, grad_w, grad_b, None, None
