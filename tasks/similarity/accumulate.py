@@ -12,7 +12,7 @@ make one vector too large, :func:`plan_passes` splits them into several passes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,6 +219,38 @@ def _unpack_pass(
     return selves, crosses
 
 
+def iter_moments(
+    acts: da.Array,
+    pairs: Sequence[Pair],
+    mask: np.ndarray,
+    scheduler: Any = None,
+    budget_bytes: int = DEFAULT_PASS_BYTES,
+    split_every: int = 4,
+) -> Iterator[tuple[dict[Rep, SelfMoments], dict[Pair, CrossMoments]]]:
+    """Run the passes one by one; yield (self moments so far, this pass's cross moments).
+
+    A caller that turns each pass's cross moments into metrics and drops them keeps only
+    the self moments in memory. Arguments as for :func:`accumulate_moments`.
+    """
+    if mask.shape != (acts.shape[2],):
+        raise ValueError(f"mask has shape {mask.shape}, the store has {acts.shape[2]} tokens")
+    plans = plan_passes(pairs, acts.shape[3], budget_bytes)
+    reps = list(dict.fromkeys(r for p in plans for r in p.reps))
+    shifts = compute_shifts(acts, reps, mask, scheduler)
+    selves: dict[Rep, SelfMoments] = {}
+    for i, plan in enumerate(tqdm(plans, total=len(plans), desc="moments passes", leave=False)):
+        logger.info(
+            "moments pass %d/%d: %d representations, %d pairs",
+            i + 1,
+            len(plans),
+            len(plan.reps),
+            len(plan.pairs),
+        )
+        s, crosses = run_pass(acts, plan, mask, shifts, scheduler, split_every)
+        selves.update(s)
+        yield selves, crosses
+
+
 def accumulate_moments(
     acts: da.Array,
     pairs: Sequence[Pair],
@@ -232,23 +264,10 @@ def accumulate_moments(
     ``acts`` is the store's dask array (checkpoint, layer, token, hidden); ``mask`` bool
     (token,) selects tokens. ``scheduler`` is anything ``dask.compute`` accepts (``None``
     for the current default, ``"threads"``, ``"synchronous"``, a distributed ``Client``).
+    ``budget_bytes`` bounds one block's packed partial moments (see :func:`plan_passes`).
     """
-    if mask.shape != (acts.shape[2],):
-        raise ValueError(f"mask has shape {mask.shape}, the store has {acts.shape[2]} tokens")
-    plans = plan_passes(pairs, acts.shape[3], budget_bytes)
-    reps = list(dict.fromkeys(r for p in plans for r in p.reps))
-    shifts = compute_shifts(acts, reps, mask, scheduler)
     selves: dict[Rep, SelfMoments] = {}
     crosses: dict[Pair, CrossMoments] = {}
-    for i, plan in enumerate(tqdm(plans, total=len(plans), desc="moments passes", leave=False)):
-        logger.info(
-            "moments pass %d/%d: %d representations, %d pairs",
-            i + 1,
-            len(plans),
-            len(plan.reps),
-            len(plan.pairs),
-        )
-        s, c = run_pass(acts, plan, mask, shifts, scheduler, split_every)
-        selves.update(s)
-        crosses.update(c)
+    for s, c in iter_moments(acts, pairs, mask, scheduler, budget_bytes, split_every):
+        selves, crosses = s, {**crosses, **c}
     return selves, crosses

@@ -19,10 +19,16 @@ from prefect import task
 from layerdrift.config import RunConfig
 from storage import RunDir, list_results, open_result, write_result
 from storage.activations import open_store, read_attrs
-from tasks.similarity.accumulate import accumulate_moments, token_mask
+from tasks.similarity.accumulate import iter_moments, token_mask
 from tasks.similarity.drift import drift_array
 from tasks.similarity.probes import probe_table
-from tasks.similarity.tables import layer_similarity_table, similarity_pairs, similarity_table
+from tasks.similarity.tables import (
+    layer_similarity_table,
+    pair_metrics,
+    self_metrics,
+    similarity_pairs,
+    similarity_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +72,17 @@ def compute_similarity(run: RunDir, cfg: RunConfig, client: Any = None) -> dict[
     attrs = _selection_attrs(cfg, int(mask.sum()), generation)
     pairs = similarity_pairs(len(checkpoints), len(layers), chosen)
     results = run.results()
+    values: dict = {}
     with _scheduler(client):
-        selves, crosses = accumulate_moments(ds["activations"].data, pairs, mask)
+        for selves, crosses in iter_moments(ds["activations"].data, pairs, mask):
+            values.update(pair_metrics(selves, crosses, both_ways=True))
+        values.update(self_metrics(selves))
         drift = drift_array(ds, BASE).assign_attrs(
             {"store_generation": attrs["store_generation"], "tokens": "every store token"}
         )
         write_result(results, "drift", drift)
         groups = ["drift", "layer_similarity"]
-        table = layer_similarity_table(checkpoints, chosen, layers, selves, crosses)
+        table = layer_similarity_table(checkpoints, chosen, layers, values)
         write_result(results, "layer_similarity", table.assign_attrs(attrs))
         probes = None
         if cfg.similarity.probes:
@@ -86,7 +95,7 @@ def compute_similarity(run: RunDir, cfg: RunConfig, client: Any = None) -> dict[
             )
             write_result(results, "probe_accuracy", probes.assign_attrs(attrs))
             groups.append("probe_accuracy")
-    sim = similarity_table(checkpoints, layers, selves, crosses)
+    sim = similarity_table(checkpoints, layers, values)
     sim = sim.assign_attrs({**attrs, "groups": [*groups, "similarity"], "base": BASE})
     write_result(results, "similarity", sim)
     frame = sim.to_series().rename("value").reset_index()

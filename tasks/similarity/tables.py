@@ -31,29 +31,38 @@ def similarity_pairs(n_checkpoints: int, n_layers: int, layer_checkpoints: list[
 
 
 def pair_metrics(
-    a: Rep, b: Rep, selves: dict[Rep, SelfMoments], crosses: dict[Pair, CrossMoments]
-) -> np.ndarray:
-    """All metrics of (X = a, Y = b), float64 (len(METRICS),), from whichever moments exist."""
-    if a == b:
-        return all_metrics(selves[a], selves[a], self_as_cross(selves[a]))
-    if (a, b) in crosses:
-        return all_metrics(selves[a], selves[b], crosses[(a, b)])
-    return all_metrics(selves[a], selves[b], crosses[(b, a)].swapped())
+    selves: dict[Rep, SelfMoments], crosses: dict[Pair, CrossMoments], both_ways: bool = False
+) -> dict[Pair, np.ndarray]:
+    """Metrics (len(METRICS),) of each pair (X = a, Y = b) in ``crosses``.
+
+    With ``both_ways``, pairs within one checkpoint (layer pairs) also get (b, a).
+    """
+    out: dict[Pair, np.ndarray] = {}
+    for (a, b), xy in crosses.items():
+        out[(a, b)] = all_metrics(selves[a], selves[b], xy)
+        if both_ways and a[0] == b[0]:
+            out[(b, a)] = all_metrics(selves[b], selves[a], xy.swapped())
+    return out
+
+
+def self_metrics(selves: dict[Rep, SelfMoments]) -> dict[Pair, np.ndarray]:
+    """Metrics of each representation with itself (the tables' diagonals)."""
+    return {(r, r): all_metrics(s, s, self_as_cross(s)) for r, s in selves.items()}
 
 
 def similarity_table(
-    checkpoints: list[str],
-    layers: np.ndarray,
-    selves: dict[Rep, SelfMoments],
-    crosses: dict[Pair, CrossMoments],
+    checkpoints: list[str], layers: np.ndarray, values: dict[Pair, np.ndarray]
 ) -> xr.DataArray:
-    """``similarity`` (reference, checkpoint, layer, metric); ``previous`` of the first is NaN."""
+    """``similarity`` (reference, checkpoint, layer, metric); ``previous`` of the first is NaN.
+
+    ``values`` maps ((checkpoint, layer) of X, of Y) to the metrics of that pair.
+    """
     out = np.full((2, len(checkpoints), len(layers), len(METRICS)), np.nan)
     for c in range(len(checkpoints)):
         for li in range(len(layers)):
-            out[0, c, li] = pair_metrics((0, li), (c, li), selves, crosses)
+            out[0, c, li] = values[((0, li), (c, li))]
             if c >= 1:
-                out[1, c, li] = pair_metrics((c - 1, li), (c, li), selves, crosses)
+                out[1, c, li] = values[((c - 1, li), (c, li))]
     return xr.DataArray(
         out,
         dims=("reference", "checkpoint", "layer", "metric"),
@@ -71,8 +80,7 @@ def layer_similarity_table(
     checkpoints: list[str],
     chosen: list[int],
     layers: np.ndarray,
-    selves: dict[Rep, SelfMoments],
-    crosses: dict[Pair, CrossMoments],
+    values: dict[Pair, np.ndarray],
 ) -> xr.DataArray:
     """``layer_similarity`` (checkpoint, layer, layer_other, metric): X = layer, Y = other."""
     n = len(layers)
@@ -80,7 +88,7 @@ def layer_similarity_table(
     for i, c in enumerate(chosen):
         for a in range(n):
             for b in range(n):
-                out[i, a, b] = pair_metrics((c, a), (c, b), selves, crosses)
+                out[i, a, b] = values[((c, a), (c, b))]
     return xr.DataArray(
         out,
         dims=("checkpoint", "layer", "layer_other", "metric"),
