@@ -1,0 +1,93 @@
+"""Prefect artifacts for a run: a markdown summary, the per-layer table, a link to the report.
+
+Call :func:`publish_artifacts` inside a flow run (or a task run); the artifacts attach to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
+
+from storage.rundir import REPORT_FILE, RunDir
+from tasks.report.load import load_inputs
+from tasks.report.summary import layer_frame, summary_lines
+
+logger = logging.getLogger(__name__)
+
+
+def artifact_key(name: str, kind: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) for run ``name``."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "run"
+    return f"layerdrift-{slug}-{kind}"
+
+
+def table_records(table: pd.DataFrame) -> list[dict]:
+    """Rows of ``table`` as JSON-safe dicts (NaN becomes None, numpy scalars plain Python)."""
+    records = []
+    for row in table.to_dict(orient="records"):
+        clean = {}
+        for key, value in row.items():
+            value = value.item() if hasattr(value, "item") else value
+            is_nan = isinstance(value, float) and math.isnan(value)
+            clean[str(key)] = None if is_nan else value
+        records.append(clean)
+    return records
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """``table`` as a GitHub-flavoured markdown table, floats to 3 decimals."""
+    head = "| " + " | ".join(str(c) for c in table.columns) + " |"
+    rule = "|" + "---|" * len(table.columns)
+    rows = []
+    for row in table.itertuples(index=False):
+        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *rows])
+
+
+def report_link(run: RunDir) -> str:
+    """A link to ``report.html``: a file:// URI for local runs, the URL otherwise."""
+    if run.is_local:
+        return Path(run.child_url(REPORT_FILE)).resolve().as_uri()
+    return run.child_url(REPORT_FILE)
+
+
+def publish_artifacts(run: RunDir, table: pd.DataFrame | None = None) -> None:
+    """Create the markdown summary, per-layer table and report link artifacts of ``run``.
+
+    ``table`` defaults to :func:`tasks.report.per_layer_table` of the run. Must be called
+    inside a Prefect flow or task run.
+    """
+    inputs = load_inputs(run)
+    table = layer_frame(inputs) if table is None else table
+    name = inputs.config.name if inputs.config else run.url.rstrip("/").rsplit("/", 1)[-1]
+    lines = [f"# layerdrift: {name}", ""]
+    lines += [f"- {line}" for line in summary_lines(inputs, table)] or ["No results yet."]
+    if inputs.missing:
+        lines += ["", "Did not run:", *[f"- {line}" for line in inputs.missing]]
+    if not table.empty:
+        lines += ["", "## Per layer (final vs base)", "", markdown_table(table)]
+    lines += ["", f"Report: `{run.child_url(REPORT_FILE)}`"]
+    create_markdown_artifact(
+        "\n".join(lines), key=artifact_key(name, "summary"), description="layerdrift summary"
+    )
+    if not table.empty:
+        create_table_artifact(
+            table_records(table),
+            key=artifact_key(name, "per-layer"),
+            description="Per-layer similarity of the final checkpoint to base",
+        )
+    if run.exists(REPORT_FILE):
+        create_link_artifact(
+            report_link(run), link_text="report.html", key=artifact_key(name, "report")
+        )
+    logger.info("published Prefect artifacts for %s", run.url)

@@ -1,0 +1,169 @@
+"""Compare runs: their per-layer curves in one figure, and cross-run CKA when comparable.
+
+Two runs are comparable when they share the base model and the probe set (same texts and
+token ids); then the per-layer linear CKA between their *final* checkpoints says how
+differently two fine-tunes moved the same tokens (1 = same representation up to rotation
+and scale).
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from layerdrift.config import load_run_config
+from storage.results import list_results, open_result
+from storage.rundir import CONFIG_FILE, RunDir
+from tasks.report.figures import png_bytes, theme
+from tasks.report.html import STYLE, Picture, figure_html, table_html
+
+logger = logging.getLogger(__name__)
+
+MAX_CKA_TOKENS = 20_000
+CURVES = ("cosine", "linear_cka")
+
+
+def linear_cka(x_ND: np.ndarray, y_ND: np.ndarray) -> float:
+    """Linear CKA of two representations of the same n tokens, in feature space.
+
+    ``||XcᵀYc||²_F / (||XcᵀXc||_F · ||YcᵀYc||_F)`` with column-centred Xc, Yc
+    (Kornblith et al. 2019); x [n, d1], y [n, d2].
+    """
+    x = np.asarray(x_ND, np.float64) - np.mean(x_ND, axis=0, dtype=np.float64)
+    y = np.asarray(y_ND, np.float64) - np.mean(y_ND, axis=0, dtype=np.float64)
+    cross = np.linalg.norm(x.T @ y) ** 2
+    denom = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
+    return float(cross / denom) if denom > 0 else float("nan")
+
+
+def run_name(run: RunDir) -> str:
+    """The run's configured name (its folder name when config.json cannot be read)."""
+    try:
+        return load_run_config(run.read_text(CONFIG_FILE)).name
+    except FileNotFoundError:
+        return run.url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def curves(runs: list[RunDir], names: list[str]) -> pd.DataFrame:
+    """Long frame (run, layer, metric, value) of final-vs-base similarity per run."""
+    frames = []
+    for run, name in zip(runs, names, strict=True):
+        if "similarity" not in list_results(run.results()):
+            raise FileNotFoundError(
+                f"run {run.url} has no similarity results: run its similarity stage first"
+            )
+        sim = open_result(run.results(), "similarity")["similarity"]
+        sim = sim.sel(reference="base", checkpoint="final", metric=list(CURVES)).load()
+        frame = sim.to_dataframe(name="value").reset_index()[["layer", "metric", "value"]]
+        frames.append(frame.assign(run=name))
+    return pd.concat(frames, ignore_index=True)
+
+
+def comparable(a: RunDir, b: RunDir) -> tuple[xr.Dataset, xr.Dataset] | None:
+    """Both activation stores when the runs share base model and probe tokens, else None."""
+    if (
+        load_run_config(a.read_text(CONFIG_FILE)).model
+        != load_run_config(b.read_text(CONFIG_FILE)).model
+    ):
+        return None
+    if not (a.exists("activations.zarr") and b.exists("activations.zarr")):
+        return None
+    sa, sb = xr.open_zarr(a.activations()), xr.open_zarr(b.activations())
+    same = (
+        sa.sizes.get("token") == sb.sizes.get("token")
+        and sa.sizes.get("layer") == sb.sizes.get("layer")
+        and np.array_equal(sa.token_id.values, sb.token_id.values)
+        and np.array_equal(sa.text.values, sb.text.values)
+        and "final" in sa.checkpoint
+        and "final" in sb.checkpoint
+    )
+    return (sa, sb) if same else None
+
+
+def cross_run_cka(sa: xr.Dataset, sb: xr.Dataset, max_tokens: int = MAX_CKA_TOKENS) -> pd.Series:
+    """Per-layer linear CKA between the final checkpoints of two stores (first tokens only)."""
+    n = min(sa.sizes["token"], max_tokens)
+    values = {}
+    for layer in sa.layer.values:
+        pick = {"checkpoint": "final", "layer": layer}
+        x = sa.activations.sel(pick).isel(token=slice(0, n)).values
+        y = sb.activations.sel(pick).isel(token=slice(0, n)).values
+        values[int(layer)] = linear_cka(x, y)
+    return pd.Series(values, name="linear_cka").rename_axis("layer")
+
+
+def compare_runs(runs: list[RunDir], out: Path) -> Path:
+    """Write ``out/compare.png`` and ``out/compare.html``; return the HTML path.
+
+    Panels: cosine and linear CKA of final vs base per layer, one line per run, and, for
+    every pair that shares base model and probe set, their final-vs-final CKA per layer.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if len(runs) < 2:
+        raise ValueError("compare_runs needs at least two run directories")
+    names = [run_name(r) for r in runs]
+    if len(set(names)) < len(names):
+        names = [f"{n} ({r.url})" for n, r in zip(names, runs, strict=True)]
+    long = curves(runs, names)
+    pairs = {}
+    for (i, a), (j, b) in itertools.combinations(enumerate(runs), 2):
+        stores = comparable(a, b)
+        if stores is not None:
+            pairs[f"{names[i]} ~ {names[j]}"] = cross_run_cka(*stores)
+    theme()
+    n_panels = len(CURVES) + bool(pairs)
+    fig, axes = plt.subplots(1, n_panels, figsize=(4.6 * n_panels, 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], CURVES, strict=False):
+        sns.lineplot(
+            long[long.metric == metric],
+            x="layer",
+            y="value",
+            hue="run",
+            marker="o",
+            errorbar=None,
+            ax=ax,
+        )
+        ax.set(title=f"{metric}: final vs base", ylabel=metric, ylim=(0, 1.05))
+    if pairs:
+        ax = axes[0, -1]
+        for label, series in pairs.items():
+            ax.plot(series.index, series.values, marker="o", label=label)
+        ax.set(title="linear CKA: final vs final", xlabel="layer", ylim=(0, 1.05))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    png = png_bytes(fig)
+    (out / "compare.png").write_bytes(png)
+    table = long.pivot_table(index="layer", columns=["metric", "run"], values="value")
+    table.columns = [f"{m} · {r}" for m, r in table.columns]
+    for label, series in pairs.items():
+        table[f"final CKA · {label}"] = series
+    reading = "Final-vs-base similarity per layer for each run" + (
+        "; the last panel compares the fine-tuned runs with each other." if pairs else "."
+    )
+    page = "\n".join(
+        [
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+            '<link rel="icon" href="data:,"><title>layerdrift comparison</title>',
+            f"<style>{STYLE}</style></head><body><main><h1>layerdrift comparison</h1><ul>",
+            *[
+                f"<li>{html.escape(n)}: <code>{html.escape(r.url)}</code></li>"
+                for n, r in zip(names, runs, strict=True)
+            ],
+            "</ul>",
+            figure_html(Picture("compare", "Runs compared", png, reading)),
+            table_html(table, "compare-table", index=True),
+            "</main></body></html>\n",
+        ]
+    )
+    (out / "compare.html").write_text(page)
+    logger.info("comparison of %d runs written to %s", len(runs), out)
+    return out / "compare.html"

@@ -1,0 +1,214 @@
+"""The report's figures 1–3 and 5: similarity by layer, its evolution, layer × layer, probes.
+
+Each ``fig_*`` function takes :class:`~tasks.report.load.ReportInputs` and returns a
+:class:`Plot` (a matplotlib figure plus a one-line reading derived from the numbers), or
+None when its input is missing. Figures are drawn with seaborn on the Agg backend and saved
+as PNG without timestamps, so the same numbers give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from tasks.report.load import ReportInputs, checkpoint_order  # noqa: E402
+
+SIMILARITY_CURVES = ("cosine", "linear_cka", "debiased_cka", "svcca", "pwcca", "procrustes")
+LAYER_AXIS = "layer (0 = embeddings)"
+DPI = 100
+
+
+@dataclass
+class Plot:
+    """One drawn figure: file stem, title, the figure and its one-line reading."""
+
+    name: str
+    title: str
+    figure: plt.Figure
+    reading: str
+
+
+def theme() -> None:
+    """Fix the plotting style so every run draws the same pixels."""
+    sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
+    plt.rcParams.update({"svg.hashsalt": "layerdrift", "figure.dpi": DPI, "font.size": 10})
+
+
+def outside_legend(ax: plt.Axes, fontsize: int = 8) -> None:
+    """Move the axes' legend outside, to the right, so it never hides data."""
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), fontsize=fontsize)
+
+
+def integer_layers(ax: plt.Axes, layers) -> None:
+    """Tick every layer (integers) on the x axis."""
+    ax.set_xticks(sorted(int(v) for v in layers))
+
+
+def png_bytes(figure: plt.Figure) -> bytes:
+    """Render ``figure`` to PNG bytes with no creation metadata, and close it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def ordered(labels) -> list[str]:
+    """Checkpoint labels in training order."""
+    return sorted((str(label) for label in labels), key=checkpoint_order)
+
+
+def final_vs_base(inputs: ReportInputs) -> pd.DataFrame:
+    """Similarity of ``final`` to ``base`` per layer: frame [layer × metric]."""
+    sim = inputs.results["similarity"].sel(reference="base", checkpoint="final")
+    frame = sim.transpose("layer", "metric").to_pandas()
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def fig_similarity(inputs: ReportInputs) -> Plot | None:
+    """Figure 1: the paper's figure, every similarity of final vs base against the layer."""
+    if not inputs.has("similarity"):
+        return None
+    frame = final_vs_base(inputs)
+    curves = frame[[m for m in SIMILARITY_CURVES if m in frame.columns]].copy()
+    if "procrustes" in curves:
+        curves["procrustes"] = 1.0 - curves["procrustes"] / 2.0
+        curves = curves.rename(columns={"procrustes": "procrustes (1 − d/2)"})
+    long = curves.reset_index().melt(id_vars="layer", var_name="metric", value_name="similarity")
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    sns.lineplot(
+        long,
+        x="layer",
+        y="similarity",
+        hue="metric",
+        style="metric",
+        markers=True,
+        dashes=False,
+        errorbar=None,
+        ax=ax,
+    )
+    ax.set(
+        xlabel=LAYER_AXIS,
+        ylabel="similarity of final to base",
+        ylim=(min(0, long.similarity.min()), 1.05),
+    )
+    integer_layers(ax, frame.index)
+    outside_legend(ax)
+    cos = frame["cosine"]
+    reading = (
+        f"Mean per-token cosine of final to base is {cos.iloc[0]:.3f} at the embeddings and "
+        f"{cos.iloc[-1]:.3f} at layer {int(cos.index[-1])}; linear CKA ends at "
+        f"{frame['linear_cka'].iloc[-1]:.3f}."
+    )
+    return Plot("01-similarity-by-layer", "Similarity of final to base, by layer", fig, reading)
+
+
+def fig_evolution(inputs: ReportInputs) -> Plot | None:
+    """Figure 2: checkpoint × layer heatmaps against base and against the previous checkpoint."""
+    if not inputs.has("similarity"):
+        return None
+    sim = inputs.results["similarity"]
+    labels = ordered(sim.checkpoint.values)
+    panels = [(ref, metric) for ref in ("base", "previous") for metric in ("cosine", "linear_cka")]
+    panels = [(r, m) for r, m in panels if r in sim.reference and m in sim.metric]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 1.6 + 0.55 * len(labels) * 2), squeeze=False)
+    for ax, (ref, metric) in zip(axes.flat, panels, strict=False):
+        rows = labels if ref == "base" else labels[1:]
+        grid = sim.sel(reference=ref, metric=metric).sel(checkpoint=rows)
+        frame = grid.transpose("checkpoint", "layer").to_pandas()
+        sns.heatmap(
+            frame,
+            ax=ax,
+            vmin=0,
+            vmax=1,
+            cmap="viridis",
+            annot=frame.shape[1] <= 13,
+            fmt=".2f",
+            annot_kws={"fontsize": 7},
+        )
+        ax.set(title=f"{metric} vs {ref}", xlabel=LAYER_AXIS, ylabel="")
+        ax.tick_params(axis="y", rotation=0)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    prev = sim.sel(reference="previous", metric="cosine") if "previous" in sim.reference else None
+    reading = "Each row is a checkpoint; the left column compares it with base."
+    if prev is not None and len(labels) > 1:
+        steps = prev.sel(checkpoint=labels[1:]).min("layer").to_pandas()
+        worst = str(steps.idxmin())
+        reading = (
+            f"The largest step-to-step change is into {worst} (lowest layer cosine to the "
+            f"previous checkpoint {float(steps.min()):.3f}); rows are checkpoints in order."
+        )
+    return Plot("02-evolution", "Evolution across checkpoints", fig, reading)
+
+
+def fig_layer_by_layer(inputs: ReportInputs) -> Plot | None:
+    """Figure 3: layer × layer linear CKA within base and within final."""
+    if not inputs.has("layer_similarity"):
+        return None
+    ls = inputs.results["layer_similarity"].sel(metric="linear_cka")
+    labels = ordered(ls.checkpoint.values)
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.6 * len(labels), 4.0), squeeze=False)
+    offdiag = {}
+    for ax, label in zip(axes[0], labels, strict=True):
+        frame = ls.sel(checkpoint=label).transpose("layer", "layer_other").to_pandas()
+        sns.heatmap(
+            frame,
+            ax=ax,
+            vmin=0,
+            vmax=1,
+            cmap="magma",
+            square=True,
+            annot=frame.shape[0] <= 13,
+            fmt=".2f",
+            annot_kws={"fontsize": 7},
+        )
+        ax.set(title=f"linear CKA within {label}", xlabel="layer", ylabel="layer")
+        values = frame.to_numpy()
+        offdiag[label] = float(np.mean(np.diag(values, k=1))) if len(values) > 1 else float("nan")
+    fig.tight_layout()
+    reading = "Mean CKA between adjacent layers: " + ", ".join(
+        f"{label} {value:.3f}" for label, value in offdiag.items()
+    )
+    return Plot("03-layer-by-layer-cka", "Layer × layer CKA", fig, reading + ".")
+
+
+def fig_probes(inputs: ReportInputs) -> Plot | None:
+    """Figure 5: linear-probe accuracy by layer, one line per checkpoint and pooling."""
+    if not inputs.has("probe_accuracy"):
+        return None
+    acc = inputs.results["probe_accuracy"]
+    frame = acc.to_dataframe(name="accuracy").reset_index()
+    frame["checkpoint"] = pd.Categorical(frame["checkpoint"], ordered(acc.checkpoint.values))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    sns.lineplot(
+        frame,
+        x="layer",
+        y="accuracy",
+        hue="checkpoint",
+        style="pooling",
+        markers=True,
+        errorbar=None,
+        ax=ax,
+    )
+    ax.set(xlabel=LAYER_AXIS, ylabel="probe accuracy (cross-validated)")
+    integer_layers(ax, acc.layer.values)
+    outside_legend(ax)
+    pooling = "mean" if "mean" in acc.pooling else str(acc.pooling.values[0])
+    per = {
+        c: acc.sel(checkpoint=c, pooling=pooling) for c in ("base", "final") if c in acc.checkpoint
+    }
+    parts = [f"{c} peaks at {float(a.max()):.3f} (layer {int(a.idxmax())})" for c, a in per.items()]
+    reading = f"With {pooling} pooling, " + " and ".join(parts) + "."
+    return Plot("05-probe-accuracy", "Linear probe accuracy by layer", fig, reading)

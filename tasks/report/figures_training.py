@@ -1,0 +1,129 @@
+"""The report's figures 6–8: SAE metrics, feature composition, fine-tuning curves.
+
+Same conventions as :mod:`tasks.report.figures`: each function returns a
+:class:`~tasks.report.figures.Plot` or None when its input is missing.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from tasks.report.figures import LAYER_AXIS, Plot, integer_layers, ordered, outside_legend
+from tasks.report.load import ReportInputs
+
+SAE_PANELS = ("fvu", "l0", "dead_fraction", "accuracy_recovered")
+GROUP_COLOURS = {"base_only": "#4477aa", "shared": "#bbbbbb", "finetuned_only": "#ee6677"}
+
+
+def fig_sae(inputs: ReportInputs) -> Plot | None:
+    """Figure 6: SAE FVU, L0, dead fraction and accuracy recovered by layer, per checkpoint."""
+    if not inputs.has("sae_metrics"):
+        return None
+    sae = inputs.results["sae_metrics"]
+    panels = [m for m in SAE_PANELS if m in sae.metric]
+    labels = ordered(sae.checkpoint.values)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], panels, strict=True):
+        frame = sae.sel(metric=metric).to_dataframe(name=metric).reset_index()
+        frame["checkpoint"] = pd.Categorical(frame["checkpoint"], labels)
+        sns.lineplot(frame, x="layer", y=metric, hue="checkpoint", marker="o", errorbar=None, ax=ax)
+        ax.set(title=metric.replace("_", " "), xlabel="layer", ylabel="")
+        integer_layers(ax, sae.layer.values)
+        if ax is not axes[0, -1] and ax.get_legend() is not None:
+            ax.get_legend().remove()
+    outside_legend(axes[0, -1])
+    fig.tight_layout()
+    reading = "SAE quality per layer."
+    if "fvu" in sae.metric:
+        fvu = sae.sel(metric="fvu")
+        worst = fvu.where(fvu == fvu.max(), drop=True)
+        reading = (
+            f"FVU ranges {float(fvu.min()):.3f}–{float(fvu.max()):.3f}; the hardest layer to "
+            f"reconstruct is {int(worst.layer.values[0])} ({worst.checkpoint.values[0]})."
+        )
+    return Plot("06-sae-metrics", "Sparse autoencoders by layer", fig, reading)
+
+
+def fig_features(inputs: ReportInputs) -> Plot | None:
+    """Figure 7: crosscoder groups, matched fraction and task-specific fraction by layer."""
+    names = ("crosscoder_counts", "matched_fraction", "task_specific_fraction")
+    present = [n for n in names if n in inputs.results]
+    if not present:
+        return None
+    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.6), squeeze=False)
+    parts = []
+    for ax, name in zip(axes[0], present, strict=True):
+        data = inputs.results[name]
+        if name == "crosscoder_counts":
+            frame = data.transpose("layer", "group").to_pandas()
+            share = frame.div(frame.sum(axis=1), axis=0)
+            groups = [g for g in GROUP_COLOURS if g in share.columns]
+            share[groups].plot.bar(
+                stacked=True, ax=ax, color=[GROUP_COLOURS[g] for g in groups], width=0.8, rot=0
+            )
+            ax.set(title="crosscoder latents", xlabel="layer", ylabel="share of live latents")
+            ax.legend()
+            outside_legend(ax, fontsize=7)
+            if "finetuned_only" in share:
+                top = share["finetuned_only"]
+                parts.append(
+                    f"fine-tuned-only latents peak at layer {int(top.idxmax())} ({top.max():.0%})"
+                )
+        elif name == "matched_fraction":
+            series = data.to_pandas()
+            ax.plot(series.index, series.values, marker="o")
+            ax.set(title="SAE latents matched base↔final", xlabel="layer", ylim=(0, 1.05))
+            parts.append(
+                f"matched fraction is lowest at layer {int(series.idxmin())} ({series.min():.0%})"
+            )
+        else:
+            frame = data.to_dataframe(name="fraction").reset_index()
+            sns.lineplot(
+                frame, x="layer", y="fraction", hue="source", marker="o", errorbar=None, ax=ax
+            )
+            ax.set(title="task-specific latents (AUROC)", xlabel="layer", ylim=(0, None))
+            outside_legend(ax, fontsize=7)
+        if name != "crosscoder_counts":  # bars sit at positions 0..n-1, labelled already
+            integer_layers(ax, data.layer.values)
+        ax.set_xlabel(LAYER_AXIS if ax is axes[0, 0] else "layer")
+    fig.tight_layout()
+    reading = ("; ".join(parts) or "Feature composition by layer") + "."
+    return Plot(
+        "07-feature-composition",
+        "Feature composition by layer",
+        fig,
+        reading[0].upper() + reading[1:],
+    )
+
+
+def fig_training(inputs: ReportInputs) -> Plot | None:
+    """Figure 8: training and validation loss, and validation accuracy, per checkpoint."""
+    metrics = inputs.metrics
+    if metrics.empty:
+        return None
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    for column, style in (("train_loss", "o-"), ("val_loss", "s--")):
+        points = metrics[column].dropna()
+        if not points.empty:
+            loss_ax.plot(metrics.loc[points.index, "step"], points, style, label=column)
+    loss_ax.set(title="loss", xlabel="training step", ylabel="cross-entropy")
+    loss_ax.legend(fontsize=8)
+    acc_ax.plot(metrics["step"], metrics["val_accuracy"], "o-", color="#228833")
+    for label, row in metrics.iterrows():
+        acc_ax.annotate(
+            str(label),
+            (row["step"], row["val_accuracy"]),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(3, -10),
+        )
+    acc_ax.set(title="validation accuracy", xlabel="training step", ylabel="accuracy")
+    fig.tight_layout()
+    acc = metrics["val_accuracy"]
+    reading = (
+        f"Validation accuracy goes from {acc.iloc[0]:.3f} ({acc.index[0]}) to "
+        f"{acc.iloc[-1]:.3f} ({acc.index[-1]}) over {int(metrics['step'].iloc[-1])} steps."
+    )
+    return Plot("08-finetuning-curves", "Fine-tuning curves", fig, reading)

@@ -1,0 +1,127 @@
+"""Everything the report reads, gathered once: config, checkpoint metrics, results, cards.
+
+Only the small outputs are loaded into memory (per-layer metrics, per-token drift, metrics
+JSON); the activation store is opened lazily and read only for the few chosen sentences.
+A missing optional input is recorded in :attr:`ReportInputs.missing` with the stage that
+would have produced it, so the report can say what did not run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+
+import pandas as pd
+import xarray as xr
+
+from layerdrift.config import RunConfig, load_run_config
+from storage.results import list_results, open_result
+from storage.rundir import CHECKPOINTS_DIR, CONFIG_FILE, RunDir
+
+logger = logging.getLogger(__name__)
+
+CARDS_FILE = ("features", "cards.json")
+METRICS_FILE = "metrics.json"
+
+# Which stage writes each results group; used to say what did not run.
+PRODUCERS = {
+    "similarity": "similarity",
+    "layer_similarity": "similarity",
+    "drift": "similarity",
+    "probe_accuracy": "similarity (probes)",
+    "sae_metrics": "sae",
+    "crosscoder_counts": "features",
+    "matched_fraction": "features",
+    "task_specific_fraction": "features",
+}
+
+
+def checkpoint_order(label: str) -> tuple[int, float, str]:
+    """Sort key putting ``base`` first, ``step-NNNNNN`` by step, then ``final``."""
+    if label == "base":
+        return (0, 0.0, label)
+    if label == "final":
+        return (2, 0.0, label)
+    match = re.fullmatch(r"step-(\d+)", label)
+    return (1, float(match.group(1)) if match else float("inf"), label)
+
+
+@dataclass
+class ReportInputs:
+    """What one run directory holds for the report.
+
+    ``results`` maps a group name to its DataArray, loaded into memory; ``metrics`` has one
+    row per checkpoint (index = label, in training order) with step, epoch, train_loss,
+    val_loss and val_accuracy; ``confusion`` is the final checkpoint's confusion matrix
+    (rows true, columns predicted) when present.
+    """
+
+    run: RunDir
+    config: RunConfig | None
+    metrics: pd.DataFrame
+    confusion: list[list[int]] | None
+    label_names: list[str]
+    results: dict[str, xr.DataArray]
+    cards: list[dict]
+    missing: list[str] = field(default_factory=list)
+
+    def has(self, *names: str) -> bool:
+        """Whether every named results group is present."""
+        return all(name in self.results for name in names)
+
+
+def read_metrics(run: RunDir) -> tuple[pd.DataFrame, list[list[int]] | None, list[str]]:
+    """Per-checkpoint metrics from ``checkpoints/<label>/metrics.json``.
+
+    Returns the frame (index = label in training order), the final confusion matrix and the
+    label names (both None / empty when absent).
+    """
+    rows, confusion, names = {}, None, []
+    if run.exists(CHECKPOINTS_DIR):
+        for entry in sorted(run.fs.ls(run.path(CHECKPOINTS_DIR), detail=False)):
+            label = entry.rstrip("/").rsplit("/", 1)[-1]
+            if label.startswith(".") or not run.exists(CHECKPOINTS_DIR, label, METRICS_FILE):
+                continue
+            data = json.loads(run.read_text(CHECKPOINTS_DIR, label, METRICS_FILE))
+            rows[label] = {
+                key: data.get(key) for key in ("step", "epoch", "train_loss", "val_loss")
+            } | {"val_accuracy": data.get("val_accuracy")}
+            if label == "final":
+                confusion = data.get("confusion_matrix")
+            names = [str(n) for n in data.get("label_names") or names]
+    labels = sorted(rows, key=checkpoint_order)
+    columns = ["step", "epoch", "train_loss", "val_loss", "val_accuracy"]
+    frame = pd.DataFrame([rows[label] for label in labels], index=labels, columns=columns)
+    frame.index.name = "checkpoint"
+    return frame.astype("float64"), confusion, names
+
+
+def load_inputs(run: RunDir) -> ReportInputs:
+    """Read config, metrics, every results group and the feature cards of ``run``."""
+    if not run.exists(CONFIG_FILE):
+        raise FileNotFoundError(
+            f"{run.url} has no {CONFIG_FILE}: it is not a layerdrift run directory "
+            "(run `layerdrift run` first, or pass the folder that holds config.json)"
+        )
+    config = load_run_config(run.read_text(CONFIG_FILE))
+    metrics, confusion, names = read_metrics(run)
+    missing = []
+    if metrics.empty:
+        missing.append("finetune: no checkpoint metrics.json found")
+    results: dict[str, xr.DataArray] = {}
+    present = list_results(run.results())
+    for name in present:
+        results[name] = open_result(run.results(), name)[name].load()
+    for name, stage in PRODUCERS.items():
+        if name not in present:
+            missing.append(f"{stage}: results.zarr has no `{name}`")
+    cards: list[dict] = []
+    if run.exists(*CARDS_FILE):
+        cards = json.loads(run.read_text(*CARDS_FILE))
+    else:
+        missing.append("features: no features/cards.json")
+    for line in missing:
+        logger.info("report: skipped, %s", line)
+    return ReportInputs(run, config, metrics, confusion, names, results, cards, missing)

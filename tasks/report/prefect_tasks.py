@@ -1,0 +1,14 @@
+"""Prefect wrapper of the report stage (the flow wires it; the logic is in build.py)."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from storage.rundir import RunDir
+from tasks.report.build import build_report
+
+
+@task(name="report", retries=1, retry_delay_seconds=5)
+def build_report_task(run: RunDir) -> str:
+    """Build figures and ``report.html`` for ``run``; returns the report path or URL."""
+    return build_report(run)

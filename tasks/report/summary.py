@@ -1,0 +1,119 @@
+"""The per-layer summary table and the short summary, both derived from results.zarr.
+
+The table has one row per layer: every similarity of the final checkpoint to base, the mean
+per-token drift, probe accuracy of base and final, SAE FVU and L0 of base and final, and the
+feature-comparison fractions, each column present only when its stage ran.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from storage.rundir import RunDir
+from tasks.report.load import ReportInputs, load_inputs
+
+HIGH_SIMILARITY = 0.9
+
+
+def layer_frame(inputs: ReportInputs) -> pd.DataFrame:
+    """Per-layer table [layer × column] from loaded inputs (empty without similarity)."""
+    if not inputs.has("similarity"):
+        return pd.DataFrame()
+    sim = inputs.results["similarity"].sel(reference="base", checkpoint="final")
+    frame = sim.transpose("layer", "metric").to_pandas()
+    frame.columns = [str(c) for c in frame.columns]
+    columns: dict[str, pd.Series] = dict(frame.items())
+    res = inputs.results
+    if "drift" in res and "final" in res["drift"].checkpoint:
+        columns["drift_mean"] = res["drift"].sel(checkpoint="final").mean("token").to_pandas()
+    if "probe_accuracy" in res:
+        acc = res["probe_accuracy"]
+        pooling = "mean" if "mean" in acc.pooling else str(acc.pooling.values[0])
+        for label in ("base", "final"):
+            if label in acc.checkpoint:
+                columns[f"probe_{label}"] = acc.sel(checkpoint=label, pooling=pooling).to_pandas()
+    if "sae_metrics" in res:
+        sae = res["sae_metrics"]
+        for metric in ("fvu", "l0"):
+            for label in ("base", "final"):
+                if metric in sae.metric and label in sae.checkpoint:
+                    series = sae.sel(checkpoint=label, metric=metric).to_pandas()
+                    columns[f"sae_{metric}_{label}"] = series
+    if "matched_fraction" in res:
+        columns["matched_fraction"] = res["matched_fraction"].to_pandas()
+    if "crosscoder_counts" in res:
+        counts = res["crosscoder_counts"].transpose("layer", "group").to_pandas()
+        if "finetuned_only" in counts:
+            columns["finetuned_only_share"] = counts["finetuned_only"] / counts.sum(axis=1)
+    table = pd.DataFrame(columns).astype("float64")
+    table.index = table.index.astype(int)
+    table.index.name = "layer"
+    return table.reset_index()
+
+
+def per_layer_table(run: RunDir) -> pd.DataFrame:
+    """The per-layer table of ``run``: a ``layer`` column then one float column per statistic.
+
+    Similarities compare the final checkpoint with base (``procrustes`` is a distance:
+    0 = equal up to rotation). Empty when the similarity stage has not run.
+    """
+    return layer_frame(load_inputs(run))
+
+
+def similarity_sentence(cos: pd.Series, threshold: float = HIGH_SIMILARITY) -> str:
+    """Describe where the per-layer cosine ``cos`` (index = layer) falls below ``threshold``."""
+    low = cos[cos < threshold]
+    lowest_layer = int(cos.idxmin())
+    if low.empty:
+        return (
+            f"Mean per-token cosine of final to base stays ≥ {threshold} at every layer "
+            f"(lowest {cos.min():.3f}, layer {lowest_layer})."
+        )
+    first = int(low.index[0])
+    if first == int(cos.index[0]):
+        head = (
+            f"Mean per-token cosine of final to base is already {cos.iloc[0]:.3f} at layer {first}"
+        )
+    else:
+        kept = int(cos.index[cos.index.get_loc(first) - 1])
+        head = f"Mean per-token cosine of final to base stays ≥ {threshold} up to layer {kept}"
+    return f"{head} and falls to {cos.min():.3f} at layer {lowest_layer}."
+
+
+def summary_lines(inputs: ReportInputs, table: pd.DataFrame) -> list[str]:
+    """A few sentences that state the main numbers of the run."""
+    lines = []
+    metrics = inputs.metrics
+    if not metrics.empty and metrics["val_accuracy"].notna().any():
+        acc = metrics["val_accuracy"].dropna()
+        lines.append(
+            f"Fine-tuning took validation accuracy from {acc.iloc[0]:.3f} ({acc.index[0]}) to "
+            f"{acc.iloc[-1]:.3f} ({acc.index[-1]})."
+        )
+    if not table.empty:
+        layered = table.set_index("layer")
+        lines.append(similarity_sentence(layered["cosine"]))
+        cka = layered["linear_cka"]
+        if len(cka) > 1:
+            drops = -cka.diff().iloc[1:]
+            at = int(drops.idxmax())
+            before = int(cka.index[cka.index.get_loc(at) - 1])
+            lines.append(
+                f"Linear CKA drops most between layers {before} and {at} "
+                f"({cka.loc[before]:.3f} → {cka.loc[at]:.3f}); it ends at {cka.iloc[-1]:.3f}."
+            )
+        if "probe_final" in layered:
+            best = int(layered["probe_final"].idxmax())
+            base = layered["probe_base"].loc[best] if "probe_base" in layered else np.nan
+            lines.append(
+                f"A linear probe on the final checkpoint is most accurate at layer {best} "
+                f"({layered['probe_final'].loc[best]:.3f}; base there: {base:.3f})."
+            )
+        if "finetuned_only_share" in layered:
+            share = layered["finetuned_only_share"]
+            lines.append(
+                f"Crosscoder latents specific to the fine-tuned model are most common at layer "
+                f"{int(share.idxmax())} ({share.max():.0%} of live latents)."
+            )
+    return lines

@@ -1,0 +1,414 @@
+"""The report stage on a synthetic run directory: figures, HTML, tables, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from factories import make_activation_store
+
+from layerdrift.config import build_config
+from storage import RunDir, open_result, save_run_config, write_result
+from tasks.modeling import BUNDLED_NOTE
+from tasks.report import build_report, compare_runs, per_layer_table
+from tasks.report.compare import linear_cka
+from tasks.report.summary import similarity_sentence
+
+CHECKPOINTS = ["base", "step-000010", "final"]
+SIM_METRICS = ["cosine", "linear_cka", "debiased_cka", "svcca", "pwcca", "procrustes", "norm_ratio"]
+SAE_METRICS = [
+    "mse",
+    "fvu",
+    "explained_variance",
+    "l0",
+    "dead_fraction",
+    "accuracy_recovered",
+    "loss_recovered",
+]
+N_LAYERS, HIDDEN = 4, 8
+pytestmark = pytest.mark.filterwarnings("ignore::zarr.errors.UnstableSpecificationWarning")
+
+
+def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def make_run(
+    root: Path, name: str = "synthetic", model: str = "minilm-l6", full: bool = True, seed: int = 0
+) -> RunDir:
+    """A run directory with config, metrics, a store and results; ``full`` adds SAE/features."""
+    rng = np.random.default_rng(seed)
+    config = build_config("quick", overrides={"name": name, "runs_root": str(root), "model": model})
+    run = RunDir(config.run_url)
+    save_run_config(run, config.to_json(), config.config_hash())
+    for i, label in enumerate(CHECKPOINTS):
+        metrics = {
+            "label": label,
+            "step": 10 * i,
+            "epoch": 0.5 * i,
+            "train_loss": None if i == 0 else 0.7 - 0.2 * i,
+            "val_loss": 0.7 - 0.15 * i,
+            "val_accuracy": 0.5 + 0.15 * i,
+            "confusion_matrix": [[40, 10], [8 + i, 42]],
+            "label_names": ["neg", "pos"],
+        }
+        run.write_text(json.dumps(metrics), "checkpoints", label, "metrics.json")
+
+    counts = [int(c) for c in rng.integers(4, 9, size=12)]
+    n_tok = sum(counts)
+    base = rng.normal(size=(N_LAYERS, n_tok, HIDDEN))
+    scale = np.linspace(0.0, 1.5, N_LAYERS)[:, None, None]
+    acts = np.stack([base + k * scale * rng.normal(size=base.shape) for k in (0, 0.5, 1.0)])
+    make_activation_store(
+        run.activations(), acts.astype(np.float32), counts, checkpoints=CHECKPOINTS, token_chunk=32
+    )
+    store = xr.open_zarr(run.activations())
+    drift = 1.0 - _cos_rows(acts[:, :, :, :], acts[0][None])
+    coords = {k: store[k] for k in ("token_text", "example_of_token", "position", "is_special")}
+    url = run.results()
+    write_result(
+        url,
+        "drift",
+        xr.DataArray(
+            drift.astype(np.float32),
+            dims=("checkpoint", "layer", "token"),
+            coords={"checkpoint": CHECKPOINTS, "layer": np.arange(N_LAYERS), **coords},
+        ),
+    )
+    sim = rng.uniform(0.3, 1.0, size=(2, 3, N_LAYERS, len(SIM_METRICS)))
+    sim[0, 0] = 1.0  # base vs base
+    write_result(
+        url,
+        "similarity",
+        xr.DataArray(
+            sim,
+            dims=("reference", "checkpoint", "layer", "metric"),
+            coords={
+                "reference": ["base", "previous"],
+                "checkpoint": CHECKPOINTS,
+                "layer": np.arange(N_LAYERS),
+                "metric": SIM_METRICS,
+            },
+        ),
+    )
+    ls = rng.uniform(0.2, 1.0, size=(2, N_LAYERS, N_LAYERS, 2))
+    write_result(
+        url,
+        "layer_similarity",
+        xr.DataArray(
+            ls,
+            dims=("checkpoint", "layer", "layer_other", "metric"),
+            coords={
+                "checkpoint": ["base", "final"],
+                "layer": np.arange(N_LAYERS),
+                "layer_other": np.arange(N_LAYERS),
+                "metric": ["linear_cka", "cosine"],
+            },
+        ),
+    )
+    write_result(
+        url,
+        "probe_accuracy",
+        xr.DataArray(
+            rng.uniform(0.5, 1, size=(3, N_LAYERS, 2)),
+            dims=("checkpoint", "layer", "pooling"),
+            coords={
+                "checkpoint": CHECKPOINTS,
+                "layer": np.arange(N_LAYERS),
+                "pooling": ["mean", "cls"],
+            },
+        ),
+    )
+    if not full:
+        return run
+    write_result(
+        url,
+        "sae_metrics",
+        xr.DataArray(
+            rng.uniform(0, 1, size=(2, N_LAYERS, 7)),
+            dims=("checkpoint", "layer", "metric"),
+            coords={
+                "checkpoint": ["base", "final"],
+                "layer": np.arange(N_LAYERS),
+                "metric": SAE_METRICS,
+            },
+        ),
+    )
+    write_result(
+        url,
+        "crosscoder_counts",
+        xr.DataArray(
+            rng.integers(1, 50, size=(N_LAYERS, 3)),
+            dims=("layer", "group"),
+            coords={
+                "layer": np.arange(N_LAYERS),
+                "group": ["base_only", "shared", "finetuned_only"],
+            },
+        ),
+    )
+    write_result(
+        url,
+        "matched_fraction",
+        xr.DataArray(
+            rng.uniform(0, 1, N_LAYERS), dims=("layer",), coords={"layer": np.arange(N_LAYERS)}
+        ),
+    )
+    write_result(
+        url,
+        "task_specific_fraction",
+        xr.DataArray(
+            rng.uniform(0, 0.5, (2, N_LAYERS)),
+            dims=("source", "layer"),
+            coords={"source": ["base_sae", "finetuned_sae"], "layer": np.arange(N_LAYERS)},
+        ),
+    )
+    card = {
+        "layer": 2,
+        "source": "crosscoder",
+        "latent": 17,
+        "reason": "finetuned_only",
+        "auroc": 0.91,
+        "score": 0.97,
+        "examples": [
+            {
+                "example": 3,
+                "label": 1,
+                "tokens": ["the", "<film>", "good"],
+                "activations": [0.0, 1.3, 0.2],
+                "max_token": 1,
+            }
+        ],
+    }
+    run.write_text(json.dumps([card]), "features", "cards.json")
+    return run
+
+
+@pytest.fixture
+def run(tmp_path) -> RunDir:
+    """A complete synthetic run."""
+    return make_run(tmp_path)
+
+
+class Collector(HTMLParser):
+    """Checks nesting and gathers images, figures, tables and element ids."""
+
+    VOID = {"meta", "link", "img", "br", "hr", "input"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.images: list[dict] = []
+        self.ids: set[str] = set()
+        self.tables: dict[str, list[list[tuple[str | None, str]]]] = {}
+        self._table: str | None = None
+        self._cell: str | None = None
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag not in self.VOID:
+            self.stack.append(tag)
+        if "id" in attrs:
+            assert attrs["id"] not in self.ids, f"duplicate id {attrs['id']}"
+            self.ids.add(attrs["id"])
+        if tag == "img":
+            self.images.append(attrs)
+        if tag == "table" and "id" in attrs:
+            self._table = attrs["id"]
+            self.tables[self._table] = []
+        if tag == "tr" and self._table:
+            self.tables[self._table].append([])
+        if tag == "td" and self._table:
+            self._cell = attrs.get("data-value")
+            self.tables[self._table][-1].append((self._cell, ""))
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes {self.stack[-1:]}"
+        self.stack.pop()
+        if tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(path: str) -> Collector:
+    """Parse a report and check every element is closed."""
+    text = Path(path).read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    parser = Collector()
+    parser.feed(text)
+    parser.close()
+    assert parser.stack == [], f"unclosed elements {parser.stack}"
+    return parser
+
+
+def test_report_is_valid_html_with_every_figure(run):
+    path = build_report(run)
+    assert path == run.child_url("report.html")
+    page = parse(path)
+    figures = sorted(p.name for p in Path(run.child_url("figures")).glob("*.png"))
+    expected = [
+        "01-similarity-by-layer",
+        "02-evolution",
+        "03-layer-by-layer-cka",
+        "04-tokens-1",
+        "04-tokens-2",
+        "05-probe-accuracy",
+        "06-sae-metrics",
+        "07-feature-composition",
+        "08-finetuning-curves",
+    ]
+    assert figures == [f"{name}.png" for name in expected]
+    for name in expected:
+        data = Path(run.child_url("figures", f"{name}.png")).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5000, name
+        assert name in page.ids
+    embedded = [img["src"] for img in page.images]
+    assert len(embedded) == len(expected)
+    assert all(src.startswith("data:image/png;base64,") for src in embedded)
+    text = " ".join(page.text)
+    assert BUNDLED_NOTE in text
+    assert "layer 2 · crosscoder latent 17 · finetuned_only" in text
+    assert "Stages that did not run" not in text
+
+
+def test_report_tables_equal_results(run):
+    page = parse(build_report(run))
+    rows = page.tables["layer-table"]
+    sim = open_result(run.results(), "similarity")["similarity"].sel(
+        reference="base", checkpoint="final"
+    )
+    probe = open_result(run.results(), "probe_accuracy")["probe_accuracy"]
+    drift = open_result(run.results(), "drift")["drift"].sel(checkpoint="final")
+    table = per_layer_table(run)
+    assert len(rows) == 1 + N_LAYERS  # header row has no td
+    for layer, row in enumerate(rows[1:]):
+        values = dict(zip(table.columns, [float(v) for v, _ in row], strict=True))
+        assert values["layer"] == layer
+        for metric in SIM_METRICS:
+            assert values[metric] == float(sim.sel(layer=layer, metric=metric))
+        assert values["probe_final"] == float(
+            probe.sel(checkpoint="final", layer=layer, pooling="mean")
+        )
+        assert values["drift_mean"] == pytest.approx(float(drift.sel(layer=layer).mean()))
+    ckpt = page.tables["checkpoint-table"]
+    assert [float(v) for v, _ in ckpt[3][-1:]] == [pytest.approx(0.8)]
+
+
+def test_report_is_deterministic(run):
+    first = Path(build_report(run)).read_bytes()
+    pngs = {p.name: p.read_bytes() for p in Path(run.child_url("figures")).glob("*.png")}
+    second = Path(build_report(run)).read_bytes()
+    assert hashlib.sha256(first).digest() == hashlib.sha256(second).digest()
+    assert pngs == {p.name: p.read_bytes() for p in Path(run.child_url("figures")).glob("*.png")}
+
+
+def test_missing_optional_stages_are_listed(tmp_path):
+    run = make_run(tmp_path, model=str(tmp_path / "some-model"), full=False)
+    page = parse(build_report(run))
+    text = " ".join(page.text)
+    assert "sae: results.zarr has no `sae_metrics`" in text
+    assert "features: no features/cards.json" in text
+    assert BUNDLED_NOTE not in text
+    assert "06-sae-metrics" not in page.ids and "07-feature-composition" not in page.ids
+    assert not Path(run.child_url("figures", "06-sae-metrics.png")).exists()
+
+
+def test_report_without_results_still_builds(tmp_path):
+    config = build_config("quick", overrides={"name": "empty", "runs_root": str(tmp_path)})
+    run = RunDir(config.run_url)
+    save_run_config(run, config.to_json(), config.config_hash())
+    page = parse(build_report(run))
+    assert "similarity: not computed yet." in " ".join(page.text)
+    assert per_layer_table(run).empty
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a layerdrift run directory"):
+        build_report(RunDir(str(tmp_path / "nothing")))
+
+
+def test_similarity_sentence():
+    import pandas as pd
+
+    cos = pd.Series([0.99, 0.95, 0.91, 0.6, 0.4], index=range(5))
+    assert similarity_sentence(cos) == (
+        "Mean per-token cosine of final to base stays ≥ 0.9 up to layer 2 and falls to 0.400 "
+        "at layer 4."
+    )
+    assert "stays ≥ 0.9 at every layer" in similarity_sentence(pd.Series([0.99, 0.95]))
+
+
+def test_linear_cka_matches_gram_formula(rng):
+    x, y = rng.normal(size=(50, 6)), rng.normal(size=(50, 4))
+    h = np.eye(50) - 1 / 50
+    k, l_ = h @ x @ x.T @ h, h @ y @ y.T @ h
+    reference = np.sum(k * l_) / (np.linalg.norm(k) * np.linalg.norm(l_))
+    assert linear_cka(x, y) == pytest.approx(reference, rel=1e-10)
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    assert linear_cka(x, 3 * x @ q + 1) == pytest.approx(1.0)
+
+
+def test_compare_runs(tmp_path):
+    a = make_run(tmp_path, "sentiment", full=False)
+    b = make_run(tmp_path, "topic", full=False, seed=0)
+    path = compare_runs([a, b], tmp_path / "cmp")
+    page = parse(str(path))
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 5000
+    rows = page.tables["compare-table"]
+    # Same probe tokens and the same seed: identical final activations, CKA 1 at every layer.
+    header_free = rows[1:]
+    assert all(float(row[-1][0]) == pytest.approx(1.0) for row in header_free)
+    with pytest.raises(ValueError, match="at least two"):
+        compare_runs([a], tmp_path / "cmp")
+
+
+def test_token_pictures_colour_by_sae_latent(tmp_path):
+    import torch
+
+    from tasks.report.load import load_inputs
+    from tasks.report.tokens import add_latents, choose_sentences
+    from tasks.sae.files import save_sae
+    from tasks.sae.model import SAESpec, SparseAutoencoder
+
+    run = make_run(tmp_path, full=False)
+    sae = SparseAutoencoder(SAESpec(d_in=HIDDEN, d_sae=16, k=4), torch.Generator().manual_seed(0))
+    save_sae(sae, run.sae("final", 1))
+    inputs = load_inputs(run)
+    sentences = choose_sentences(inputs, 2)
+    assert add_latents(inputs, sentences)
+    store = xr.open_zarr(run.activations())
+    for s in sentences:
+        assert len(s.latents) == 1
+        x = store.activations.sel(checkpoint="final", layer=1).values[s.example_tokens()]
+        codes = sae.encode(torch.from_numpy(x.astype(np.float32))).detach().numpy()
+        latent = int(np.argmax(codes.max(axis=0)))
+        name, values = s.latents[0]
+        assert name == f"layer 1 · latent {latent}"
+        np.testing.assert_allclose(values, codes[:, latent], rtol=1e-5, atol=1e-6)
+    text = " ".join(parse(build_report(run)).text)
+    assert f"layer 1 · latent {latent}" in text
+
+
+def test_sentence_choice_covers_both_ends_and_labels(run):
+    from tasks.report.load import load_inputs
+    from tasks.report.tokens import choose_sentences, pick_order
+
+    assert pick_order(2, 4) == [(0, "highest"), (1, "lowest"), (0, "lowest"), (1, "highest")]
+    assert pick_order(3, 6)[3:] == [(0, "lowest"), (1, "highest"), (2, "lowest")]
+    inputs = load_inputs(run)
+    sentences = choose_sentences(inputs, 4)
+    drift = inputs.results["drift"].sel(checkpoint="final")
+    means = drift.mean("layer").to_series().groupby(drift.example_of_token.values).mean()
+    labels = xr.open_zarr(run.activations()).label.values
+    neg = means[labels[means.index] == 0]
+    assert sentences[0].example == int(neg.idxmax()) and sentences[0].label == "neg"
+    assert sentences[2].example == int(neg.idxmin())
+    assert sentences[1].label == "pos" and sentences[1].kind == "lowest"
+    assert len({s.example for s in sentences}) == 4
