@@ -167,6 +167,18 @@ def make_run(
             coords={"source": ["base_sae", "finetuned_sae"], "layer": np.arange(N_LAYERS)},
         ),
     )
+    directions = [
+        "base_on_finetuned",
+        "finetuned_on_base",
+        "base_on_base",
+        "finetuned_on_finetuned",
+    ]
+    transfer = xr.DataArray(
+        rng.uniform(0, 1, (4, N_LAYERS)),
+        dims=("direction", "layer"),
+        coords={"direction": directions, "layer": np.arange(N_LAYERS)},
+    )
+    write_result(url, "transfer_fvu", transfer)
     card = {
         "layer": 2,
         "source": "crosscoder",
@@ -365,6 +377,11 @@ def test_compare_runs(tmp_path):
     # Same probe tokens and the same seed: identical final activations, CKA 1 at every layer.
     header_free = rows[1:]
     assert all(float(row[-1][0]) == pytest.approx(1.0) for row in header_free)
+    other = make_run(tmp_path, "other", full=False, seed=3)  # another probe set
+    page = parse(str(compare_runs([a, b, other], tmp_path / "cmp3")))
+    header = page.tables["compare-table"][1:]
+    assert all(len(row) == 1 + 6 + 1 for row in header)  # layer, 2 metrics x 3 runs, 1 pair
+    assert "No final-vs-final CKA for sentiment ~ other" in " ".join(page.text)
     with pytest.raises(ValueError, match="at least two"):
         compare_runs([a], tmp_path / "cmp")
 

@@ -20,7 +20,7 @@ import xarray as xr
 from layerdrift.config import load_run_config
 from storage.results import list_results, open_result
 from storage.rundir import CONFIG_FILE, RunDir
-from tasks.report.figures import png_bytes, theme
+from tasks.report.figures import integer_layers, outside_legend, png_bytes, theme
 from tasks.report.html import STYLE, Picture, figure_html, table_html
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,31 @@ def cross_run_cka(sa: xr.Dataset, sb: xr.Dataset, max_tokens: int = MAX_CKA_TOKE
     return pd.Series(values, name="linear_cka").rename_axis("layer")
 
 
+def comparison_page(
+    names: list[str],
+    runs: list[RunDir],
+    skipped: list[str],
+    picture: Picture,
+    table: pd.DataFrame,
+) -> str:
+    """The comparison as one self-contained HTML page."""
+    listed = [
+        f"<li>{html.escape(n)}: <code>{html.escape(r.url)}</code></li>"
+        for n, r in zip(names, runs, strict=True)
+    ]
+    notes = [
+        f"<p>No final-vs-final CKA for {html.escape(pair)}: the runs differ in base model or "
+        "probe set, or a store has no final checkpoint.</p>"
+        for pair in skipped
+    ]
+    head = '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+    head += f'<link rel="icon" href="data:,"><title>layerdrift comparison</title><style>{STYLE}'
+    body = "</style></head><body><main><h1>layerdrift comparison</h1>"
+    parts = [head + body, "<ul>", *listed, "</ul>", *notes, figure_html(picture)]
+    parts += [table_html(table, "compare-table", index=True), "</main></body></html>\n"]
+    return "\n".join(parts)
+
+
 def compare_runs(runs: list[RunDir], out: Path) -> Path:
     """Write ``out/compare.png`` and ``out/compare.html``; return the HTML path.
 
@@ -113,11 +138,13 @@ def compare_runs(runs: list[RunDir], out: Path) -> Path:
     if len(set(names)) < len(names):
         names = [f"{n} ({r.url})" for n, r in zip(names, runs, strict=True)]
     long = curves(runs, names)
-    pairs = {}
+    pairs, skipped = {}, []
     for (i, a), (j, b) in itertools.combinations(enumerate(runs), 2):
         stores = comparable(a, b)
         if stores is not None:
             pairs[f"{names[i]} ~ {names[j]}"] = cross_run_cka(*stores)
+        else:
+            skipped.append(f"{names[i]} ~ {names[j]}")
     theme()
     n_panels = len(CURVES) + bool(pairs)
     fig, axes = plt.subplots(1, n_panels, figsize=(4.6 * n_panels, 3.8), squeeze=False)
@@ -132,12 +159,17 @@ def compare_runs(runs: list[RunDir], out: Path) -> Path:
             ax=ax,
         )
         ax.set(title=f"{metric}: final vs base", ylabel=metric, ylim=(0, 1.05))
+        integer_layers(ax, long.layer.unique())
+        if ax is not axes[0, 0] and ax.get_legend() is not None:
+            ax.get_legend().remove()
     if pairs:
         ax = axes[0, -1]
         for label, series in pairs.items():
             ax.plot(series.index, series.values, marker="o", label=label)
         ax.set(title="linear CKA: final vs final", xlabel="layer", ylim=(0, 1.05))
-        ax.legend(fontsize=8)
+        integer_layers(ax, long.layer.unique())
+        ax.legend(fontsize=8, loc="lower left")
+    outside_legend(axes[0, 0])
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     png = png_bytes(fig)
@@ -149,21 +181,8 @@ def compare_runs(runs: list[RunDir], out: Path) -> Path:
     reading = "Final-vs-base similarity per layer for each run" + (
         "; the last panel compares the fine-tuned runs with each other." if pairs else "."
     )
-    page = "\n".join(
-        [
-            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-            '<link rel="icon" href="data:,"><title>layerdrift comparison</title>',
-            f"<style>{STYLE}</style></head><body><main><h1>layerdrift comparison</h1><ul>",
-            *[
-                f"<li>{html.escape(n)}: <code>{html.escape(r.url)}</code></li>"
-                for n, r in zip(names, runs, strict=True)
-            ],
-            "</ul>",
-            figure_html(Picture("compare", "Runs compared", png, reading)),
-            table_html(table, "compare-table", index=True),
-            "</main></body></html>\n",
-        ]
-    )
+    picture = Picture("compare", "Runs compared", png, reading)
+    page = comparison_page(names, runs, skipped, picture, table)
     (out / "compare.html").write_text(page)
     logger.info("comparison of %d runs written to %s", len(runs), out)
     return out / "compare.html"

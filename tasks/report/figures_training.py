@@ -48,13 +48,17 @@ def fig_sae(inputs: ReportInputs) -> Plot | None:
 
 def fig_features(inputs: ReportInputs) -> Plot | None:
     """Figure 7: crosscoder groups, matched fraction and task-specific fraction by layer."""
-    names = ("crosscoder_counts", "matched_fraction", "task_specific_fraction")
+    names = ("crosscoder_counts", "matched_fraction", "task_specific_fraction", "transfer_fvu")
     present = [n for n in names if n in inputs.results]
     if not present:
         return None
-    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.6), squeeze=False)
+    ncols = min(2, len(present))
+    nrows = -(-len(present) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(present) :]:
+        ax.axis("off")
     parts = []
-    for ax, name in zip(axes[0], present, strict=True):
+    for ax, name in zip(axes.flat, present, strict=False):
         data = inputs.results[name]
         if name == "crosscoder_counts":
             frame = data.transpose("layer", "group").to_pandas()
@@ -78,6 +82,13 @@ def fig_features(inputs: ReportInputs) -> Plot | None:
             parts.append(
                 f"matched fraction is lowest at layer {int(series.idxmin())} ({series.min():.0%})"
             )
+        elif name == "transfer_fvu":
+            frame = data.to_dataframe(name="fvu").reset_index()
+            sns.lineplot(
+                frame, x="layer", y="fvu", hue="direction", marker="o", errorbar=None, ax=ax
+            )
+            ax.set(title="SAE transfer FVU (other model's tokens)", ylim=(0, None))
+            outside_legend(ax, fontsize=7)
         else:
             frame = data.to_dataframe(name="fraction").reset_index()
             sns.lineplot(
@@ -87,7 +98,7 @@ def fig_features(inputs: ReportInputs) -> Plot | None:
             outside_legend(ax, fontsize=7)
         if name != "crosscoder_counts":  # bars sit at positions 0..n-1, labelled already
             integer_layers(ax, data.layer.values)
-        ax.set_xlabel(LAYER_AXIS if ax is axes[0, 0] else "layer")
+        ax.set_xlabel(LAYER_AXIS)
     fig.tight_layout()
     reading = ("; ".join(parts) or "Feature composition by layer") + "."
     return Plot(

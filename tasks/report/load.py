@@ -37,6 +37,9 @@ PRODUCERS = {
     "task_specific_fraction": "features",
 }
 
+# Groups read at the ``final`` checkpoint; without it they cannot be drawn.
+NEEDS_FINAL = ("similarity", "drift")
+
 
 def checkpoint_order(label: str) -> tuple[int, float, str]:
     """Sort key putting ``base`` first, ``step-NNNNNN`` by step, then ``final``."""
@@ -113,10 +116,18 @@ def load_inputs(run: RunDir) -> ReportInputs:
     results: dict[str, xr.DataArray] = {}
     present = list_results(run.results())
     for name in present:
-        results[name] = open_result(run.results(), name)[name].load()
+        data = open_result(run.results(), name)[name]
+        if name in NEEDS_FINAL and "final" not in data.coords["checkpoint"].values:
+            missing.append(f"{PRODUCERS[name]}: `{name}` has no final checkpoint yet")
+            continue
+        results[name] = data.load()
+    absent: dict[str, list[str]] = {}
     for name, stage in PRODUCERS.items():
         if name not in present:
-            missing.append(f"{stage}: results.zarr has no `{name}`")
+            absent.setdefault(stage, []).append(f"`{name}`")
+    missing += [
+        f"{stage}: results.zarr has no {', '.join(names)}" for stage, names in absent.items()
+    ]
     cards: list[dict] = []
     if run.exists(*CARDS_FILE):
         cards = json.loads(run.read_text(*CARDS_FILE))
