@@ -66,19 +66,21 @@ class LayerScan:
     n_heldout_tokens: int
 
 
-def _apply(d: Dictionary, pair: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Codes and, per model it can reconstruct, (x, x_hat) for a pair batch [n, 2, d_in]."""
+def _apply(
+    d: Dictionary, pair: torch.Tensor, held: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Codes [n, d_sae] of a pair batch [n, 2, d_in], and per model the held-out
+    (x, x_hat) [n_held, d_in] of this dictionary's reconstruction of it."""
     if d.reads == "pair":
         f = d.encode(pair)
-        x_hat = d.decode(f)
-        return {m: (pair[:, i], x_hat[:, i]) for i, m in enumerate(MODELS)} | {"codes": f}
+        x_hat = d.decode(f[held])
+        return f, {m: (pair[held, i], x_hat[:, i]) for i, m in enumerate(MODELS)}
     own = MODELS.index(d.reads)
     f = d.encode(pair[:, own])
-    out: dict = {"codes": f, d.reads: (pair[:, own], d.decode(f))}
-    other = MODELS[1 - own]  # the SAE on the other model's activations: the transfer
-    x = pair[:, 1 - own]
-    out[other] = (x, d.decode(d.encode(x)))
-    return out
+    recon = {d.reads: (pair[held, own], d.decode(f[held]))}
+    x = pair[held, 1 - own]  # the SAE on the other model's activations: the transfer
+    recon[MODELS[1 - own]] = (x, d.decode(d.encode(x)))
+    return f, recon
 
 
 def loader_layer(loader: ActivationLoader) -> int:
@@ -126,13 +128,11 @@ def scan_layer(
             held = torch.as_tensor(held_block[s : s + batch_size], device=device)
             n_held += int(held.sum())
             for d in dictionaries:
-                out = _apply(d, pair)
-                codes = out["codes"]
+                codes, recon = _apply(d, pair, held)
                 scores[d.source] = segment_max(codes.clamp_min(0), ex, n_ex, scores[d.source])
                 fires[d.source] += (codes[held] > 0).sum(dim=0)
                 for m in MODELS:
-                    x, x_hat = out[m]
-                    fvu[(d.source, m)].update(x[held], x_hat[held])
+                    fvu[(d.source, m)].update(*recon[m])
     return LayerScan(
         scores={k: v.cpu().numpy() for k, v in scores.items()},
         fires={k: v.cpu().numpy() for k, v in fires.items()},
