@@ -429,3 +429,16 @@ def test_sentence_choice_covers_both_ends_and_labels(run):
     assert sentences[2].example == int(neg.idxmin())
     assert sentences[1].label == "pos" and sentences[1].kind == "lowest"
     assert len({s.example for s in sentences}) == 4
+
+
+def test_report_on_an_fsspec_url():
+    import fsspec
+
+    run = make_run("memory://report-test", full=False)
+    url = build_report(run)
+    assert url == run.child_url("report.html") and url.startswith("memory://")
+    fs = fsspec.filesystem("memory")
+    text = fs.cat(url).decode()
+    assert text.count("data:image/png;base64,") == 7  # figures 1-5 (two token pictures), 8
+    assert fs.exists("memory://report-test/synthetic/figures/01-similarity-by-layer.png")
+    assert per_layer_table(run).shape[0] == N_LAYERS
