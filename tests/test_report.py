@@ -287,6 +287,7 @@ def test_report_is_valid_html_with_every_figure(run):
     text = " ".join(page.text)
     assert BUNDLED_NOTE in text
     assert "layer 2 · crosscoder latent 17 · finetuned_only" in text
+    assert "example 3 (pos):" in text and "<film>" in text  # label name, escaped token
     assert "Stages that did not run" not in text
 
 

@@ -89,7 +89,7 @@ def figure_html(picture: Picture) -> str:
     )
 
 
-def card_html(card: dict) -> str:
+def card_html(card: dict, label_names: list[str] | None = None) -> str:
     """One feature card: the latent, why it was chosen, and its top examples in context."""
     head = (
         f"layer {card['layer']} · {card['source']} latent {card['latent']} · "
@@ -105,7 +105,10 @@ def card_html(card: dict) -> str:
             f"{html.escape(str(t))}</span> "
             for i, (t, a) in enumerate(zip(ex["tokens"], acts, strict=True))
         )
-        rows.append(f"<li>example {ex['example']} (label {ex['label']}): {spans}</li>")
+        label = ex["label"]
+        if label_names and isinstance(label, int) and 0 <= label < len(label_names):
+            label = label_names[label]
+        rows.append(f"<li>example {ex['example']} ({html.escape(str(label))}): {spans}</li>")
     return f'<div class="card"><b>{html.escape(head)}</b><ul>{"".join(rows)}</ul></div>'
 
 
@@ -178,7 +181,7 @@ def render(
             if len(inputs.cards) > MAX_CARDS
             else ""
         )
-        out += [card_html(card) for card in inputs.cards[:MAX_CARDS]]
+        out += [card_html(card, inputs.label_names) for card in inputs.cards[:MAX_CARDS]]
     if config is not None:
         out.append('<h2 id="config">Run configuration</h2><details><summary>config.json</summary>')
         text = json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True)
