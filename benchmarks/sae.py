@@ -255,6 +255,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=3, help="layers for the one-pass test")
     parser.add_argument("--layer-tokens", type=int, default=120_000)
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats (median)")
+    parser.add_argument("--layers-only", action="store_true", help="only the one-pass test")
     parser.add_argument("--saelens-python", default="/tmp/saelens-venv/bin/python")
     parser.add_argument("--saelens-worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -274,12 +275,16 @@ def main() -> None:
     np.save(f"{tmp}/eval.npy", x_eval)
 
     runs: dict[str, list[dict]] = {"layerdrift": [], "plain loop": [], "SAELens": []}
-    for _ in range(args.repeats):  # interleaved, so a busy machine slows all alike
+    for _ in range(
+        0 if args.layers_only else args.repeats
+    ):  # interleaved, so a busy machine slows all alike
         runs["layerdrift"].append(ours(data, x_eval, steps, args.lr, args.warmup, dense=False))
         runs["plain loop"].append(ours(data, x_eval, steps, args.lr, args.warmup, dense=True))
         runs["SAELens"].append(run_saelens(args, tmp))
     for name, results in runs.items():
         ok = [r for r in results if "error" not in r]
+        if not results:
+            continue
         if not ok:
             rows[name] = results[0]
             continue
@@ -288,27 +293,29 @@ def main() -> None:
         rows[name]["tokens_per_s_runs"] = [r["tokens_per_s"] for r in ok]
 
     layer_data = [
-        planted(args.layer_tokens, args.d_in, args.features, args.active, s) for s in (1, 2, 3)
+        planted(args.layer_tokens, args.d_in, args.features, args.active, seed=s)
+        for s in range(1, args.layers + 1)
     ]
-    layer_data = layer_data[: args.layers]
-    write_store(f"{tmp}/store.zarr", layer_data)
-    budget = (args.layer_tokens // BATCH) * BATCH * 9 // 10
-    seq = sum(
-        from_store(f"{tmp}/store.zarr", [layer], budget, args.lr, args.warmup, tmp)
-        for layer in range(len(layer_data))
-    )
-    joint = from_store(
-        f"{tmp}/store.zarr", list(range(len(layer_data))), budget, args.lr, args.warmup, tmp
-    )
-    n_layers = len(layer_data)
-    rows[f"{n_layers} layers one at a time (store)"] = {
-        "tokens_per_s": n_layers * budget / seq,
-        "seconds": seq,
-    }
-    rows[f"{n_layers} layers, one pass (store)"] = {
-        "tokens_per_s": n_layers * budget / joint,
-        "seconds": joint,
-    }
+    store = f"{tmp}/store.zarr"
+    write_store(store, layer_data)
+    n_layers, budget = len(layer_data), (args.layer_tokens // BATCH) * BATCH * 9 // 10
+    seq_runs, joint_runs = [], []
+    for r in range(args.repeats):  # alternate the order: seq, joint, joint, seq, ...
+        for mode in ("seq", "joint") if r % 2 == 0 else ("joint", "seq"):
+            if mode == "seq":
+                seq_runs.append(
+                    sum(
+                        from_store(store, [layer], budget, args.lr, args.warmup, tmp)
+                        for layer in range(n_layers)
+                    )
+                )
+            else:
+                layers = list(range(n_layers))
+                joint_runs.append(from_store(store, layers, budget, args.lr, args.warmup, tmp))
+    for name, runs_s in ((f"{n_layers} layers one at a time (store)", seq_runs),
+                         (f"{n_layers} layers, one pass (store)", joint_runs)):  # fmt: skip
+        rates = [n_layers * budget / s for s in runs_s]
+        rows[name] = {"tokens_per_s": float(np.median(rates)), "tokens_per_s_runs": rates}
     report(args, steps, rows)
 
 
@@ -330,6 +337,11 @@ def run_saelens(args: argparse.Namespace, tmp: str) -> dict:
 
 def report(args: argparse.Namespace, steps: int, rows: dict[str, dict]) -> None:
     """Print the table and write ``benchmarks/results/sae.json``."""
+    out = ROOT / "benchmarks" / "results" / "sae.json"
+    previous = json.loads(out.read_text()) if args.layers_only and out.exists() else None
+    if previous:  # keep the trainer rows (and their setup) of the last full run
+        rows = {**previous["results"], **rows}
+        steps = previous["setup"]["tokens"] // BATCH
     base = rows.get("SAELens", {}).get("tokens_per_s")
     shape = f"TopK {args.d_in}->{D_SAE_FACTOR * args.d_in}, k={K}, batch {BATCH}"
     print(f"\n{shape}, {steps * BATCH:,} tokens, {torch.get_num_threads()} torch threads, "
@@ -342,7 +354,6 @@ def report(args: argparse.Namespace, steps: int, rows: dict[str, dict]) -> None:
         ratio = f"{row['tokens_per_s'] / base:.2f}x" if base else "-"
         fvu_text = f"{row['fvu']:.4f}" if "fvu" in row else "-"
         print(f"{name:38s} {row['tokens_per_s']:>10,.0f} {ratio:>10s} {fvu_text:>8s}")
-    out = ROOT / "benchmarks" / "results" / "sae.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "d_in": args.d_in, "d_sae": D_SAE_FACTOR * args.d_in, "k": K, "batch": BATCH,
@@ -351,6 +362,9 @@ def report(args: argparse.Namespace, steps: int, rows: dict[str, dict]) -> None:
         "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
         "load_average": os.getloadavg()[0], "device": "cpu",
     }  # fmt: skip
+    if previous:
+        meta = {**previous["setup"], "load_average_layers": os.getloadavg()[0]}
+    meta |= {"layers": args.layers, "layer_tokens": args.layer_tokens, "repeats": args.repeats}
     out.write_text(json.dumps({"setup": meta, "results": rows}, indent=2))
     print(f"wrote {out}")
 

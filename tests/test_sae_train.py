@@ -96,3 +96,11 @@ def test_finished_sae_is_loaded_not_retrained(tmp_path, store, monkeypatch):
     monkeypatch.setattr(train_module.Trainer, "fit", lambda *a, **k: pytest.fail("retrained"))
     again = train_saes(store, "base", [0], [url], CFG)[0]
     torch.testing.assert_close(again.W_dec, first.W_dec, rtol=1e-5, atol=1e-6)
+
+
+def test_schedule_warms_up_and_decays():
+    schedule = train_module.Schedule(n_steps=100, learning_rate=1.0, warmup_steps=10)
+    lrs = [schedule.lr_at(step) for step in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[50] == 1.0 and lrs[80] == pytest.approx(1.0)  # decay covers the last 20 steps
+    assert lrs[99] == pytest.approx(1 / 20) and (np.diff(lrs[10:]) <= 0).all()

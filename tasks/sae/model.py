@@ -223,7 +223,8 @@ class _SelectedPre(torch.autograd.Function):
             )
         if ctx.needs_input_grad[1]:
             rows = torch.arange(n, device=xc.device).repeat_interleave(k)
-            sparse = torch.sparse_coo_tensor(torch.stack([flat, rows]), g, (d_sae, n))
+            pairs = torch.stack([flat, rows])
+            sparse = torch.sparse_coo_tensor(pairs, g, (d_sae, n), check_invariants=False)
             grad_w = torch.sparse.mm(sparse, xc.detach()).t().contiguous()
         if ctx.needs_input_grad[2]:
             grad_b = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat, g)

@@ -125,6 +125,7 @@ class Trainer:
             disable=None,
         )
         tokens, started = 0, time.perf_counter()
+        log_every = max(1, self.schedule.n_steps // 10)
         while self.step < self.schedule.n_steps:
             raw = next(batches)
             x = torch.from_numpy(np.ascontiguousarray(raw)) if isinstance(raw, np.ndarray) else raw
@@ -140,6 +141,13 @@ class Trainer:
                     l0=f"{parts.get('l0', float('nan')):.1f}",
                     dead=f"{self.dead_fraction(0):.3f}",
                 )
+            if self.step % log_every == 0 or self.step == self.schedule.n_steps:
+                logger.info(
+                    "%s step %d/%d: %.0f tokens/s, %s, dead %.3f", self.desc, self.step,
+                    self.schedule.n_steps, tokens / max(time.perf_counter() - started, 1e-9),
+                    ", ".join(f"{k} {v:.4g}" for k, v in self.last_parts[0].items()),
+                    self.dead_fraction(0),
+                )  # fmt: skip
             if on_checkpoint is not None and every and self.step % every == 0:
                 on_checkpoint(self)
         bar.close()
