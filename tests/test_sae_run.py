@@ -90,3 +90,14 @@ def test_train_and_evaluate_saes_for_run(tiny_run):
     assert (density.sum("bin").values == 64).all()  # d_sae = 2 * 32 latents each
     recovery = open_result(tiny_run.results(), "sae_recovery")["sae_recovery"]
     assert {"loss_clean", "loss_sae", "loss_mean"} <= set(recovery.quantity.values.tolist())
+
+
+def test_prefect_tasks_retry_only_transient_errors():
+    from prefect.states import Failed
+
+    from tasks.sae.run import _transient, evaluate_saes_task, train_sae_task
+
+    assert train_sae_task.retries == 2 and evaluate_saes_task.retries == 1
+    assert train_sae_task.fn is not None
+    assert not _transient(None, None, Failed(data=ValueError("bad batch size")))
+    assert _transient(None, None, Failed(data=OSError("connection reset")))
