@@ -299,7 +299,8 @@ def test_report_tables_equal_results(run):
     )
     probe = open_result(run.results(), "probe_accuracy")["probe_accuracy"]
     drift = open_result(run.results(), "drift")["drift"].sel(checkpoint="final")
-    table = per_layer_table(run)
+    table = per_layer_table(run, compact=False)
+    assert list(per_layer_table(run).columns[:3]) == ["layer", "cosine", "cka"]
     assert len(rows) == 1 + N_LAYERS  # header row has no td
     for layer, row in enumerate(rows[1:]):
         values = dict(zip(table.columns, [float(v) for v, _ in row], strict=True))

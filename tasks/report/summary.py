@@ -26,7 +26,8 @@ def layer_frame(inputs: ReportInputs) -> pd.DataFrame:
     columns: dict[str, pd.Series] = dict(frame.items())
     res = inputs.results
     if "drift" in res and "final" in res["drift"].checkpoint:
-        columns["drift_mean"] = res["drift"].sel(checkpoint="final").mean("token").to_pandas()
+        drift = res["drift"].sel(checkpoint="final").mean("token", dtype=np.float64)
+        columns["drift_mean"] = drift.to_pandas().clip(lower=0.0)  # 1 − cos ≥ 0 up to rounding
     if "probe_accuracy" in res:
         acc = res["probe_accuracy"]
         pooling = "mean" if "mean" in acc.pooling else str(acc.pooling.values[0])
@@ -52,13 +53,34 @@ def layer_frame(inputs: ReportInputs) -> pd.DataFrame:
     return table.reset_index()
 
 
-def per_layer_table(run: RunDir) -> pd.DataFrame:
+# The terminal table (``layerdrift show``): the main columns under short names.
+COMPACT = {
+    "layer": "layer",
+    "cosine": "cosine",
+    "linear_cka": "cka",
+    "debiased_cka": "dcka",
+    "svcca": "svcca",
+    "pwcca": "pwcca",
+    "procrustes": "procr",
+    "drift_mean": "drift",
+    "probe_final": "probe",
+    "sae_fvu_final": "fvu",
+    "finetuned_only_share": "ft_only",
+}
+
+
+def per_layer_table(run: RunDir, compact: bool = True) -> pd.DataFrame:
     """The per-layer table of ``run``: a ``layer`` column then one float column per statistic.
 
     Similarities compare the final checkpoint with base (``procrustes`` is a distance:
-    0 = equal up to rotation). Empty when the similarity stage has not run.
+    0 = equal up to rotation). ``compact`` keeps the main columns under short names
+    (:data:`COMPACT`) so the table fits a terminal; the report shows the full table.
+    Empty when the similarity stage has not run.
     """
-    return layer_frame(load_inputs(run))
+    table = layer_frame(load_inputs(run))
+    if compact and not table.empty:
+        table = table[[c for c in COMPACT if c in table.columns]].rename(columns=COMPACT)
+    return table
 
 
 def similarity_sentence(cos: pd.Series, threshold: float = HIGH_SIMILARITY) -> str:
