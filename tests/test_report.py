@@ -19,6 +19,7 @@ from tasks.report import build_report, compare_runs, per_layer_table
 from tasks.report.compare import linear_cka
 from tasks.report.summary import similarity_sentence
 
+ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ["base", "step-000010", "final"]
 SIM_METRICS = ["cosine", "linear_cka", "debiased_cka", "svcca", "pwcca", "procrustes", "norm_ratio"]
 SAE_METRICS = [
@@ -200,10 +201,17 @@ def make_run(
     return run
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[RunDir, str]:
+    """A complete synthetic run and its report, built once for the read-only tests."""
+    run = make_run(tmp_path_factory.mktemp("runs"))
+    return run, build_report(run)
+
+
 @pytest.fixture
-def run(tmp_path) -> RunDir:
-    """A complete synthetic run."""
-    return make_run(tmp_path)
+def run(built) -> RunDir:
+    """The complete synthetic run (its report already built)."""
+    return built[0]
 
 
 class Collector(HTMLParser):
@@ -260,8 +268,8 @@ def parse(path: str) -> Collector:
     return parser
 
 
-def test_report_is_valid_html_with_every_figure(run):
-    path = build_report(run)
+def test_report_is_valid_html_with_every_figure(built):
+    run, path = built
     assert path == run.child_url("report.html")
     page = parse(path)
     figures = sorted(p.name for p in Path(run.child_url("figures")).glob("*.png"))
@@ -291,8 +299,9 @@ def test_report_is_valid_html_with_every_figure(run):
     assert "Stages that did not run" not in text
 
 
-def test_report_tables_equal_results(run):
-    page = parse(build_report(run))
+def test_report_tables_equal_results(built):
+    run, path = built
+    page = parse(path)
     rows = page.tables["layer-table"]
     sim = open_result(run.results(), "similarity")["similarity"].sel(
         reference="base", checkpoint="final"
@@ -315,12 +324,21 @@ def test_report_tables_equal_results(run):
     assert [float(v) for v, _ in ckpt[3][-1:]] == [pytest.approx(0.8)]
 
 
-def test_report_is_deterministic(run):
-    first = Path(build_report(run)).read_bytes()
+def test_report_is_deterministic(built):
+    run, path = built
+    first = Path(path).read_bytes()
     pngs = {p.name: p.read_bytes() for p in Path(run.child_url("figures")).glob("*.png")}
     second = Path(build_report(run)).read_bytes()
     assert hashlib.sha256(first).digest() == hashlib.sha256(second).digest()
     assert pngs == {p.name: p.read_bytes() for p in Path(run.child_url("figures")).glob("*.png")}
+    # `layerdrift report` in a fresh process writes the same bytes again.
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "flows.cli", "report", run.url]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Path(path).read_bytes() == first
 
 
 def test_missing_optional_stages_are_listed(tmp_path):

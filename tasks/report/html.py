@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from tasks.modeling import BUNDLED_MODEL, BUNDLED_NOTE
+from layerdrift.config import BUNDLED_MODEL
 from tasks.report.load import ReportInputs
 from tasks.report.tokens import Sentence, sentence_html
 
@@ -137,6 +137,8 @@ def render(
             f"<code>{config.config_hash()}</code></p>"
         )
         if config.model == BUNDLED_MODEL:
+            from tasks.modeling import BUNDLED_NOTE  # imports torch: only when needed
+
             out.append(f'<p class="caveat" id="caveat">{html.escape(BUNDLED_NOTE)}</p>')
     out.append('<h2 id="summary">Summary</h2><ul>')
     out += [f"<li>{html.escape(line)}</li>" for line in summary] or ["<li>No results yet.</li>"]
