@@ -59,6 +59,13 @@ def test_report_renders_in_chromium(tmp_path):
     )
     console = [line for line in result.stderr.splitlines() if "CONSOLE" in line]
     assert console == [], console
+    # The check can fail: a page that logs an error is caught the same way.
+    bad = tmp_path / "bad.html"
+    bad.write_text(
+        '<!DOCTYPE html><html><body><script>console.error("boom")</script></body></html>'
+    )
+    control = _chromium([f"--screenshot={tmp_path / 'bad.png'}", bad.as_uri()], tmp_path / "p3")
+    assert any("CONSOLE" in line and "boom" in line for line in control.stderr.splitlines())
     assert shot.stat().st_size > 20_000, "the screenshot is nearly empty"
 
 
