@@ -69,18 +69,20 @@ def crosscoder_dictionary(model: Crosscoder) -> Dictionary:
 
 def transfer_recovery(
     run: RunDir, cfg: RunConfig, fcfg: FeaturesConfig, loader, layer: int, saes: dict
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Accuracy recovered in the fine-tuned classifier with each SAE spliced in.
 
     ``base_on_finetuned`` splices the base SAE's reconstruction of the fine-tuned hidden
     state into the fine-tuned classifier; ``finetuned_on_finetuned`` the fine-tuned SAE's.
     The base checkpoint's classification head is untrained, so the two ``*_on_base``
-    directions are NaN. All NaN when the fine-tuned checkpoint folder is missing.
+    directions are NaN. All NaN when the fine-tuned checkpoint folder is missing. Returns
+    (accuracy recovered per direction, every quantity of ``recovered_metrics`` per direction).
     """
     out = dict.fromkeys(DIRECTIONS, float("nan"))
+    details: dict[str, dict[str, float]] = {}
     if not checkpoint_complete(run, fcfg.finetuned):
         logger.warning("no checkpoint %s: transfer accuracy recovered left NaN", fcfg.finetuned)
-        return out
+        return out, details
     ds = loader.ds
     held = np.flatnonzero(loader.heldout_examples)
     mean = torch.from_numpy(loader.sample(MEAN_SAMPLE_TOKENS)[:, 1].mean(axis=0))
@@ -96,7 +98,8 @@ def transfer_recovery(
             exclude_special=cfg.sae.exclude_special,
         )
         out[name] = metrics["accuracy_recovered"]
-    return out
+        details[name] = metrics
+    return out, details
 
 
 def compare_features_for_run(run: RunDir, cfg: RunConfig, layer: int) -> dict:
@@ -106,7 +109,8 @@ def compare_features_for_run(run: RunDir, cfg: RunConfig, layer: int) -> dict:
     at ``layer``. The dict (also saved as ``features/layer-<l>.json``) holds
     ``crosscoder_counts`` {base_only, shared, finetuned_only}, ``crosscoder_dead``,
     ``matched_fraction``, ``best_match_fraction``, ``task_specific_fraction`` {source},
-    ``transfer_fvu`` {direction}, ``transfer_accuracy_recovered`` {direction},
+    ``transfer_fvu`` {direction}, ``transfer_accuracy_recovered`` {direction} (details in
+    ``transfer_recovery_details``),
     ``crosscoder_fvu`` {base, finetuned}, histograms and ``cards``.
     """
     if features_complete(run, layer):
@@ -144,7 +148,9 @@ def compare_features_for_run(run: RunDir, cfg: RunConfig, layer: int) -> dict:
         device=device,
         max_heldout_tokens=cfg.sae.eval_tokens,
     )
-    result["transfer_accuracy_recovered"] = transfer_recovery(run, cfg, fcfg, loader, layer, saes)
+    recovered, details = transfer_recovery(run, cfg, fcfg, loader, layer, saes)
+    result["transfer_accuracy_recovered"] = recovered
+    result["transfer_recovery_details"] = details
     result["config"] = fcfg.to_dict()
     run.write_text(json.dumps(result, indent=1), *layer_file(layer))
     return result
