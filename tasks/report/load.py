@@ -55,7 +55,8 @@ def checkpoint_order(label: str) -> tuple[int, float, str]:
 class ReportInputs:
     """What one run directory holds for the report.
 
-    ``results`` maps a group name to its DataArray, loaded into memory; ``metrics`` has one
+    ``results`` maps a group name to its DataArray, loaded into memory (``drift`` holds only
+    the final checkpoint: [1, layer, token]); ``metrics`` has one
     row per checkpoint (index = label, in training order) with step, epoch, train_loss,
     val_loss and val_accuracy; ``confusion`` is the final checkpoint's confusion matrix
     (rows true, columns predicted) when present.
@@ -120,6 +121,8 @@ def load_inputs(run: RunDir) -> ReportInputs:
         if name in NEEDS_FINAL and "final" not in data.coords["checkpoint"].values:
             missing.append(f"{PRODUCERS[name]}: `{name}` has no final checkpoint yet")
             continue
+        if name == "drift":  # per token: only the final checkpoint is drawn
+            data = data.sel(checkpoint=["final"])
         results[name] = data.load()
     absent: dict[str, list[str]] = {}
     for name, stage in PRODUCERS.items():
