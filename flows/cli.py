@@ -1,0 +1,176 @@
+"""The ``layerdrift`` command line: run the pipeline, rebuild or show its report, compare runs.
+
+The environment is configured before Prefect is imported, so a user needs no Prefect setup:
+the commands below import the flow lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from layerdrift.env import configure_environment
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="How fine-tuning changes a transformer, layer by layer.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class UserError(Exception):
+    """An error caused by the user's input: reported in one line, exit status 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from pydantic import ValidationError
+
+    from storage.rundir import RunConfigMismatchError
+    from tasks.data import DatasetError
+    from tasks.modeling import ModelNotFoundError
+
+    return (
+        UserError,
+        ValidationError,
+        RunConfigMismatchError,
+        DatasetError,
+        ModelNotFoundError,
+        FileNotFoundError,
+    )
+
+
+@app.command()
+def run(
+    config_file: Annotated[
+        Path | None, typer.Argument(help="A TOML file overriding any config field.")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="quick or default.")] = "default",
+    model: Annotated[str | None, typer.Option(help="minilm-l6, a HF name or a folder.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="rotten-tomatoes, bbc-news, csv:PATH, hf:NAME[:CONFIG].")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (folder under runs root).")] = None,
+    runs_root: Annotated[str | None, typer.Option(help="Local folder or fsspec URL.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    dask_address: Annotated[
+        str | None, typer.Option(help="Dask scheduler address, e.g. tcp://host:8786.")
+    ] = None,
+) -> None:
+    """Run the whole pipeline; the same command again resumes and redoes nothing finished."""
+    from layerdrift.config import build_config
+
+    overrides = {
+        "model": model,
+        "name": name,
+        "runs_root": runs_root,
+        "device": device,
+        "dask_address": dask_address,
+        "data": {"dataset": dataset} if dataset else None,
+    }
+    config = build_config(preset, config_file, overrides)
+    from flows.pipeline import pipeline
+
+    outcome = pipeline(config)
+    console.print(f"[bold]run directory[/bold] {outcome['run_dir']}")
+    stages = ", ".join(f"{k}={v}" for k, v in outcome["stages"].items())
+    console.print(f"[bold]stages[/bold] {stages}")
+    _print_layer_table(outcome["run_dir"])
+    if outcome.get("report"):
+        console.print(f"[bold green]report[/bold green] {outcome['report']}")
+
+
+@app.command()
+def report(run_dir: Annotated[str, typer.Argument(help="A run directory or URL.")]) -> None:
+    """Rebuild the figures and report.html from the stores, recomputing nothing."""
+    from storage import RunDir
+    from tasks.report import build_report
+
+    path = build_report(RunDir(_existing_run(run_dir)))
+    console.print(f"[bold green]report[/bold green] {path}")
+
+
+@app.command()
+def show(run_dir: Annotated[str, typer.Argument(help="A run directory or URL.")]) -> None:
+    """Print the per-layer table of a run."""
+    _print_layer_table(_existing_run(run_dir))
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[str], typer.Argument(help="Two or more run directories.")],
+    out: Annotated[Path, typer.Option(help="Folder for the comparison figure.")] = Path("compare"),
+) -> None:
+    """Draw the per-layer curves of several runs in one figure."""
+    from storage import RunDir
+    from tasks.report import compare_runs
+
+    if len(run_dirs) < 2:
+        raise UserError("compare needs at least two run directories")
+    path = compare_runs([RunDir(_existing_run(r)) for r in run_dirs], out)
+    console.print(f"[bold green]comparison[/bold green] {path}")
+
+
+@app.command()
+def status(run_dir: Annotated[str, typer.Argument(help="A run directory or URL.")]) -> None:
+    """Show which stages and pieces of a run are complete."""
+    from flows.status import run_status
+
+    table = Table("stage", "piece", "state")
+    for stage, piece, state in run_status(_existing_run(run_dir)):
+        colour = "green" if state == "complete" else "yellow"
+        table.add_row(stage, piece, f"[{colour}]{state}[/{colour}]")
+    console.print(table)
+
+
+def _existing_run(run_dir: str) -> str:
+    from storage import RunDir
+
+    if not RunDir(run_dir).exists("config.json"):
+        raise UserError(f"{run_dir} is not a layerdrift run directory (no config.json)")
+    return run_dir
+
+
+def _print_layer_table(run_dir: str) -> None:
+    from storage import RunDir
+    from tasks.report import per_layer_table
+
+    frame = per_layer_table(RunDir(run_dir))
+    if frame is None or frame.empty:
+        console.print("no per-layer results yet")
+        return
+    table = Table(*[str(c) for c in frame.columns], title="final vs base, per layer")
+    for row in frame.itertuples(index=False):
+        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point of the ``layerdrift`` console script."""
+    configure_environment()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(standalone_mode=False)
+    except _user_errors() as error:
+        err_console.print(f"[bold red]error:[/bold red] {error}")
+        sys.exit(2)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except Exception as error:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

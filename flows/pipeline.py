@@ -1,0 +1,129 @@
+"""The layerdrift pipeline flow: data → fine-tune → extract → similarity → SAEs → report.
+
+This module only wires stages together; every number is computed in ``tasks/``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from flows.stages import StageLedger
+from layerdrift.config import RunConfig
+from storage import RunDir, save_run_config
+from storage.activations import missing_chunks, open_store
+from tasks.data import data_complete, prepare_data_task
+from tasks.extract import create_store_task, extract_checkpoint_task
+from tasks.features import (
+    compare_features_task,
+    feature_layers,
+    feature_results_written,
+    features_complete,
+    write_features_task,
+)
+from tasks.finetune import finetune_complete, finetune_task
+from tasks.report import build_report_task, publish_artifacts
+from tasks.sae.run import evaluate_saes_task, sae_complete, saes_evaluated, train_sae_task
+from tasks.similarity.run import compute_similarity_task, similarity_complete
+
+
+def _run_name() -> str:
+    config = flow_run.parameters.get("config")
+    name = config.name if isinstance(config, RunConfig) else (config or {}).get("name", "run")
+    return f"layerdrift-{name}"
+
+
+@flow(name="layerdrift-pipeline", flow_run_name=_run_name, validate_parameters=True)
+def pipeline(config: RunConfig) -> dict[str, Any]:
+    """Run every stage for one configuration; a rerun resumes and reuses finished stages.
+
+    Returns the run directory, the stage outcomes (``ran``, ``cached`` or ``skipped``), the
+    checkpoint labels and the report path.
+    """
+    logger = get_run_logger()
+    run = RunDir(config.run_url)
+    save_run_config(run, config.to_json(), config.config_hash())
+    logger.info("run directory %s (config %s)", run.url, config.config_hash())
+    ledger = StageLedger(run)
+
+    ledger.call("data", prepare_data_task, run, config, done=_safe(data_complete, run))
+    labels: list[str] = ledger.call(
+        "finetune", finetune_task, run, config, done=_safe(finetune_complete, run, config)
+    )
+    logger.info("checkpoints: %s", ", ".join(labels))
+
+    create_store_task(run, config, labels)
+    store_url = run.activations()
+    for label in labels:
+        done = not missing_chunks(store_url, label)
+        ledger.call(f"extract:{label}", extract_checkpoint_task, run, config, label, done=done)
+
+    ledger.call(
+        "similarity",
+        compute_similarity_task,
+        run,
+        config,
+        done=_safe(similarity_complete, run),
+    )
+
+    if config.sae.enabled:
+        n_layers = open_store(store_url).sizes["layer"]
+        layers = list(config.sae.layers) if config.sae.layers is not None else range(n_layers)
+        for checkpoint in [c for c in config.sae.checkpoints if c in labels]:
+            for layer in layers:
+                ledger.call(
+                    f"sae:{checkpoint}:{layer}",
+                    train_sae_task,
+                    run,
+                    config,
+                    checkpoint,
+                    layer,
+                    done=sae_complete(run, checkpoint, layer),
+                )
+        ledger.call("sae-metrics", evaluate_saes_task, run, config, done=_safe(saes_evaluated, run))
+        _compare_features(ledger, run, config)
+    else:
+        ledger.skipped("sae", "sae.enabled is false")
+
+    report_path = None
+    if config.report.enabled:
+        report_path = build_report_task(run)
+        publish_artifacts(run)
+    else:
+        ledger.skipped("report", "report.enabled is false")
+
+    logger.info("stages: %s", ledger.outcomes)
+    return {
+        "run_dir": run.url,
+        "checkpoints": labels,
+        "stages": ledger.outcomes,
+        "report": report_path,
+    }
+
+
+def _compare_features(ledger: StageLedger, run: RunDir, config: RunConfig) -> None:
+    """Base vs fine-tuned features for every layer whose two SAEs exist."""
+    layers = feature_layers(run, config)
+    if not layers:
+        ledger.skipped("features", "no layer has both a base and a fine-tuned SAE")
+        return
+    for layer in layers:
+        ledger.call(
+            f"features:{layer}",
+            compare_features_task,
+            run,
+            config,
+            layer,
+            done=features_complete(run, layer),
+        )
+    ledger.call("features", write_features_task, run, config, done=feature_results_written(run))
+
+
+def _safe(check, *args) -> bool:
+    """A completeness check that treats an unreadable output as incomplete."""
+    try:
+        return bool(check(*args))
+    except (FileNotFoundError, KeyError, ValueError):
+        return False
