@@ -119,20 +119,23 @@ def _whitener(s: SelfMoments, keep: int | None = None) -> tuple[np.ndarray, np.n
 
 def canonical_correlations(
     sx: SelfMoments, sy: SelfMoments, cxy: np.ndarray, keep_x: int | None = None,
-    keep_y: int | None = None,
+    keep_y: int | None = None, vectors: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """CCA from covariances, within the top ``keep_x``/``keep_y`` principal directions.
 
     ``cxy`` is the centred cross-covariance (d1, d2). Returns the canonical correlations
     ρ (k,), k = min(r_x, r_y), and the pieces PWCCA needs: X's retained eigenvectors
     E (d1, r_x), eigenvalues λ (r_x,) and the left singular vectors U (r_x, k) of
-    M = Λx^{-1/2} Exᵀ Cxy Ey Λy^{-1/2}.
+    M = Λx^{-1/2} Exᵀ Cxy Ey Λy^{-1/2} (empty when ``vectors`` is False).
     """
     ex, lx = _whitener(sx, keep_x)
     ey, ly = _whitener(sy, keep_y)
     m = (ex / np.sqrt(lx)).T @ cxy @ (ey / np.sqrt(ly))
-    u, rho, _ = np.linalg.svd(m, full_matrices=False)
     k = min(lx.size, ly.size)
+    if not vectors:
+        rho = np.linalg.svd(m, compute_uv=False)
+        return np.clip(rho[:k], 0.0, 1.0), ex, lx, np.empty((lx.size, 0))
+    u, rho, _ = np.linalg.svd(m, full_matrices=False)
     return np.clip(rho[:k], 0.0, 1.0), ex, lx, u[:, :k]
 
 
@@ -145,7 +148,7 @@ def _variance_rank(s: SelfMoments, fraction: float) -> int:
 def svcca(sx: SelfMoments, sy: SelfMoments, xy: CrossMoments) -> float:
     """Mean canonical correlation within the 99%-variance principal subspaces."""
     kx, ky = _variance_rank(sx, SVCCA_VARIANCE), _variance_rank(sy, SVCCA_VARIANCE)
-    rho = canonical_correlations(sx, sy, cross_covariance(sx, sy, xy), kx, ky)[0]
+    rho = canonical_correlations(sx, sy, cross_covariance(sx, sy, xy), kx, ky, vectors=False)[0]
     return float(rho.mean())
 
 
