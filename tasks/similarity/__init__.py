@@ -1,0 +1,1 @@
+"""Similarity stage: exact one-pass moments, metrics, per-token drift, probes (see run.py)."""
