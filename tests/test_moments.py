@@ -248,3 +248,13 @@ def test_compute_similarity_writes_every_group(tmp_path, rng):
     group = zarr.open_group(run.activations(), mode="r+")
     group.attrs["generation"] = "a-new-store"
     assert not similarity_complete(run)
+
+
+def test_task_retries_transient_errors_only():
+    from prefect.states import Failed
+
+    from tasks.similarity.run import _transient, compute_similarity_task
+
+    assert compute_similarity_task.retries == 2
+    assert _transient(None, None, Failed(data=OSError("chunk read failed")))
+    assert not _transient(None, None, Failed(data=ValueError("store incomplete")))
