@@ -113,15 +113,16 @@ def saelens_worker(data_path: str, eval_path: str, steps: int, lr: float, warmup
         n_batches_for_norm_estimate=5,
     )
     trainer = SAETrainer(cfg, sae, batches(data))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.fit()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     with torch.no_grad():
         recon = sae(torch.from_numpy(x_eval)).numpy()
     return {
         "tokens_per_s": steps * BATCH / seconds,
         "fvu": fvu(recon, x_eval),
         "seconds": seconds,
+        "tokens_per_cpu_s": steps * BATCH / cpu,
         "version": sae_lens.__version__,
     }
 
@@ -189,13 +190,14 @@ def ours(data: np.ndarray, x_eval: np.ndarray, steps: int, lr: float, warmup: in
     schedule = Schedule(n_steps=steps, learning_rate=lr, warmup_steps=warmup, dead_tokens=200_000)
     trainer = Trainer([model], schedule, desc="plain" if dense else "layerdrift")
     stream = (b[:, None] for b in batches(data))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(stream)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     with torch.no_grad():
         x = torch.from_numpy(x_eval)
         recon = (model.reconstruct(x) if dense else model(x)).numpy()
-    return {"tokens_per_s": steps * BATCH / seconds, "fvu": fvu(recon, x_eval), "seconds": seconds}
+    rate, cpu_rate = steps * BATCH / seconds, steps * BATCH / cpu
+    return {"tokens_per_s": rate, "tokens_per_cpu_s": cpu_rate, "fvu": fvu(recon, x_eval)}
 
 
 def write_store(path: str, layers: list[np.ndarray]) -> None:
@@ -255,10 +257,13 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=3, help="layers for the one-pass test")
     parser.add_argument("--layer-tokens", type=int, default=120_000)
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats (median)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--layers-only", action="store_true", help="only the one-pass test")
     parser.add_argument("--saelens-python", default="/tmp/saelens-venv/bin/python")
     parser.add_argument("--saelens-worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     steps = max(1, args.tokens // BATCH)
     if args.saelens_worker:
         result = saelens_worker(*args.saelens_worker, steps, args.lr, args.warmup)
@@ -291,7 +296,11 @@ def main() -> None:
         rows[name] = dict(ok[0])
         rows[name]["tokens_per_s"] = float(np.median([r["tokens_per_s"] for r in ok]))
         rows[name]["tokens_per_s_runs"] = [r["tokens_per_s"] for r in ok]
+        rows[name]["tokens_per_cpu_s"] = float(np.median([r["tokens_per_cpu_s"] for r in ok]))
 
+    if args.layers == 0:
+        report(args, steps, rows)
+        return
     layer_data = [
         planted(args.layer_tokens, args.d_in, args.features, args.active, seed=s)
         for s in range(1, args.layers + 1)
@@ -326,6 +335,7 @@ def run_saelens(args: argparse.Namespace, tmp: str) -> dict:
         return {"error": f"{python} not found: create it with torch==2.13.0 and sae-lens"}
     command = [str(python), __file__, "--saelens-worker", f"{tmp}/data.npy", f"{tmp}/eval.npy"]
     command += ["--tokens", str(args.tokens), "--lr", str(args.lr), "--warmup", str(args.warmup)]
+    command += ["--threads", str(args.threads)]
     done = subprocess.run(
         command, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"}
     )
@@ -346,20 +356,29 @@ def report(args: argparse.Namespace, steps: int, rows: dict[str, dict]) -> None:
     shape = f"TopK {args.d_in}->{D_SAE_FACTOR * args.d_in}, k={K}, batch {BATCH}"
     print(f"\n{shape}, {steps * BATCH:,} tokens, {torch.get_num_threads()} torch threads, "
           f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print(f"{'trainer':38s} {'tokens/s':>10s} {'vs SAELens':>10s} {'FVU':>8s}")
+    base_cpu = rows.get("SAELens", {}).get("tokens_per_cpu_s")
+    print(f"{'trainer':38s} {'tokens/s':>10s} {'vs SAELens':>10s} {'tok/CPU-s':>10s} "
+          f"{'vs SAELens':>10s} {'FVU':>8s}")  # fmt: skip
     for name, row in rows.items():
         if "error" in row:
-            print(f"{name:38s} {'-':>10s} {'-':>10s} {'-':>8s}  ({row['error']})")
+            print(
+                f"{name:38s} {'-':>10s} {'-':>10s} {'-':>10s} {'-':>10s} {'-':>8s} ({row['error']})"
+            )
             continue
         ratio = f"{row['tokens_per_s'] / base:.2f}x" if base else "-"
         fvu_text = f"{row['fvu']:.4f}" if "fvu" in row else "-"
-        print(f"{name:38s} {row['tokens_per_s']:>10,.0f} {ratio:>10s} {fvu_text:>8s}")
+        cpu = row.get("tokens_per_cpu_s")
+        cpu_text = f"{cpu:>10,.0f}" if cpu else f"{'-':>10s}"
+        cpu_ratio = f"{cpu / base_cpu:.2f}x" if cpu and base_cpu else "-"
+        print(f"{name:38s} {row['tokens_per_s']:>10,.0f} {ratio:>10s} {cpu_text} {cpu_ratio:>10s} "
+              f"{fvu_text:>8s}")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "d_in": args.d_in, "d_sae": D_SAE_FACTOR * args.d_in, "k": K, "batch": BATCH,
         "tokens": steps * BATCH, "lr": args.lr, "planted_features": args.features,
         "active_per_token": args.active, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "tokens_per_cpu_s": "training tokens per CPU second (process time)",
         "load_average": os.getloadavg()[0], "device": "cpu",
     }  # fmt: skip
     if previous:
