@@ -349,6 +349,7 @@ def report(args: argparse.Namespace, steps: int, rows: dict[str, dict]) -> None:
     """Print the table and write ``benchmarks/results/sae.json``."""
     out = ROOT / "benchmarks" / "results" / "sae.json"
     previous = json.loads(out.read_text()) if args.layers_only and out.exists() else None
+    previous = previous if previous and "results" in previous else None
     if previous:  # keep the trainer rows (and their setup) of the last full run
         rows = {**previous["results"], **rows}
         steps = previous["setup"]["tokens"] // BATCH
