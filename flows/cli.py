@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -76,6 +77,9 @@ def run(
         "data": {"dataset": dataset} if dataset else None,
     }
     config = build_config(preset, config_file, overrides)
+    from tasks.modeling import resolve_model
+
+    resolve_model(config.model)  # fail before starting Prefect when the model is not there
     from flows.pipeline import pipeline
 
     outcome = pipeline(config)
@@ -155,7 +159,11 @@ def _print_layer_table(run_dir: str) -> None:
 def main() -> None:
     """Entry point of the ``layerdrift`` console script."""
     configure_environment()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Zarr warns that consolidated metadata is not yet in the v3 spec; xarray reads it fine.
+    warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("layerdrift", "tasks", "storage", "flows"):
+        logging.getLogger(name).setLevel(logging.INFO)
     try:
         app(standalone_mode=False)
     except _user_errors() as error:

@@ -194,7 +194,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "name": "quick",
         "data": {"train_size": 400, "val_size": 200, "probe_size": 200, "max_length": 64},
-        "finetune": {"epochs": 1.0, "batch_size": 16, "checkpoints": [0.0, 0.5, 1.0]},
+        "finetune": {
+            "epochs": 1.0,
+            "batch_size": 16,
+            "learning_rate": 1e-4,
+            "checkpoints": [0.0, 0.5, 1.0],
+        },
         "extract": {"token_chunk": 1024},
         "sae": {"token_budget": 100_000, "batch_size": 1024, "checkpoint_every": 50},
         "report": {"token_pictures": 2},

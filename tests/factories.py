@@ -107,7 +107,7 @@ def make_activation_store(
             "written": (("checkpoint", "token_chunk"), np.ones((n_ckpt, n_chunks), dtype=bool)),
         },
         coords={
-            "checkpoint": checkpoints,
+            "checkpoint": np.array(checkpoints, dtype=object),
             "layer": np.arange(n_layer),
             "token_id": ("token", rng.integers(5, 30, n_token).astype(np.int32)),
             "token_text": ("token", np.array([f"t{i}" for i in range(n_token)], dtype=object)),
@@ -115,7 +115,12 @@ def make_activation_store(
             "is_special": ("token", position == 0),
             "example_of_token": ("token", example_of_token.astype(np.int32)),
         },
-        attrs={"schema_version": 1, "token_chunk": token_chunk},
+        attrs={
+            "schema_version": 1,
+            "token_chunk": token_chunk,
+            "checkpoints": list(checkpoints),
+            "generation": f"test-{seed}",
+        },
     )
     encoding = {"activations": {"chunks": (1, 1, token_chunk, n_hidden)}}
     ds.to_zarr(path, mode="w", encoding=encoding, consolidated=True, zarr_format=3)
