@@ -24,6 +24,7 @@ from tasks.report.load import ReportInputs, checkpoint_order  # noqa: E402
 
 SIMILARITY_CURVES = ("cosine", "linear_cka", "debiased_cka", "svcca", "pwcca", "procrustes")
 LAYER_AXIS = "layer (0 = embeddings)"
+FLOOR = 1e-5  # smallest 1 − similarity drawn on a log axis
 DPI = 100
 
 
@@ -85,25 +86,30 @@ def fig_similarity(inputs: ReportInputs) -> Plot | None:
         curves["procrustes"] = 1.0 - curves["procrustes"] / 2.0
         curves = curves.rename(columns={"procrustes": "procrustes (1 − d/2)"})
     long = curves.reset_index().melt(id_vars="layer", var_name="metric", value_name="similarity")
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    sns.lineplot(
-        long,
-        x="layer",
-        y="similarity",
-        hue="metric",
-        style="metric",
-        markers=True,
-        dashes=False,
-        errorbar=None,
-        ax=ax,
+    long["dissimilarity"] = (1.0 - long["similarity"]).clip(lower=FLOOR)
+    fig, (lin, log) = plt.subplots(1, 2, figsize=(11.5, 4.0))
+    for ax, column in ((lin, "similarity"), (log, "dissimilarity")):
+        sns.lineplot(
+            long,
+            x="layer",
+            y=column,
+            hue="metric",
+            style="metric",
+            markers=True,
+            dashes=False,
+            errorbar=None,
+            ax=ax,
+        )
+        integer_layers(ax, frame.index)
+        ax.set_xlabel(LAYER_AXIS)
+    low = float(long["similarity"].min())
+    lin.set(
+        ylabel="similarity of final to base", ylim=(max(0.0, low - 0.1 * (1 - low) - 0.01), 1.005)
     )
-    ax.set(
-        xlabel=LAYER_AXIS,
-        ylabel="similarity of final to base",
-        ylim=(min(0, long.similarity.min()), 1.05),
-    )
-    integer_layers(ax, frame.index)
-    outside_legend(ax)
+    log.set(yscale="log", ylabel=f"1 − similarity (log; floor {FLOOR:g})")
+    lin.get_legend().remove()
+    outside_legend(log)
+    fig.tight_layout()
     cos = frame["cosine"]
     reading = (
         f"Mean per-token cosine of final to base is {cos.iloc[0]:.3f} at the embeddings and "
@@ -121,7 +127,9 @@ def fig_evolution(inputs: ReportInputs) -> Plot | None:
     labels = ordered(sim.checkpoint.values)
     panels = [(ref, metric) for ref in ("base", "previous") for metric in ("cosine", "linear_cka")]
     panels = [(r, m) for r, m in panels if r in sim.reference and m in sim.metric]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 1.6 + 0.55 * len(labels) * 2), squeeze=False)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 1.6 + 0.55 * len(labels) * 2), squeeze=False)
+    shown = sim.sel(metric=["cosine", "linear_cka"])
+    vmin = min(0.99, float(np.floor(float(shown.min()) * 100) / 100))  # zoom in when all ≈ 1
     for ax, (ref, metric) in zip(axes.flat, panels, strict=False):
         rows = labels if ref == "base" else labels[1:]
         grid = sim.sel(reference=ref, metric=metric).sel(checkpoint=rows)
@@ -129,11 +137,11 @@ def fig_evolution(inputs: ReportInputs) -> Plot | None:
         sns.heatmap(
             frame,
             ax=ax,
-            vmin=0,
+            vmin=vmin,
             vmax=1,
             cmap="viridis",
             annot=frame.shape[1] <= 13,
-            fmt=".2f",
+            fmt=".3f",
             annot_kws={"fontsize": 7},
         )
         ax.set(title=f"{metric} vs {ref}", xlabel=LAYER_AXIS, ylabel="")
@@ -174,7 +182,8 @@ def fig_layer_by_layer(inputs: ReportInputs) -> Plot | None:
             fmt=".2f",
             annot_kws={"fontsize": 7},
         )
-        ax.set(title=f"linear CKA within {label}", xlabel="layer", ylabel="layer")
+        ax.set(title=f"linear CKA within {label}", xlabel="layer")
+        ax.set_ylabel("layer" if ax is axes[0, 0] else "")
         values = frame.to_numpy()
         offdiag[label] = float(np.mean(np.diag(values, k=1))) if len(values) > 1 else float("nan")
     fig.tight_layout()
