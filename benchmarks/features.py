@@ -115,7 +115,7 @@ def report(run: RunDir, cfg, times: dict[str, float]) -> None:
             f"{f['base_on_finetuned']:>7.3f} {f['finetuned_on_base']:>7.3f} "
             f"{f['base_on_base']:>7.3f} {f['finetuned_on_finetuned']:>7.3f}"
         )
-    out = ROOT / "benchmarks" / "results" / f"features-{cfg.name}.json"
+    out = ROOT / "benchmarks" / "results" / f"{cfg.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = {
         "command": " ".join(sys.argv),
