@@ -105,6 +105,9 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
 
 def _compare_features(ledger: StageLedger, run: RunDir, config: RunConfig) -> None:
     """Base vs fine-tuned features for every layer whose two SAEs exist."""
+    if not config.features.enabled:
+        ledger.skipped("features", "features.enabled is false")
+        return
     layers = feature_layers(run, config)
     if not layers:
         ledger.skipped("features", "no layer has both a base and a fine-tuned SAE")

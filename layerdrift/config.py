@@ -119,6 +119,25 @@ class SAEConfig(_Section):
     eval_tokens: int = Field(100_000, gt=0, description="Most held-out tokens for metrics.")
 
 
+class FeaturesConfig(_Section):
+    """Base vs fine-tuned features per layer: crosscoders, matching, task-specific latents.
+
+    The crosscoder follows the SAE section's optimisation settings unless set here.
+    """
+
+    enabled: bool = Field(True, description="Compare features at all (needs both SAEs).")
+    base: str = Field("base", description="Reference checkpoint (its SAE must exist).")
+    finetuned: str = Field("final", description="Fine-tuned checkpoint (its SAE must exist).")
+    layers: tuple[int, ...] | None = Field(None, description="Layers; None = the SAE layers.")
+    match_threshold: float = Field(0.7, ge=-1, le=1, description="Cosine for a matched latent.")
+    base_only_below: float = Field(0.1, ge=0, le=1, description="Relative norm: base-only.")
+    finetuned_only_above: float = Field(0.9, ge=0, le=1, description="Relative norm: ft-only.")
+    auroc_high: float = Field(0.75, gt=0.5, le=1, description="Task-specific at AUROC >= this.")
+    auroc_low: float = Field(0.25, ge=0, lt=0.5, description="... or at AUROC <= this.")
+    token_budget: int | None = Field(None, gt=0, description="Crosscoder training tokens.")
+    expansion_factor: int | None = Field(None, gt=0, description="Crosscoder expansion.")
+
+
 class ReportConfig(_Section):
     """The HTML report and its figures."""
 
@@ -144,6 +163,7 @@ class RunConfig(_Section):
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
     sae: SAEConfig = Field(default_factory=SAEConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
 
     @model_validator(mode="before")
@@ -201,7 +221,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "checkpoints": [0.0, 0.5, 1.0],
         },
         "extract": {"token_chunk": 1024},
-        "sae": {"token_budget": 100_000, "batch_size": 1024, "checkpoint_every": 50},
+        # SAEs on three layers keep the smoke run short; the default preset does every layer.
+        "sae": {
+            "layers": [0, 3, 6],
+            "token_budget": 50_000,
+            "batch_size": 1024,
+            "checkpoint_every": 25,
+        },
         "report": {"token_pictures": 2},
     },
     # The bundled default: about ten minutes on two cores.

@@ -24,9 +24,21 @@ def write_result(url: str, name: str, data: xr.DataArray | xr.Dataset, **to_zarr
     retried stage leaves no mixture of old and new values.
     """
     dataset = data.to_dataset(name=name) if isinstance(data, xr.DataArray) else data
+    dataset = _variable_length_strings(dataset)
     dataset.to_zarr(url, group=name, mode="w", consolidated=False, zarr_format=3, **to_zarr_kwargs)
     zarr.consolidate_metadata(url)
     logger.info("wrote %s to %s", name, url)
+
+
+def _variable_length_strings(dataset: xr.Dataset) -> xr.Dataset:
+    """Store fixed-width numpy strings as variable-length ones (in the Zarr v3 spec)."""
+    fixed = [name for name, var in dataset.variables.items() if var.dtype.kind == "U"]
+    if not fixed:
+        return dataset
+    converted = {name: dataset[name].astype(object) for name in fixed}
+    return dataset.assign_coords(
+        {k: v for k, v in converted.items() if k in dataset.coords}
+    ).assign({k: v for k, v in converted.items() if k not in dataset.coords})
 
 
 def open_result(url: str, name: str) -> xr.Dataset:

@@ -92,19 +92,26 @@ class FeaturesConfig:
         the SAE section (:func:`tasks.features.train.pair_loader`), so the transfer FVUs are
         measured on tokens no SAE was trained on.
         """
+        values: dict[str, Any] = {}
+        sae = getattr(cfg, "sae", None)
+        if sae is not None:
+            shared = ("expansion_factor", "k", "l1_coefficient", "learning_rate", "warmup_steps")
+            shared += ("batch_size", "token_budget", "checkpoint_every", "dead_tokens")
+            shared += ("seed", "architecture")
+            values = {name: getattr(sae, name) for name in shared if hasattr(sae, name)}
         section = getattr(cfg, "features", None)
         if section is not None:
             data = section.model_dump() if hasattr(section, "model_dump") else dict(section)
             names = {f.name for f in fields(cls)}
-            data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-            return cls(**{k: v for k, v in data.items() if k in names})
-        sae = getattr(cfg, "sae", None)
-        if sae is None:
-            return cls()
-        shared = ("expansion_factor", "k", "l1_coefficient", "learning_rate", "warmup_steps")
-        shared += ("batch_size", "token_budget", "checkpoint_every", "dead_tokens")
-        shared += ("seed", "architecture")
-        return cls(**{name: getattr(sae, name) for name in shared if hasattr(sae, name)})
+            # Unset (None) crosscoder settings keep following the SAE section.
+            values.update(
+                {
+                    k: tuple(v) if isinstance(v, list) else v
+                    for k, v in data.items()
+                    if k in names and (v is not None or k == "layers")
+                }
+            )
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""
