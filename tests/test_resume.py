@@ -157,5 +157,6 @@ def test_finished_pieces_are_not_recomputed(resume_runs):
         assert not rewritten, f"pieces finished before the {stage} kill were rewritten: {rewritten}"
     # Every kill found more finished pieces than the one before it.
     counts = [len(kill["finished"]) for kill in kills.values()]
+    print("pieces finished at each kill:", dict(zip(kills, counts, strict=True)))
     assert counts == sorted(counts) and counts[0] > 0, counts
     assert not (resumed / "saes/final/layer-1/train-state").exists()
