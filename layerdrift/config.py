@@ -228,6 +228,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "batch_size": 1024,
             "checkpoint_every": 25,
         },
+        "features": {"token_budget": 20_000},
         "report": {"token_pictures": 2},
     },
     # The bundled default: about ten minutes on two cores.
