@@ -16,6 +16,7 @@ from storage import RunDir, save_run_config
 from storage.activations import missing_chunks, open_store
 from tasks.data import data_complete, prepare_data_task
 from tasks.extract import create_store_task, extract_checkpoint_task
+from tasks.extract.prefect_tasks import extract_on_dask_task
 from tasks.features import (
     compare_features_task,
     feature_layers,
@@ -56,9 +57,13 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
 
     create_store_task(run, config, labels)
     store_url = run.activations()
-    for label in labels:
-        done = not missing_chunks(store_url, label)
-        ledger.call(f"extract:{label}", extract_checkpoint_task, run, config, label, done=done)
+    if config.dask_address is not None:
+        todo = [label for label in labels if missing_chunks(store_url, label)]
+        ledger.call("extract", extract_on_dask_task, run, config, todo, done=not todo)
+    else:
+        for label in labels:
+            done = not missing_chunks(store_url, label)
+            ledger.call(f"extract:{label}", extract_checkpoint_task, run, config, label, done=done)
 
     ledger.call(
         "similarity",

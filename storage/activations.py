@@ -45,8 +45,15 @@ logger = logging.getLogger(__name__)
 ACTIVATION_DIMS = ("checkpoint", "layer", "token", "hidden")
 
 
-def writer_lock(url: str, timeout_s: float = 600.0) -> WriterLock:
-    """The writer lock of the store at ``url`` (a lease file inside the store)."""
+def writer_lock(url: str, timeout_s: float = 600.0, checkpoint: str | None = None) -> WriterLock:
+    """The writer lock of the store at ``url`` (a lease file inside the store).
+
+    With ``checkpoint``: a lease on that checkpoint's chunks only, kept beside the store in
+    ``<store>.locks/<checkpoint>.lock``. Writers of different checkpoints never share a chunk
+    (nor a ``written`` chunk), so they may run at once, e.g. on the workers of a Dask cluster.
+    """
+    if checkpoint is not None:
+        return WriterLock(f"{url.rstrip('/')}.locks/{checkpoint}.lock", timeout_s=timeout_s)
     return WriterLock(f"{url.rstrip('/')}/{LOCK_FILE}", timeout_s=timeout_s)
 
 

@@ -280,7 +280,7 @@ def test_writer_error_stops_extraction_and_frees_lock(tmp_path, checkpoints, pro
         extract_checkpoint(url, "final", checkpoints["final"], batch_size=3, device="cpu")
     missing = missing_chunks(url, "final")
     assert missing[0] == 2 and 0 not in missing and 1 not in missing
-    writer_lock(url).acquire().release()  # the failed writer let go of its lease
+    writer_lock(url, checkpoint="final").acquire().release()  # the failed writer let go
 
 
 KILLED_WRITER = """
@@ -319,7 +319,7 @@ def test_killed_extraction_resumes_to_identical_bytes(tmp_path, checkpoints, pro
     child.wait()
     left = missing_chunks(url, "final")
     assert 0 < len(left) <= total - 2
-    assert (Path(url) / "writer.lock").exists()  # the killed writer's lease stays behind
+    assert Path(f"{url}.locks/final.lock").exists()  # the killed writer's lease stays behind
     rerun = extract_checkpoint(url, "final", checkpoints["final"], device="cpu", batch_size=3)
     assert rerun == len(left)
     mine, reference = _chunk_files(url), _chunk_files(full_store)

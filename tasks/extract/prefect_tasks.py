@@ -108,3 +108,24 @@ def create_store_task(run: RunDir, cfg: RunConfig, checkpoints: list[str]) -> st
 def extract_checkpoint_task(run: RunDir, cfg: RunConfig, label: str) -> int:
     """Prefect task: :func:`extract_checkpoint_for_run`; returns the chunks written now."""
     return extract_checkpoint_for_run(run, cfg, label)
+
+
+@task(name="extract-on-dask", retries=2, retry_delay_seconds=10, retry_condition_fn=_transient)
+def extract_on_dask_task(run: RunDir, cfg: RunConfig, labels: list[str]) -> dict[str, int]:
+    """Prefect task: :func:`extract_checkpoint_for_run` for every label, one per Dask worker.
+
+    Runs plain functions on the cluster at ``cfg.dask_address`` (no Prefect inside the
+    workers); each worker opens the store by URL and holds only its checkpoint's lease.
+    Returns the chunks written now, per label.
+    """
+    from distributed import Client
+
+    with Client(cfg.dask_address) as client:
+        futures = client.map(
+            extract_checkpoint_for_run,
+            [run] * len(labels),
+            [cfg] * len(labels),
+            labels,
+            pure=False,
+        )
+        return dict(zip(labels, client.gather(futures), strict=True))

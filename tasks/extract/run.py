@@ -176,7 +176,7 @@ def extract_checkpoint(
     if not todo:
         logger.info("checkpoint %s: every chunk already in %s", checkpoint, url)
         return 0
-    with writer_lock(url, timeout_s=lock_timeout_s) as lock:
+    with writer_lock(url, timeout_s=lock_timeout_s, checkpoint=checkpoint) as lock:
         todo = missing_chunks(url, checkpoint)
         torch_device = select_device(device)
         model = load_encoder(model_dir, torch_device)
