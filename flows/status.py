@@ -27,7 +27,7 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
     rows = [("data", "splits", _state(data_complete(run)))]
     if not data_complete(run):
         return rows
-    n_train = read_dataset_info(run)["splits"]["train"]
+    n_train = read_dataset_info(run)["split_sizes"]["train"]
     labels = [label for _, label in planned_checkpoints(config, n_train)]
     rows += [("finetune", label, _state(checkpoint_complete(run, label))) for label in labels]
 

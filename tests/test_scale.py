@@ -15,7 +15,7 @@ import pytest
 import xarray as xr
 from tiny_runs import cli_env, start_cli, tail, tiny_config, to_toml
 
-BUCKET = "layerdrift-test"
+BUCKET = "layerdrift-scale-test"  # moto keeps buckets per process: one name per module
 AWS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
