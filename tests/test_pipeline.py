@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import tiny_runs
 import xarray as xr
 
 from layerdrift.config import RunConfig
@@ -15,31 +16,8 @@ from layerdrift.config import RunConfig
 
 @pytest.fixture
 def tiny_config(tmp_path, tiny_model_dir, separable_csv) -> RunConfig:
-    return RunConfig.model_validate(
-        {
-            "name": "tiny",
-            "runs_root": str(tmp_path / "runs"),
-            "model": str(tiny_model_dir),
-            "device": "cpu",
-            "data": {
-                "dataset": f"csv:{separable_csv}",
-                "train_size": 160,
-                "val_size": 60,
-                "probe_size": 40,
-                "max_length": 32,
-            },
-            "finetune": {
-                "epochs": 1,
-                "batch_size": 16,
-                "learning_rate": 1e-3,
-                "checkpoints": [0.0, 0.5, 1.0],
-            },
-            "extract": {"token_chunk": 128},
-            "similarity": {"probe_folds": 2},
-            "sae": {"token_budget": 2048, "batch_size": 256, "expansion_factor": 2, "k": 4},
-            "report": {"token_pictures": 1},
-        }
-    )
+    values = tiny_runs.tiny_config(tiny_model_dir, separable_csv)
+    return RunConfig.model_validate({**values, "runs_root": str(tmp_path / "runs")})
 
 
 def test_pipeline_runs_every_stage_then_serves_a_rerun_from_cache(prefect_harness, tiny_config):

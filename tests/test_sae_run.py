@@ -95,9 +95,12 @@ def test_train_and_evaluate_saes_for_run(tiny_run):
 def test_prefect_tasks_retry_only_transient_errors():
     from prefect.states import Failed
 
-    from tasks.sae.run import _transient, evaluate_saes_task, train_sae_task
+    from tasks.retry import retry_unless_bad_input as _transient
+    from tasks.sae.run import evaluate_saes_task, train_sae_task
 
     assert train_sae_task.retries == 2 and evaluate_saes_task.retries == 1
     assert train_sae_task.fn is not None
     assert not _transient(None, None, Failed(data=ValueError("bad batch size")))
     assert _transient(None, None, Failed(data=OSError("connection reset")))
+    assert not _transient(None, None, Failed(data=FileNotFoundError("no store")))
+    assert train_sae_task.retry_condition_fn is _transient

@@ -30,6 +30,7 @@ from tasks.features.scan import Dictionary
 from tasks.features.train import crosscoder_schedule, pair_loader, train_crosscoder
 from tasks.features.transfer import DIRECTIONS
 from tasks.modeling import select_device
+from tasks.retry import retry_unless_bad_input
 from tasks.sae.evaluate import recovered_metrics
 from tasks.sae.files import load_sae
 from tasks.sae.model import SparseAutoencoder
@@ -195,22 +196,11 @@ def feature_results_written(run: RunDir) -> bool:
     return run.exists(*CARDS_PATH)
 
 
-def _transient(task, task_run, state) -> bool:
-    """Retry only errors a rerun can fix (I/O, device), not bad configuration or inputs."""
-    try:
-        state.result()
-    except (ValueError, KeyError, TypeError, FileNotFoundError):
-        return False
-    except Exception:  # noqa: BLE001 - anything else may be transient (I/O, CUDA)
-        return True
-    return True
-
-
 @task(
     name="compare-features",
     retries=2,
     retry_delay_seconds=5,
-    retry_condition_fn=_transient,
+    retry_condition_fn=retry_unless_bad_input,
     task_run_name="features-layer-{layer}",
 )
 def compare_features_task(run: RunDir, config: RunConfig, layer: int) -> dict:
@@ -218,7 +208,12 @@ def compare_features_task(run: RunDir, config: RunConfig, layer: int) -> dict:
     return compare_features_for_run(run, config, layer)
 
 
-@task(name="write-features", retries=1, retry_delay_seconds=5, retry_condition_fn=_transient)
+@task(
+    name="write-features",
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_bad_input,
+)
 def write_features_task(run: RunDir, config: RunConfig, per_layer: list[dict] | None = None) -> str:
     """Prefect task: :func:`write_feature_results`; returns the cards file URL."""
     write_feature_results(run, config, per_layer)

@@ -22,6 +22,7 @@ from storage.results import list_results, open_result, write_result
 from storage.rundir import RunDir
 from storage.saes import sae_exists
 from tasks.modeling import select_device
+from tasks.retry import retry_unless_bad_input
 from tasks.sae.evaluate import (
     DENSITY_EDGES,
     density_histogram,
@@ -194,22 +195,11 @@ def evaluate_saes_for_run(run: RunDir, cfg: RunConfig) -> dict:
     return out
 
 
-def _transient(task, task_run, state) -> bool:
-    """Retry only errors that a rerun can fix (I/O, device), not bad configuration."""
-    try:
-        state.result()
-    except (ValueError, KeyError, TypeError, FileNotFoundError):
-        return False
-    except Exception:  # noqa: BLE001 - anything else may be transient (I/O, CUDA)
-        return True
-    return True
-
-
 @task(
     name="train-sae",
     retries=2,
     retry_delay_seconds=5,
-    retry_condition_fn=_transient,
+    retry_condition_fn=retry_unless_bad_input,
     task_run_name="sae-{checkpoint}-layer-{layer}",
 )
 def train_sae_task(run: RunDir, config: RunConfig, checkpoint: str, layer: int) -> str:
@@ -221,7 +211,7 @@ def train_sae_task(run: RunDir, config: RunConfig, checkpoint: str, layer: int) 
     name="train-saes",
     retries=2,
     retry_delay_seconds=5,
-    retry_condition_fn=_transient,
+    retry_condition_fn=retry_unless_bad_input,
     task_run_name="saes-{checkpoint}",
 )
 def train_saes_task(
@@ -231,7 +221,12 @@ def train_saes_task(
     return train_saes_for_run(run, config, checkpoint, layers)
 
 
-@task(name="evaluate-saes", retries=1, retry_delay_seconds=5, retry_condition_fn=_transient)
+@task(
+    name="evaluate-saes",
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_bad_input,
+)
 def evaluate_saes_task(run: RunDir, config: RunConfig) -> dict:
     """Prefect task: :func:`evaluate_saes_for_run`; returns the evaluated SAEs and metrics."""
     return evaluate_saes_for_run(run, config)
