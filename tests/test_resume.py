@@ -42,7 +42,14 @@ def _files(run: Path, *patterns: str) -> dict[str, int]:
 
 def _finished_pieces(run: Path) -> dict[str, int]:
     """mtimes of every piece that is complete now: checkpoints, store chunks, results, SAEs."""
-    pieces = _files(run, *STORE_CHUNKS)
+    # A store chunk is finished once its manifest entry is set; data written by a process
+    # killed before that is rightly written again.
+    manifest = _files(run, STORE_CHUNKS[1])
+    pieces = dict(manifest)
+    for path, mtime in _files(run, STORE_CHUNKS[0]).items():
+        checkpoint, _layer, chunk = path.split("/")[-4:-1]
+        if f"activations.zarr/written/c/{checkpoint}/{chunk}" in manifest:
+            pieces[path] = mtime
     for metrics in run.glob("checkpoints/*/metrics.json"):
         pieces |= _files(run, f"checkpoints/{metrics.parent.name}/*")
     if (run / "results.zarr/similarity/zarr.json").exists():
