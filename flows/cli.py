@@ -23,7 +23,8 @@ app = typer.Typer(
     no_args_is_help=True,
     help="How fine-tuning changes a transformer, layer by layer.",
 )
-console = Console()
+# Wide enough for the per-layer table when output goes to a file or a pipe.
+console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
 
 
