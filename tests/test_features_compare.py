@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_features_crosscoder import TOKENS_PER_EXAMPLE, _store, loader_for
 
-from tasks.features.compare import compare_layer
+from tasks.features.compare import compare_layer, relative_norm_deviation
 from tasks.features.config import FeaturesConfig
 from tasks.features.scan import Dictionary
 from tasks.features.synthetic import planted_pair
@@ -60,6 +60,11 @@ def test_counts_matching_and_fractions(layer_result):
     assert result["best_match_fraction"] == pytest.approx(16 / 24)
     assert sum(result["match_cosine_hist"]["hungarian"]) == 24
     assert sum(result["relative_norm_hist"]) == 32
+    # 16 exclusive latents (|r - 0.5| = 0.5) and 16 shared ones with equal norms (r = 0.5).
+    shared_rel = np.linalg.norm(pair.D[pair.group == 1], axis=2)
+    shared_rel = shared_rel[:, 1] / shared_rel.sum(axis=1)
+    expected = 2 * (16 * 0.5 + np.abs(shared_rel - 0.5).sum()) / 32
+    assert result["relative_norm_deviation"] == pytest.approx(expected)
     fractions = result["task_specific_fraction"]
     assert fractions["base_sae"] == pytest.approx(1 / 24)
     assert fractions["finetuned_sae"] == pytest.approx(1 / 24)
@@ -92,3 +97,10 @@ def test_cards_show_the_planted_latent(layer_result):
         assert len(ex["tokens"]) == len(ex["activations"])
         assert ex["activations"][ex["max_token"]] == max(ex["activations"])
         assert ex["tokens"][ex["max_token"]] == f"t{ex['example'] * TOKENS_PER_EXAMPLE + 3}"
+
+
+def test_relative_norm_deviation_bounds():
+    assert relative_norm_deviation(np.full(10, 0.5)) == 0.0
+    assert relative_norm_deviation(np.array([0.0, 1.0, 1.0])) == 1.0
+    assert relative_norm_deviation(np.array([0.0, 0.5, 1.0, 0.75])) == pytest.approx(0.625)
+    assert np.isnan(relative_norm_deviation(np.array([])))

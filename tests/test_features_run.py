@@ -156,6 +156,8 @@ def test_write_feature_results(trained_run):
         result["transfer_fvu"]["base_on_base"]
     )
     assert open_result(run.results(), "matched_fraction")["matched_fraction"].dims == ("layer",)
+    deviation = open_result(run.results(), "relative_norm_deviation")["relative_norm_deviation"]
+    assert float(deviation.sel(layer=1)) == pytest.approx(result["relative_norm_deviation"])
     hist = open_result(run.results(), "match_cosine_hist")["match_cosine_hist"]
     assert hist.dims == ("layer", "match", "bin")
     cards = json.loads(run.read_text("features", "cards.json"))

@@ -35,6 +35,17 @@ def _hist(values: np.ndarray, bins: int, lo: float, hi: float) -> list[int]:
     return histogram(values, bins, lo, hi)[0].tolist()
 
 
+def relative_norm_deviation(rel_norm: np.ndarray) -> float:
+    """``2 · mean |r - 0.5|`` of relative decoder norms [n]: 0 when every latent writes
+    equally into both models, 1 when every latent is exclusive to one (NaN for none).
+
+    A threshold-free summary of how far a crosscoder's latents lean to one model, to read
+    beside the group counts (a TopK crosscoder rarely drives a decoder all the way to 0).
+    """
+    rel_norm = np.asarray(rel_norm, dtype=np.float64)
+    return float(2 * np.abs(rel_norm - 0.5).mean()) if rel_norm.size else float("nan")
+
+
 def compare_layer(
     loader: ActivationLoader,
     base: Dictionary,
@@ -101,6 +112,7 @@ def compare_layer(
             "hungarian": _hist(match.hungarian_cosine, bins, 0.0, 1.0),
         },
         "relative_norm_hist": _hist(rel[live_c], bins, 0.0, 1.0),
+        "relative_norm_deviation": relative_norm_deviation(rel[live_c]),
         "auroc_hist": {name: _hist(a[alive[name]], bins, 0.0, 1.0) for name, a in auroc.items()},
         "hist_bins": bins,
     }

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tasks.sae.model import topk_objective
+
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "crosscoder_weights.safetensors"
 GROUPS = ("base_only", "shared", "finetuned_only")
@@ -120,40 +122,30 @@ class Crosscoder(nn.Module):
         al. 2024). Returns (loss, parts, fired [d_sae] bool).
         """
         xn = x * self.scale[None, :, None]
-        pre = torch.einsum("bmi,mis->bs", xn - self.b_dec, self.W_enc) + self.b_enc
-        if self.cfg.architecture == "relu":
-            f = torch.relu(pre)
-        else:
-            top = torch.relu(pre).topk(min(self.cfg.k, self.d_sae), dim=1)
-            f = torch.zeros_like(pre).scatter(1, top.indices, top.values)
+        m, d, s = self.cfg.n_models, self.cfg.d_in, self.d_sae
+        if self.cfg.architecture == "topk":
+            # The TopK crosscoder is a TopK SAE over the concatenated (normalised) models with
+            # the decoder flattened to [d_sae, n_models * d_in]: the SAE's sparse backward.
+            return topk_objective(
+                xn.reshape(len(xn), m * d),
+                self.b_dec.reshape(m * d),
+                self.W_enc.reshape(m * d, s),
+                self.b_enc,
+                self.W_dec.reshape(s, m * d),
+                self.cfg.k,
+                min(d // 2, s),
+                AUX_COEFFICIENT,
+                dead_mask,
+            )
+        f = torch.relu(torch.einsum("bmi,mis->bs", xn - self.b_dec, self.W_enc) + self.b_enc)
         recon = torch.einsum("bs,smi->bmi", f, self.W_dec) + self.b_dec
         mse = (recon - xn).pow(2).mean()
-        parts = {"mse": mse.item()}
-        if self.cfg.architecture == "relu":
-            l1 = (f * self.W_dec.norm(dim=2).sum(dim=1)).sum(dim=1).mean()
-            loss = mse + self.cfg.l1_coefficient * l1
-            parts["l1"] = l1.item()
-        else:
-            aux = self._aux_loss(pre, (xn - recon).detach(), dead_mask)
-            loss = mse + AUX_COEFFICIENT * aux
-            parts["aux"] = aux.item()
+        l1 = (f * self.W_dec.norm(dim=2).sum(dim=1)).sum(dim=1).mean()
+        loss = mse + self.cfg.l1_coefficient * l1
         active = f > 0
-        parts["loss"] = loss.item()
-        parts["l0"] = active.sum(dim=1).float().mean().item()
+        l0 = active.sum(dim=1).float().mean().item()
+        parts = {"mse": mse.item(), "l1": l1.item(), "l0": l0, "loss": loss.item()}
         return loss, parts, active.any(dim=0)
-
-    def _aux_loss(
-        self, pre: torch.Tensor, residual: torch.Tensor, dead_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        """AuxK: the top d_in/2 dead latents reconstruct the residual [B, M, d_in] (NMSE)."""
-        n_dead = int(dead_mask.sum()) if dead_mask is not None else 0
-        if n_dead == 0:
-            return pre.new_zeros(())
-        k_aux = min(self.cfg.d_in // 2, n_dead)
-        top = pre.masked_fill(~dead_mask, float("-inf")).topk(k_aux, dim=1)
-        f = torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values))
-        recon = torch.einsum("bs,smi->bmi", f, self.W_dec)
-        return (recon - residual).pow(2).mean() / residual.pow(2).mean().clamp_min(1e-12)
 
     @torch.no_grad()
     def after_backward(self) -> None:

@@ -4,6 +4,8 @@ Groups (one per variable, labelled dims; read with ``storage.results.open_result
 
 - ``crosscoder_counts`` (layer, group): live crosscoder latents per group
   (``base_only``, ``shared``, ``finetuned_only``); ``crosscoder_dead`` (layer);
+  ``relative_norm_deviation`` (layer): ``2 · mean |r - 0.5|`` of the live latents' relative
+  decoder norms, 0 all shared alike, 1 all exclusive;
 - ``matched_fraction`` (layer): share of live fine-tuned SAE latents whose one-to-one
   (Hungarian) partner among the live base SAE latents has decoder cosine >= the threshold;
   ``best_match_fraction`` (layer): the same with each latent's best cosine;
@@ -78,6 +80,9 @@ def feature_datasets(per_layer: list[dict]) -> dict[str, xr.DataArray]:
             counts, dims=("layer", "group"), coords={**lay, "group": list(GROUPS)}
         ),
         "crosscoder_dead": xr.DataArray([r["crosscoder_dead"] for r in per_layer], dims="layer"),
+        "relative_norm_deviation": xr.DataArray(
+            [r.get("relative_norm_deviation", np.nan) for r in per_layer], dims="layer"
+        ),
         "matched_fraction": xr.DataArray([r["matched_fraction"] for r in per_layer], dims="layer"),
         "best_match_fraction": xr.DataArray(
             [r["best_match_fraction"] for r in per_layer], dims="layer"

@@ -47,6 +47,8 @@ def layer_frame(inputs: ReportInputs) -> pd.DataFrame:
         counts = res["crosscoder_counts"].transpose("layer", "group").to_pandas()
         if "finetuned_only" in counts:
             columns["finetuned_only_share"] = counts["finetuned_only"] / counts.sum(axis=1)
+    if "relative_norm_deviation" in res:
+        columns["relative_norm_deviation"] = res["relative_norm_deviation"].to_pandas()
     table = pd.DataFrame(columns).astype("float64")
     table.index = table.index.astype(int)
     table.index.name = "layer"
@@ -65,6 +67,7 @@ COMPACT = {
     "drift_mean": "drift",
     "probe_final": "probe",
     "sae_fvu_final": "fvu",
+    "matched_fraction": "matched",
     "finetuned_only_share": "ft_only",
 }
 

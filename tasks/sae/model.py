@@ -138,50 +138,27 @@ class SparseAutoencoder(nn.Module):
         (loss, parts {loss, mse, l0, aux or l1}, fired [d_sae] bool: latents active in ``x``).
         """
         xn = x * self.scale
-        xc = xn - self.b_dec
-        if self.spec.architecture == "relu":
-            f = torch.addmm(self.b_enc, xc, self.W_enc).relu()
-            recon = torch.addmm(self.b_dec, f, self.W_dec)
-            mse = (recon - xn).pow(2).mean()
-            l1 = (f * self.W_dec.norm(dim=1)).sum(dim=1).mean()
-            loss = mse + self.spec.l1_coefficient * l1
-            active = f > 0
-            parts = {"mse": mse.item(), "l1": l1.item(), "l0": active.sum(1).float().mean().item()}
-            fired = active.any(dim=0)
-        else:
-            with torch.no_grad():
-                pre = torch.addmm(self.b_enc, xc, self.W_enc)
-                indices = pre.topk(self.spec.k, dim=-1, sorted=False).indices
-            values = _SelectedPre.apply(xc, self.W_enc, self.b_enc, indices, pre).relu()
-            recon = self._decode_sparse_normalised(values, indices)
-            mse = (recon - xn).pow(2).mean()
-            aux = self._aux_loss(xc, pre, (xn - recon).detach(), dead_mask)
-            loss = mse + self.spec.aux_coefficient * aux
-            positive = values.detach() > 0
-            fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
-            fired[indices[positive]] = True
-            l0 = positive.sum(dim=1).float().mean().item()
-            parts = {"mse": mse.item(), "aux": aux.item(), "l0": l0}
-        parts["loss"] = loss.item()
-        return loss, parts, fired
-
-    def _aux_loss(
-        self,
-        xc: torch.Tensor,
-        pre: torch.Tensor,
-        residual: torch.Tensor,
-        dead_mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """AuxK: the top ``k_aux`` dead latents reconstruct the residual [B, d_in] (NMSE)."""
-        dead = dead_mask.nonzero().squeeze(1) if dead_mask is not None else None
-        if dead is None or dead.numel() == 0:
-            return pre.new_zeros(())
-        k_aux = min(self.spec.k_aux, dead.numel())
-        with torch.no_grad():
-            indices = dead[pre[:, dead].topk(k_aux, dim=-1, sorted=False).indices]
-        values = _SelectedPre.apply(xc, self.W_enc, self.b_enc, indices, pre).relu()
-        recon = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
-        return (recon - residual).pow(2).mean() / residual.pow(2).mean().clamp_min(1e-12)
+        if self.spec.architecture == "topk":
+            return topk_objective(
+                xn,
+                self.b_dec,
+                self.W_enc,
+                self.b_enc,
+                self.W_dec,
+                self.spec.k,
+                self.spec.k_aux,
+                self.spec.aux_coefficient,
+                dead_mask,
+            )
+        f = torch.addmm(self.b_enc, xn - self.b_dec, self.W_enc).relu()
+        recon = torch.addmm(self.b_dec, f, self.W_dec)
+        mse = (recon - xn).pow(2).mean()
+        l1 = (f * self.W_dec.norm(dim=1)).sum(dim=1).mean()
+        loss = mse + self.spec.l1_coefficient * l1
+        active = f > 0
+        l0 = active.sum(1).float().mean().item()
+        parts = {"mse": mse.item(), "l1": l1.item(), "l0": l0, "loss": loss.item()}
+        return loss, parts, active.any(dim=0)
 
     @torch.no_grad()
     def after_backward(self) -> None:
@@ -195,6 +172,65 @@ class SparseAutoencoder(nn.Module):
         """TopK: renormalise decoder rows to unit norm."""
         if self.spec.architecture == "topk":
             self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def topk_objective(
+    xn: torch.Tensor,
+    b_dec: torch.Tensor,
+    W_enc: torch.Tensor,  # noqa: N803 - SAELens's name
+    b_enc: torch.Tensor,
+    W_dec: torch.Tensor,  # noqa: N803
+    k: int,
+    k_aux: int,
+    aux_coefficient: float,
+    dead_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """TopK reconstruction loss plus AuxK, with sparse gradients, on normalised ``xn`` [B, d].
+
+    ``W_enc`` [d, d_sae], ``b_enc`` [d_sae], ``W_dec`` [d_sae, d], ``b_dec`` [d]. The loss is
+    the mean squared error per element plus ``aux_coefficient`` times the AuxK loss: the top
+    ``k_aux`` of the ``dead_mask`` [d_sae] latents reconstruct the residual (normalised MSE,
+    Gao et al. 2024). Only the B·k selected (token, latent) pairs enter the backward pass.
+    Shared by SAEs and crosscoders (which pass their decoders flattened over models).
+    Returns (loss, parts {mse, aux, l0, loss}, fired [d_sae] bool).
+    """
+    xc = xn - b_dec
+    with torch.no_grad():
+        pre = torch.addmm(b_enc, xc, W_enc)
+        indices = pre.topk(k, dim=-1, sorted=False).indices
+    values = _SelectedPre.apply(xc, W_enc, b_enc, indices, pre).relu()
+    recon = F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum") + b_dec
+    mse = (recon - xn).pow(2).mean()
+    aux = _aux_loss(xc, pre, (xn - recon).detach(), W_enc, b_enc, W_dec, k_aux, dead_mask)
+    loss = mse + aux_coefficient * aux
+    positive = values.detach() > 0
+    fired = torch.zeros(W_dec.shape[0], dtype=torch.bool, device=xn.device)
+    fired[indices[positive]] = True
+    l0 = positive.sum(dim=1).float().mean().item()
+    parts = {"mse": mse.item(), "aux": aux.item(), "l0": l0, "loss": loss.item()}
+    return loss, parts, fired
+
+
+def _aux_loss(
+    xc: torch.Tensor,
+    pre: torch.Tensor,
+    residual: torch.Tensor,
+    W_enc: torch.Tensor,  # noqa: N803
+    b_enc: torch.Tensor,
+    W_dec: torch.Tensor,  # noqa: N803
+    k_aux: int,
+    dead_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """AuxK: the top ``k_aux`` dead latents reconstruct the residual [B, d] (NMSE)."""
+    dead = dead_mask.nonzero().squeeze(1) if dead_mask is not None else None
+    if dead is None or dead.numel() == 0:
+        return pre.new_zeros(())
+    k_aux = min(k_aux, dead.numel())
+    with torch.no_grad():
+        indices = dead[pre[:, dead].topk(k_aux, dim=-1, sorted=False).indices]
+    values = _SelectedPre.apply(xc, W_enc, b_enc, indices, pre).relu()
+    recon = F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
+    return (recon - residual).pow(2).mean() / residual.pow(2).mean().clamp_min(1e-12)
 
 
 class _SelectedPre(torch.autograd.Function):
