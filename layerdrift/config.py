@@ -237,12 +237,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "name": "default",
         "data": {"train_size": 2000, "val_size": 500, "probe_size": 1000, "max_length": 128},
         "finetune": {"epochs": 2.0, "checkpoints": [0.0, 0.1, 0.25, 0.5, 1.0]},
-        # The store holds ~24k training tokens per checkpoint: many small steps (1,172 of
-        # 256 tokens) move the decoders far from their initialisation, which the decoder
+        # The store holds ~24k training tokens per checkpoint: many small steps (586 of 256
+        # tokens) move the decoders far from their initialisation, which the decoder
         # matching needs; at 147 steps of 2,048 the SAEs of both models still sat on their
         # shared initialisation and matched 100% at every layer.
-        "sae": {"token_budget": 300_000, "batch_size": 256, "learning_rate": 1e-3},
-        "features": {"token_budget": 150_000},
+        "sae": {"token_budget": 150_000, "batch_size": 256, "learning_rate": 2e-3},
+        "features": {"token_budget": 100_000},
     },
 }
 

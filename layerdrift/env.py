@@ -21,6 +21,11 @@ DEFAULTS: dict[str, str] = {
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_DISABLE_TELEMETRY": "1",
+    # transformers logs a "LOAD REPORT" table on every checkpoint load (the classifier head
+    # of the base model is newly initialised, as expected) and draws a "Writing model
+    # shards" bar on every save: noise in run logs. Errors still show.
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 
 

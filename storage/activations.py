@@ -65,6 +65,15 @@ def read_attrs(url: str) -> dict | None:
         return None
 
 
+def store_generation(url: str) -> str:
+    """The generation id of the store at ``url`` ("" when there is no store).
+
+    A new id is drawn whenever the store is rebuilt or a checkpoint's rows are invalidated;
+    anything trained from the store records it, so later stages can tell stale from current.
+    """
+    return str((read_attrs(url) or {}).get("generation") or "")
+
+
 def _template(layout: TokenLayout, identity: StoreIdentity) -> xr.Dataset:
     """A Dataset with lazy activations and manifest, and every coordinate in memory."""
     n_ckpt, n_chunk = len(identity.checkpoints), n_chunks(layout.n_tokens, identity.token_chunk)

@@ -51,10 +51,61 @@ def _read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
         return handle.read()
 
 
+def files_complete(url: str, weights_filename: str = SAE_WEIGHTS_FILENAME) -> bool:
+    """Whether folder ``url`` holds ``weights_filename`` and, written last, ``cfg.json``."""
+    fs, path = _fs(url)
+    return fs.exists(f"{path}/{SAE_CFG_FILENAME}") and fs.exists(f"{path}/{weights_filename}")
+
+
 def sae_exists(url: str) -> bool:
     """Whether ``url`` holds a complete SAE (weights and, written last, ``cfg.json``)."""
+    return files_complete(url, SAE_WEIGHTS_FILENAME)
+
+
+def read_cfg(url: str) -> dict[str, Any]:
+    """The ``cfg.json`` of the dictionary folder ``url`` ({} when there is none)."""
     fs, path = _fs(url)
-    return fs.exists(f"{path}/{SAE_CFG_FILENAME}") and fs.exists(f"{path}/{SAE_WEIGHTS_FILENAME}")
+    if not fs.exists(f"{path}/{SAE_CFG_FILENAME}"):
+        return {}
+    return json.loads(_read_bytes(fs, f"{path}/{SAE_CFG_FILENAME}"))
+
+
+def remove_folder(url: str) -> None:
+    """Delete the dictionary folder ``url`` and everything in it (nothing when absent)."""
+    fs, path = _fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def save_weight_files(
+    url: str, cfg: dict[str, Any], tensors: dict[str, torch.Tensor], weights_filename: str
+) -> None:
+    """Write ``tensors`` as safetensors ``weights_filename``, then ``cfg`` as ``cfg.json``.
+
+    The folder layout of every dictionary layerdrift trains (SAEs, crosscoders): the config
+    is written last, so :func:`files_complete` means the weights are whole.
+    """
+    fs, path = _fs(url)
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    _write_bytes(fs, f"{path}/{weights_filename}", save_bytes(cpu))
+    _write_bytes(fs, f"{path}/{SAE_CFG_FILENAME}", json.dumps(cfg, indent=2).encode())
+
+
+def load_weight_files(
+    url: str, weights_filename: str, missing_hint: str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read ``(cfg, tensors)`` written by :func:`save_weight_files` (tensors on the CPU).
+
+    Raises FileNotFoundError naming what is missing, followed by ``missing_hint``.
+    """
+    if not files_complete(url, weights_filename):
+        raise FileNotFoundError(
+            f"nothing complete at {url} (needs {SAE_CFG_FILENAME} and {weights_filename}): "
+            f"{missing_hint}"
+        )
+    fs, path = _fs(url)
+    cfg = json.loads(_read_bytes(fs, f"{path}/{SAE_CFG_FILENAME}"))
+    return cfg, load_bytes(_read_bytes(fs, f"{path}/{weights_filename}"))
 
 
 def save_sae_files(url: str, cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
@@ -71,23 +122,14 @@ def save_sae_files(url: str, cfg: dict[str, Any], tensors: dict[str, torch.Tenso
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
             raise ValueError(f"{name} has shape {tuple(tensors[name].shape)}, expected {shape}")
-    fs, path = _fs(url)
-    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _write_bytes(fs, f"{path}/{SAE_WEIGHTS_FILENAME}", save_bytes(cpu))
-    _write_bytes(fs, f"{path}/{SAE_CFG_FILENAME}", json.dumps(cfg, indent=2).encode())
+    save_weight_files(url, cfg, tensors, SAE_WEIGHTS_FILENAME)
     logger.info("saved SAE (%d -> %d) to %s", d_in, d_sae, url)
 
 
 def load_sae_files(url: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read ``(cfg, tensors)`` of the SAE in folder ``url`` (tensors on the CPU)."""
-    if not sae_exists(url):
-        raise FileNotFoundError(
-            f"no complete SAE at {url} (needs {SAE_CFG_FILENAME} and {SAE_WEIGHTS_FILENAME}): "
-            "run the sae stage for this checkpoint and layer"
-        )
-    fs, path = _fs(url)
-    cfg = json.loads(_read_bytes(fs, f"{path}/{SAE_CFG_FILENAME}"))
-    return cfg, load_bytes(_read_bytes(fs, f"{path}/{SAE_WEIGHTS_FILENAME}"))
+    hint = "run the sae stage for this checkpoint and layer"
+    return load_weight_files(url, SAE_WEIGHTS_FILENAME, hint)
 
 
 # The training state ---------------------------------------------------------------------------

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 from factories import make_tiny_bert, separable_texts
 
 from layerdrift.config import RunConfig
-from storage.activations import StoreWriter, create_store, open_store
+from storage.activations import StoreWriter, create_store, open_store, store_generation
 from storage.results import open_result
 from storage.rundir import RunDir
+from storage.saes import read_cfg
 from storage.schema import StoreIdentity, TokenLayout
 from tasks.features.compare import SOURCES
 from tasks.features.config import FeaturesConfig
@@ -167,3 +169,28 @@ def test_write_feature_results(trained_run):
         for ex in card["examples"]:
             assert {"example", "tokens", "activations", "max_token"} <= set(ex)
             assert len(ex["tokens"]) == len(ex["activations"])
+
+
+def _set_generation(run: RunDir, generation: str) -> None:
+    group = zarr.open_group(run.activations(), mode="r+")
+    group.attrs.update(generation=generation)
+    zarr.consolidate_metadata(run.activations())
+
+
+def test_a_rebuilt_store_makes_the_comparison_stale(trained_run):
+    run, cfg, result, _ = trained_run
+    write_feature_results(run, cfg)
+    old = store_generation(run.activations())
+    assert result["store_generation"] == old
+    assert features_complete(run, 1) and feature_results_written(run)
+    try:
+        _set_generation(run, "rebuilt")
+        assert not features_complete(run, 1)
+        assert not feature_results_written(run)
+        again = compare_features_for_run(run, cfg, 1)
+        assert again["store_generation"] == "rebuilt"
+        assert read_cfg(crosscoder_url(run, 1))["store_generation"] == "rebuilt"
+        write_feature_results(run, cfg)
+        assert features_complete(run, 1) and feature_results_written(run)
+    finally:
+        _set_generation(run, old)

@@ -14,6 +14,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from layerdrift.config import RunConfig
 from storage.results import open_result
 from storage.rundir import RunDir
+from storage.saes import read_cfg
 from tasks.sae.run import (
     SAE_METRICS,
     evaluate_saes_for_run,
@@ -90,6 +91,29 @@ def test_train_and_evaluate_saes_for_run(tiny_run):
     assert (density.sum("bin").values == 64).all()  # d_sae = 2 * 32 latents each
     recovery = open_result(tiny_run.results(), "sae_recovery")["sae_recovery"]
     assert {"loss_clean", "loss_sae", "loss_mean"} <= set(recovery.quantity.values.tolist())
+
+
+def _set_generation(run: RunDir, generation: str) -> None:
+    group = zarr.open_group(run.activations(), mode="r+")
+    group.attrs.update(generation=generation)
+    zarr.consolidate_metadata(run.activations())
+
+
+def test_a_rebuilt_store_makes_saes_stale(tiny_run):
+    cfg = _config(tiny_run)
+    train_sae_for_run(tiny_run, cfg, "base", 0)
+    evaluate_saes_for_run(tiny_run, cfg)
+    assert read_cfg(tiny_run.sae("base", 0))["store_generation"] == "test"
+    assert sae_complete(tiny_run, "base", 0) and saes_evaluated(tiny_run)
+    try:
+        _set_generation(tiny_run, "rebuilt")
+        assert not sae_complete(tiny_run, "base", 0)
+        assert not saes_evaluated(tiny_run)
+        train_sae_for_run(tiny_run, cfg, "base", 0)
+        assert read_cfg(tiny_run.sae("base", 0))["store_generation"] == "rebuilt"
+        assert sae_complete(tiny_run, "base", 0)
+    finally:
+        _set_generation(tiny_run, "test")
 
 
 def test_prefect_tasks_retry_only_transient_errors():

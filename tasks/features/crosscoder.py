@@ -17,7 +17,6 @@ L1 penalty on f_i * (||d_base,i|| + ||d_ft,i||), the crosscoder loss of Lindsey 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -25,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from storage.saes import files_complete, load_weight_files, save_weight_files
 from tasks.sae.model import topk_objective
 
-CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "crosscoder_weights.safetensors"
 GROUPS = ("base_only", "shared", "finetuned_only")
 AUX_COEFFICIENT = 1 / 32
@@ -45,6 +44,7 @@ class CrosscoderCfg:
     checkpoints: tuple[str, ...] = ("base", "final")
     layer: int = 0
     seed: int = 0
+    store_generation: str = ""  # generation id of the store it was trained on
 
     @property
     def n_models(self) -> int:
@@ -178,41 +178,25 @@ def classify_latents(rel_norm: np.ndarray, base_only_below: float, ft_only_above
     return groups
 
 
-def save_crosscoder(model: Crosscoder, folder: str, fs=None) -> None:
-    """Write ``cfg.json`` and the safetensors weights of ``model`` into ``folder``.
+def crosscoder_exists(url: str) -> bool:
+    """Whether folder ``url`` holds a complete crosscoder (weights, then ``cfg.json``)."""
+    return files_complete(url, WEIGHTS_FILENAME)
 
-    ``fs`` is an fsspec filesystem (local when None); ``folder`` a path inside it.
-    """
-    import fsspec
 
-    fs = fs or fsspec.filesystem("file")
-    fs.makedirs(folder, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with fs.open(f"{folder}/{WEIGHTS_FILENAME}", "wb") as handle:
-        from safetensors.torch import save
-
-        handle.write(save(tensors))
+def save_crosscoder(model: Crosscoder, url: str) -> None:
+    """Write the safetensors weights of ``model``, then ``cfg.json``, into folder ``url``."""
     cfg = asdict(model.cfg) | {"n_models": model.cfg.n_models}
-    with fs.open(f"{folder}/{CFG_FILENAME}", "w") as handle:
-        json.dump(cfg, handle, indent=2)
+    save_weight_files(url, cfg, model.state_dict(), WEIGHTS_FILENAME)
 
 
-def load_crosscoder(folder: str, fs=None, device: str | torch.device = "cpu") -> Crosscoder:
-    """Rebuild a crosscoder saved by :func:`save_crosscoder`."""
-    import fsspec
-
-    fs = fs or fsspec.filesystem("file")
-    if not fs.exists(f"{folder}/{CFG_FILENAME}"):
-        raise FileNotFoundError(f"no crosscoder at {folder}: train it first (missing cfg.json)")
-    with fs.open(f"{folder}/{CFG_FILENAME}") as handle:
-        raw = json.load(handle)
+def load_crosscoder(url: str, device: str | torch.device = "cpu") -> Crosscoder:
+    """Rebuild the crosscoder saved by :func:`save_crosscoder` in folder ``url``."""
+    hint = "train it first (the features stage of this layer)"
+    raw, tensors = load_weight_files(url, WEIGHTS_FILENAME, hint)
     raw.pop("n_models", None)
     raw["checkpoints"] = tuple(raw["checkpoints"])
     model = Crosscoder(CrosscoderCfg(**raw))
-    with fs.open(f"{folder}/{WEIGHTS_FILENAME}", "rb") as handle:
-        from safetensors.torch import load
-
-        model.load_state_dict(load(handle.read()))
+    model.load_state_dict(tensors)
     return model.to(device)
 
 
@@ -221,6 +205,7 @@ __all__ = [
     "Crosscoder",
     "CrosscoderCfg",
     "classify_latents",
+    "crosscoder_exists",
     "load_crosscoder",
     "relative_norms",
     "save_crosscoder",

@@ -68,6 +68,7 @@ def feature_datasets(per_layer: list[dict]) -> dict[str, xr.DataArray]:
         "base": per_layer[0]["checkpoints"][0],
         "finetuned": per_layer[0]["checkpoints"][1],
     }
+    attrs["store_generation"] = per_layer[0].get("store_generation", "")
     config = per_layer[0].get("config", {})
     attrs |= {k: config[k] for k in config if k.endswith(("_below", "_above", "threshold"))}
     attrs |= {k: config[k] for k in ("auroc_high", "auroc_low") if k in config}

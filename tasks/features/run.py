@@ -17,8 +17,9 @@ import torch
 from prefect import task
 
 from layerdrift.config import RunConfig
-from storage.activations import open_store
+from storage.activations import open_store, store_generation
 from storage.checkpoints import checkpoint_complete, local_checkpoint_path
+from storage.results import list_results, open_result
 from storage.rundir import RunDir
 from storage.saes import sae_exists
 from tasks.features.compare import compare_layer
@@ -53,8 +54,12 @@ def layer_file(layer: int) -> tuple[str, str]:
 
 
 def features_complete(run: RunDir, layer: int) -> bool:
-    """Whether the comparison of ``layer`` is done (its ``features/layer-<l>.json`` exists)."""
-    return run.exists(*layer_file(layer))
+    """Whether the comparison of ``layer`` is done: its ``features/layer-<l>.json`` exists
+    and was made from the store as it is now (files without a generation count as current)."""
+    if not run.exists(*layer_file(layer)):
+        return False
+    saved = json.loads(run.read_text(*layer_file(layer))).get("store_generation")
+    return saved is None or saved == store_generation(run.activations())
 
 
 def sae_dictionary(model: SparseAutoencoder, source: str, reads: str) -> Dictionary:
@@ -134,6 +139,7 @@ def compare_features_for_run(run: RunDir, cfg: RunConfig, layer: int) -> dict:
         checkpoints=(fcfg.base, fcfg.finetuned),
         layer=layer,
         seed=fcfg.seed,
+        store_generation=store_generation(run.activations()),
     )
     crosscoder = train_crosscoder(
         loader, cc_cfg, crosscoder_url(run, layer), crosscoder_schedule(fcfg), device
@@ -153,6 +159,7 @@ def compare_features_for_run(run: RunDir, cfg: RunConfig, layer: int) -> dict:
     result["transfer_accuracy_recovered"] = recovered
     result["transfer_recovery_details"] = details
     result["config"] = fcfg.to_dict()
+    result["store_generation"] = cc_cfg.store_generation
     run.write_text(json.dumps(result, indent=1), *layer_file(layer))
     return result
 
@@ -192,8 +199,12 @@ def write_feature_results(run: RunDir, cfg: RunConfig, per_layer: list[dict] | N
 
 
 def feature_results_written(run: RunDir) -> bool:
-    """Whether ``features/cards.json`` (written last by :func:`write_feature_results`) exists."""
-    return run.exists(*CARDS_PATH)
+    """Whether ``features/cards.json`` (written last by :func:`write_feature_results`) exists
+    and the feature groups in ``results.zarr`` come from the store as it is now."""
+    if not run.exists(*CARDS_PATH) or "crosscoder_counts" not in list_results(run.results()):
+        return False
+    attrs = open_result(run.results(), "crosscoder_counts")["crosscoder_counts"].attrs
+    return attrs.get("store_generation", "") == store_generation(run.activations())
 
 
 @task(

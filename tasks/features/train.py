@@ -14,17 +14,22 @@ from __future__ import annotations
 import logging
 import math
 
-import fsspec
 import torch
 import xarray as xr
 
 from layerdrift.config import SAEConfig
-from storage.saes import clear_train_state, load_train_state, save_train_state
+from storage.saes import (
+    clear_train_state,
+    load_train_state,
+    read_cfg,
+    remove_folder,
+    save_train_state,
+)
 from tasks.features.config import FeaturesConfig
 from tasks.features.crosscoder import (
-    CFG_FILENAME,
     Crosscoder,
     CrosscoderCfg,
+    crosscoder_exists,
     load_crosscoder,
     save_crosscoder,
 )
@@ -76,14 +81,19 @@ def train_crosscoder(
 ) -> Crosscoder:
     """Train (or finish, or just load) the crosscoder saved at ``folder_url``.
 
+    A saved crosscoder of another ``cfg.store_generation`` is stale and trained again.
+
     Normalisation scales and decoder bias come from ``init_tokens`` training tokens; a
     saved training state under ``<folder_url>/train-state/`` is resumed. Returns the model on
     ``device``.
     """
-    fs, folder = fsspec.core.url_to_fs(folder_url)
-    if fs.exists(f"{folder}/{CFG_FILENAME}"):
-        logger.info("crosscoder already trained at %s", folder_url)
-        return load_crosscoder(folder, fs=fs, device=device)
+    if crosscoder_exists(folder_url):
+        saved = read_cfg(folder_url).get("store_generation", cfg.store_generation)
+        if saved == cfg.store_generation:
+            logger.info("crosscoder already trained at %s", folder_url)
+            return load_crosscoder(folder_url, device=device)
+        logger.warning("crosscoder %s was trained on an older store: training it again", folder_url)
+        remove_folder(folder_url)
     if loader.d_in != cfg.d_in or len(loader.sources) != cfg.n_models:
         raise ValueError(
             f"the loader gives {len(loader.sources)} x {loader.d_in} activations but the "
@@ -95,14 +105,18 @@ def train_crosscoder(
     model.to(device)
     trainer = Trainer([model], schedule, route=route_all, desc=f"crosscoder L{cfg.layer}")
     state = load_train_state(folder_url)
-    if state is not None:
+    if state is not None and state.extra.get("store_generation", "") == cfg.store_generation:
         trainer.restore(state)
+    elif state is not None:
+        logger.warning("ignoring a crosscoder training state of an older store in %s", folder_url)
 
     def checkpoint(t: Trainer) -> None:
-        save_train_state(folder_url, t.state())
+        saved = t.state()
+        saved.extra["store_generation"] = cfg.store_generation
+        save_train_state(folder_url, saved)
 
     trainer.fit(loader.batches(trainer.step), on_checkpoint=checkpoint)
-    save_crosscoder(model, folder, fs=fs)
+    save_crosscoder(model, folder_url)
     clear_train_state(folder_url)
     logger.info("crosscoder layer %d saved to %s", cfg.layer, folder_url)
     return model

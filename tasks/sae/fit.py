@@ -81,10 +81,12 @@ def train_saes(
     cfg: SAEConfig,
     model_name: str = "",
     device: str | torch.device = "cpu",
+    store_generation: str = "",
 ) -> list[SparseAutoencoder]:
     """Train (or resume, or load) the SAEs of ``checkpoint`` at ``layers`` into ``urls``.
 
-    ``ds`` is the activation store Dataset; ``urls[i]`` is the SAE folder of ``layers[i]``.
+    ``ds`` is the activation store Dataset; ``urls[i]`` is the SAE folder of ``layers[i]``;
+    ``store_generation`` (the store's generation id) is recorded in each ``cfg.json``.
     Returns the trained SAEs on ``device``, in the order of ``layers``.
     """
     if len(layers) != len(urls) or not layers:
@@ -109,14 +111,15 @@ def train_saes(
     desc = f"sae {checkpoint} L{','.join(map(str, layers))}"
     trainer = Trainer(models, schedule, desc=desc)
     state = load_train_state(urls[0])
-    if state is not None and state.extra.get("sources") == [list(s) for s in sources]:
+    resumable = {"sources": [list(s) for s in sources], "store_generation": store_generation}
+    if state is not None and all(state.extra.get(k) == v for k, v in resumable.items()):
         trainer.restore(state)
     elif state is not None:
-        logger.warning("ignoring a training state for other layers in %s", urls[0])
+        logger.warning("ignoring a training state of other layers or store in %s", urls[0])
 
     def checkpoint_state(t: Trainer) -> None:
         saved = t.state()
-        saved.extra.update(sources=[list(s) for s in sources], loader_step=t.step)
+        saved.extra.update(resumable, loader_step=t.step)
         save_train_state(urls[0], saved)
 
     trainer.fit(loader.batches(start_step=trainer.step), on_checkpoint=checkpoint_state)
@@ -130,6 +133,7 @@ def train_saes(
             learning_rate=cfg.learning_rate,
             heldout_fraction=cfg.heldout_fraction,
             exclude_special=cfg.exclude_special,
+            store_generation=store_generation,
         )
         save_sae(model, url)
     clear_train_state(urls[0])

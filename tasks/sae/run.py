@@ -16,11 +16,11 @@ import xarray as xr
 from prefect import task
 
 from layerdrift.config import RunConfig
-from storage.activations import open_store
+from storage.activations import open_store, store_generation
 from storage.checkpoints import checkpoint_complete, local_checkpoint_path
 from storage.results import list_results, open_result, write_result
 from storage.rundir import RunDir
-from storage.saes import sae_exists
+from storage.saes import read_cfg, remove_folder, sae_exists
 from tasks.modeling import select_device
 from tasks.retry import retry_unless_bad_input
 from tasks.sae.evaluate import (
@@ -54,9 +54,20 @@ RECOVERY_QUANTITIES = (
 MEAN_SAMPLE_TOKENS = 20_000
 
 
+def sae_current(url: str, generation: str) -> bool:
+    """Whether the SAE folder ``url`` is complete and trained on store ``generation``.
+
+    SAEs saved before layerdrift recorded the generation count as current.
+    """
+    if not sae_exists(url):
+        return False
+    return read_cfg(url).get("store_generation", generation) == generation
+
+
 def sae_complete(run: RunDir, checkpoint: str, layer: int) -> bool:
-    """Whether the SAE of (``checkpoint``, ``layer``) is saved completely in ``run``."""
-    return sae_exists(run.sae(checkpoint, layer))
+    """Whether the SAE of (``checkpoint``, ``layer``) is saved completely in ``run`` and was
+    trained on the store as it is now (a rebuilt store makes every SAE stale)."""
+    return sae_current(run.sae(checkpoint, layer), store_generation(run.activations()))
 
 
 def sae_targets(run: RunDir, cfg: RunConfig) -> list[tuple[str, int]]:
@@ -77,11 +88,25 @@ def train_saes_for_run(
 ) -> list[str]:
     """Train the SAEs of ``checkpoint`` at ``layers`` from one pass; returns their folder URLs."""
     urls = [run.sae(checkpoint, layer) for layer in layers]
-    if all(sae_exists(url) for url in urls):
+    generation = store_generation(run.activations())
+    if all(sae_current(url, generation) for url in urls):
         return urls
+    for url in urls:
+        if sae_exists(url) and not sae_current(url, generation):
+            logger.warning("SAE %s was trained on an older store: training it again", url)
+            remove_folder(url)
     ds = open_store(run.activations())
     device = select_device(cfg.device)
-    train_saes(ds, checkpoint, layers, urls, cfg.sae, model_name=cfg.model, device=device)
+    train_saes(
+        ds,
+        checkpoint,
+        layers,
+        urls,
+        cfg.sae,
+        model_name=cfg.model,
+        device=device,
+        store_generation=generation,
+    )
     return urls
 
 
@@ -98,7 +123,8 @@ def saes_evaluated(run: RunDir) -> bool:
             layer = int(folder.removeprefix("layer-"))
             if sae_complete(run, checkpoint, layer):
                 present.add(f"{checkpoint}/{layer}")
-    return bool(present) and present <= evaluated
+    current = stored.attrs.get("store_generation", "") == store_generation(run.activations())
+    return bool(present) and present <= evaluated and current
 
 
 def evaluate_sae(
@@ -159,7 +185,11 @@ def evaluate_saes_for_run(run: RunDir, cfg: RunConfig) -> dict:
         out["metrics"][key] = metrics
         logger.info("SAE %s: %s", key, {m: round(metrics.get(m, np.nan), 4) for m in SAE_METRICS})
     coords = {"checkpoint": checkpoints, "layer": layers}
-    attrs = {"saes": out["saes"], "heldout_fraction": cfg.sae.heldout_fraction}
+    attrs = {
+        "saes": out["saes"],
+        "heldout_fraction": cfg.sae.heldout_fraction,
+        "store_generation": store_generation(run.activations()),
+    }
     write_result(
         run.results(),
         "sae_metrics",
