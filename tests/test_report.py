@@ -161,6 +161,13 @@ def make_run(
     )
     write_result(
         url,
+        "relative_norm_deviation",
+        xr.DataArray(
+            rng.uniform(0, 1, N_LAYERS), dims=("layer",), coords={"layer": np.arange(N_LAYERS)}
+        ),
+    )
+    write_result(
+        url,
         "task_specific_fraction",
         xr.DataArray(
             rng.uniform(0, 0.5, (2, N_LAYERS)),
@@ -320,6 +327,8 @@ def test_report_tables_equal_results(built):
             probe.sel(checkpoint="final", layer=layer, pooling="mean")
         )
         assert values["drift_mean"] == pytest.approx(float(drift.sel(layer=layer).mean()))
+        for name in ("matched_fraction", "relative_norm_deviation"):
+            assert values[name] == float(open_result(run.results(), name)[name].sel(layer=layer))
     ckpt = page.tables["checkpoint-table"]
     assert [float(v) for v, _ in ckpt[3][-1:]] == [pytest.approx(0.8)]
 

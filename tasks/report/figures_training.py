@@ -78,7 +78,7 @@ def fig_features(inputs: ReportInputs) -> Plot | None:
         elif name == "matched_fraction":
             series = data.to_pandas()
             ax.plot(series.index, series.values, marker="o", label="SAE latents matched")
-            ax.set(title="SAE latents matched base↔final", xlabel="layer", ylim=(0, 1.05))
+            ax.set(title="base↔final: SAE matches, crosscoder lean", ylim=(0, 1.05))
             parts.append(
                 f"matched fraction is lowest at layer {int(series.idxmin())} ({series.min():.0%})"
             )
@@ -86,7 +86,7 @@ def fig_features(inputs: ReportInputs) -> Plot | None:
                 lean = inputs.results["relative_norm_deviation"].to_pandas()
                 label = "crosscoder lean 2·|r − ½|"
                 ax.plot(lean.index, lean.values, marker="s", linestyle="--", label=label)
-                ax.legend(fontsize=7)
+                ax.legend(fontsize=7, loc="center right")
         elif name == "transfer_fvu":
             frame = data.to_dataframe(name="fvu").reset_index()
             sns.lineplot(
