@@ -139,3 +139,35 @@ def test_resume_after_failure_matches_uninterrupted_run(tmp_path):
     for name, value in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0)
     assert not (tmp_path / "resumed" / "train-state").exists()
+
+
+def test_topk_loss_and_gradients_match_the_dense_crosscoder_formula():
+    """The flattened sparse TopK objective equals the per-model crosscoder loss, gradients too."""
+    cfg = CrosscoderCfg(d_in=8, d_sae=24, k=3, layer=0)
+    model = Crosscoder(cfg, torch.Generator().manual_seed(0))
+    x = torch.randn(30, 2, 8, generator=torch.Generator().manual_seed(1)) + 0.3
+    x[:, 1] *= 3.0  # the two models at different scales
+    model.init_from_sample(x)
+    dead = torch.zeros(24, dtype=torch.bool)
+    dead[::4] = True
+    loss, _, _ = model.loss(x, dead)
+    loss.backward()
+    ours = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+
+    xn = x * model.scale[None, :, None]
+    pre = torch.einsum("bmi,mis->bs", xn - model.b_dec, model.W_enc) + model.b_enc
+    top = pre.topk(3, dim=1)
+    f = torch.zeros_like(pre).scatter(1, top.indices, top.values.relu())
+    recon = torch.einsum("bs,smi->bmi", f, model.W_dec) + model.b_dec
+    residual = (xn - recon).detach()
+    k_aux = min(cfg.d_in // 2, int(dead.sum()))
+    dead_top = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=1)
+    f_aux = torch.zeros_like(pre).scatter(1, dead_top.indices, dead_top.values.relu())
+    aux_recon = torch.einsum("bs,smi->bmi", f_aux, model.W_dec)
+    aux = ((aux_recon - residual) ** 2).mean() / (residual**2).mean()
+    reference = ((recon - xn) ** 2).mean() + aux / 32
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
+    reference.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ours[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
