@@ -87,8 +87,8 @@ def latent_on_example(
     loader: ActivationLoader, d: Dictionary, example: int, device="cpu"
 ) -> np.ndarray:
     """All latents of ``d`` on every token of one example: [token_count, d_sae]."""
-    ds = loader.ds
-    start, count = int(ds.token_start.values[example]), int(ds.token_count.values[example])
+    table = loader.examples
+    start, count = int(table["token_start"][example]), int(table["token_count"][example])
     pair = torch.as_tensor(loader.read(start, start + count), device=device)
     x = pair if d.reads == "pair" else pair[:, MODELS.index(d.reads)]
     return d.encode(x).cpu().numpy()
@@ -109,22 +109,22 @@ def build_card(
     ``scores`` [n_examples_total, d_sae] are the per-example maxima from the layer scan;
     tokens the loader leaves out (special tokens, when excluded) cannot be the top token.
     """
-    ds = loader.ds
+    table = loader.examples
     scored = loader.train_mask | loader.heldout_mask
     column = scores[:, pick.latent]
     top = [int(e) for e in np.argsort(-column, kind="stable")[:n_examples] if column[e] > 0]
     examples = []
     for e in top:
         acts = latent_on_example(loader, d, e, device)[:, pick.latent]
-        start, count = int(ds.token_start.values[e]), int(ds.token_count.values[e])
+        start, count = int(table["token_start"][e]), int(table["token_count"][e])
         acts = np.where(scored[start : start + count], acts, 0.0)
         peak = int(np.argmax(acts))
         lo, hi = max(0, peak - context), min(count, peak + context + 1)
         examples.append(
             {
                 "example": e,
-                "label": int(ds.label.values[e]),
-                "tokens": [str(t) for t in ds.token_text.values[start + lo : start + hi]],
+                "label": int(table["label"][e]),
+                "tokens": [str(t) for t in table["token_text"][start + lo : start + hi]],
                 "activations": [round(float(a), 4) for a in acts[lo:hi]],
                 "max_token": peak - lo,
             }

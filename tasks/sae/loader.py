@@ -15,6 +15,7 @@ held-out example is ever yielded for training.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 
@@ -93,6 +94,14 @@ class ActivationLoader:
             )
         n_tokens, size = ds.sizes["token"], store_token_chunk(ds)
         self.chunks = [(a, min(a + size, n_tokens)) for a in range(0, n_tokens, size)]
+
+    @functools.cached_property
+    def examples(self) -> dict[str, np.ndarray]:
+        """Per-example ``token_start``, ``token_count`` and ``label`` [n_examples], and
+        ``token_text`` [n_tokens], read from the store once (each ``.values`` of a lazy store
+        variable is another read, over the network for remote stores)."""
+        names = ("token_start", "token_count", "label", "token_text")
+        return {name: np.asarray(self.ds[name].values) for name in names}
 
     @property
     def n_train_tokens(self) -> int:
