@@ -101,7 +101,8 @@ def report(run: RunDir, cfg, times: dict[str, float]) -> None:
         per_layer.append(result)
     write_feature_results(run, cfg, per_layer)
 
-    head = f"{'layer':>5} {'base-only':>9} {'shared':>7} {'ft-only':>7} {'dead':>5} {'matched':>8} "
+    head = f"{'layer':>5} {'base-only':>9} {'shared':>7} {'ft-only':>7} {'dead':>5} {'lean':>5} "
+    head += f"{'matched':>8} "
     head += f"{'ts base':>7} {'ts ft':>6} {'ts cc-b':>7} {'ts cc-s':>7} {'ts cc-f':>7} "
     head += f"{'FVU b>f':>7} {'FVU f>b':>7} {'FVU b>b':>7} {'FVU f>f':>7}"
     print(head)
@@ -109,7 +110,8 @@ def report(run: RunDir, cfg, times: dict[str, float]) -> None:
         c, t, f = r["crosscoder_counts"], r["task_specific_fraction"], r["transfer_fvu"]
         print(
             f"{r['layer']:>5} {c['base_only']:>9} {c['shared']:>7} {c['finetuned_only']:>7} "
-            f"{r['crosscoder_dead']:>5} {r['matched_fraction']:>8.3f} "
+            f"{r['crosscoder_dead']:>5} {r.get('relative_norm_deviation', float('nan')):>5.3f} "
+            f"{r['matched_fraction']:>8.3f} "
             f"{t['base_sae']:>7.3f} {t['finetuned_sae']:>6.3f} {t['crosscoder_base_only']:>7.3f} "
             f"{t['crosscoder_shared']:>7.3f} {t['crosscoder_finetuned_only']:>7.3f} "
             f"{f['base_on_finetuned']:>7.3f} {f['finetuned_on_base']:>7.3f} "
