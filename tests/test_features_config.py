@@ -15,6 +15,15 @@ def test_defaults_follow_the_sae_section():
     assert (fcfg.base, fcfg.finetuned, fcfg.match_threshold) == ("base", "final", 0.7)
 
 
+def test_the_crosscoder_architecture_can_differ_from_the_saes():
+    cfg = RunConfig(features={"architecture": "relu", "l1_coefficient": 3e-3})
+    fcfg = FeaturesConfig.from_run_config(cfg)
+    assert (fcfg.architecture, fcfg.l1_coefficient) == ("relu", 3e-3)
+    assert cfg.sae.architecture == "topk"
+    unset = FeaturesConfig.from_run_config(RunConfig(sae={"architecture": "relu"}))
+    assert unset.architecture == "relu"  # unset: follows the SAE section
+
+
 def test_a_features_section_wins():
     class Section:
         def model_dump(self):
