@@ -86,7 +86,7 @@ def fig_features(inputs: ReportInputs) -> Plot | None:
                 lean = inputs.results["relative_norm_deviation"].to_pandas()
                 label = "crosscoder lean 2·|r − ½|"
                 ax.plot(lean.index, lean.values, marker="s", linestyle="--", label=label)
-                ax.legend(fontsize=7, loc="center right")
+                ax.legend(fontsize=7, loc="center left")  # matched starts high, lean low
         elif name == "transfer_fvu":
             frame = data.to_dataframe(name="fvu").reset_index()
             sns.lineplot(
