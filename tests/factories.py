@@ -125,3 +125,11 @@ def make_activation_store(
     encoding = {"activations": {"chunks": (1, 1, token_chunk, n_hidden)}}
     ds.to_zarr(path, mode="w", encoding=encoding, consolidated=True, zarr_format=3)
     return path
+
+
+def set_store_generation(url: str, generation: str) -> None:
+    """Give the store at ``url`` another generation id, as a rebuild would."""
+    import zarr
+
+    zarr.open_group(url, mode="r+").attrs.update(generation=generation)
+    zarr.consolidate_metadata(url)

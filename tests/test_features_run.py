@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import zarr
-from factories import make_tiny_bert, separable_texts
+from factories import make_tiny_bert, separable_texts, set_store_generation
 
 from layerdrift.config import RunConfig
 from storage.activations import StoreWriter, create_store, open_store, store_generation
@@ -171,12 +170,6 @@ def test_write_feature_results(trained_run):
             assert len(ex["tokens"]) == len(ex["activations"])
 
 
-def _set_generation(run: RunDir, generation: str) -> None:
-    group = zarr.open_group(run.activations(), mode="r+")
-    group.attrs.update(generation=generation)
-    zarr.consolidate_metadata(run.activations())
-
-
 def test_a_rebuilt_store_makes_the_comparison_stale(trained_run):
     run, cfg, result, _ = trained_run
     write_feature_results(run, cfg)
@@ -184,7 +177,7 @@ def test_a_rebuilt_store_makes_the_comparison_stale(trained_run):
     assert result["store_generation"] == old
     assert features_complete(run, 1) and feature_results_written(run)
     try:
-        _set_generation(run, "rebuilt")
+        set_store_generation(run.activations(), "rebuilt")
         assert not features_complete(run, 1)
         assert not feature_results_written(run)
         again = compare_features_for_run(run, cfg, 1)
@@ -193,4 +186,4 @@ def test_a_rebuilt_store_makes_the_comparison_stale(trained_run):
         write_feature_results(run, cfg)
         assert features_complete(run, 1) and feature_results_written(run)
     finally:
-        _set_generation(run, old)
+        set_store_generation(run.activations(), old)

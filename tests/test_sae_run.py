@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from factories import make_activation_store, make_tiny_bert, separable_texts
+from factories import (
+    make_activation_store,
+    make_tiny_bert,
+    separable_texts,
+    set_store_generation,
+)
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from layerdrift.config import RunConfig
@@ -93,12 +98,6 @@ def test_train_and_evaluate_saes_for_run(tiny_run):
     assert {"loss_clean", "loss_sae", "loss_mean"} <= set(recovery.quantity.values.tolist())
 
 
-def _set_generation(run: RunDir, generation: str) -> None:
-    group = zarr.open_group(run.activations(), mode="r+")
-    group.attrs.update(generation=generation)
-    zarr.consolidate_metadata(run.activations())
-
-
 def test_a_rebuilt_store_makes_saes_stale(tiny_run):
     cfg = _config(tiny_run)
     train_sae_for_run(tiny_run, cfg, "base", 0)
@@ -106,14 +105,14 @@ def test_a_rebuilt_store_makes_saes_stale(tiny_run):
     assert read_cfg(tiny_run.sae("base", 0))["store_generation"] == "test"
     assert sae_complete(tiny_run, "base", 0) and saes_evaluated(tiny_run)
     try:
-        _set_generation(tiny_run, "rebuilt")
+        set_store_generation(tiny_run.activations(), "rebuilt")
         assert not sae_complete(tiny_run, "base", 0)
         assert not saes_evaluated(tiny_run)
         train_sae_for_run(tiny_run, cfg, "base", 0)
         assert read_cfg(tiny_run.sae("base", 0))["store_generation"] == "rebuilt"
         assert sae_complete(tiny_run, "base", 0)
     finally:
-        _set_generation(tiny_run, "test")
+        set_store_generation(tiny_run.activations(), "test")
 
 
 def test_prefect_tasks_retry_only_transient_errors():

@@ -89,10 +89,11 @@ def train_saes_for_run(
     """Train the SAEs of ``checkpoint`` at ``layers`` from one pass; returns their folder URLs."""
     urls = [run.sae(checkpoint, layer) for layer in layers]
     generation = store_generation(run.activations())
-    if all(sae_current(url, generation) for url in urls):
+    stale = [url for url in urls if not sae_current(url, generation)]
+    if not stale:
         return urls
-    for url in urls:
-        if sae_exists(url) and not sae_current(url, generation):
+    for url in stale:
+        if sae_exists(url):
             logger.warning("SAE %s was trained on an older store: training it again", url)
             remove_folder(url)
     ds = open_store(run.activations())
@@ -115,16 +116,18 @@ def saes_evaluated(run: RunDir) -> bool:
     if "sae_metrics" not in list_results(run.results()):
         return False
     stored = open_result(run.results(), "sae_metrics")["sae_metrics"]
+    generation = store_generation(run.activations())
+    if stored.attrs.get("store_generation", "") != generation:
+        return False
     evaluated = set(stored.attrs.get("saes", []))
     present = set()
     if run.exists("saes"):
         for entry in run.fs.glob(run.path("saes", "*", "layer-*")):
             checkpoint, folder = entry.rstrip("/").rsplit("/", 2)[-2:]
             layer = int(folder.removeprefix("layer-"))
-            if sae_complete(run, checkpoint, layer):
+            if sae_current(run.sae(checkpoint, layer), generation):
                 present.add(f"{checkpoint}/{layer}")
-    current = stored.attrs.get("store_generation", "") == store_generation(run.activations())
-    return bool(present) and present <= evaluated and current
+    return bool(present) and present <= evaluated
 
 
 def evaluate_sae(
@@ -164,7 +167,8 @@ def evaluate_saes_for_run(run: RunDir, cfg: RunConfig) -> dict:
     Returns ``{"saes": ["<checkpoint>/<layer>", ...], "metrics": {that key: {metric: value}}}``.
     """
     ds = open_store(run.activations())
-    targets = [t for t in sae_targets(run, cfg) if sae_complete(run, *t)]
+    generation = store_generation(run.activations())
+    targets = [t for t in sae_targets(run, cfg) if sae_current(run.sae(*t), generation)]
     if not targets:
         raise FileNotFoundError(f"no trained SAEs in {run.url}: run the SAE training tasks first")
     checkpoints = sorted({c for c, _ in targets}, key=[c for c, _ in targets].index)
@@ -188,7 +192,7 @@ def evaluate_saes_for_run(run: RunDir, cfg: RunConfig) -> dict:
     attrs = {
         "saes": out["saes"],
         "heldout_fraction": cfg.sae.heldout_fraction,
-        "store_generation": store_generation(run.activations()),
+        "store_generation": generation,
     }
     write_result(
         run.results(),
