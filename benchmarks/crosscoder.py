@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.features.crosscoder import AUX_COEFFICIENT, Crosscoder, CrosscoderCfg  # noqa: E402
+from layerdrift.tasks.features.crosscoder import AUX_COEFFICIENT, Crosscoder, CrosscoderCfg  # noqa: E402
 
 
 def dense_loss(model: Crosscoder, x: torch.Tensor, dead_mask: torch.Tensor) -> torch.Tensor:
@@ -79,9 +79,9 @@ def load_pairs(run: str | None, layer: int, n_tokens: int, d_in: int) -> np.ndar
         rng = np.random.default_rng(0)
         base = rng.normal(size=(n_tokens, d_in)).astype(np.float32)
         return np.stack([base, base + 0.5 * rng.normal(size=base.shape).astype(np.float32)], 1)
-    from storage.activations import open_store
-    from storage.rundir import RunDir
-    from tasks.sae.loader import ActivationLoader
+    from layerdrift.storage.activations import open_store
+    from layerdrift.storage.rundir import RunDir
+    from layerdrift.tasks.sae.loader import ActivationLoader
 
     ds = open_store(RunDir(run).activations())
     loader = ActivationLoader(ds, [("base", layer), ("final", layer)], batch_size=256)

@@ -32,12 +32,13 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import tasks.extract.run as extract_run  # noqa: E402
+import layerdrift.tasks.extract.run as extract_run  # noqa: E402
+from layerdrift.storage.activations import read_attrs  # noqa: E402
+from layerdrift.tasks.data import load_labelled_texts  # noqa: E402
+from layerdrift.tasks.extract import create_activation_store, plan_batches, plan_shards  # noqa: E402
+from layerdrift.tasks.modeling import load_tokenizer, resolve_model, select_device  # noqa: E402
+
 from layerdrift.config import DataConfig  # noqa: E402
-from storage.activations import read_attrs  # noqa: E402
-from tasks.data import load_labelled_texts  # noqa: E402
-from tasks.extract import create_activation_store, plan_batches, plan_shards  # noqa: E402
-from tasks.modeling import load_tokenizer, resolve_model, select_device  # noqa: E402
 
 
 class PeakRSS:
@@ -125,7 +126,7 @@ def pipeline(model_dir: str, url: str, batch_size: int, device: str) -> dict:
 
 def write_only(source_url: str, target_url: str) -> dict:
     """Rewrite the stored chunks into an identical fresh store: storage speed alone."""
-    from storage.activations import StoreWriter, open_store
+    from layerdrift.storage.activations import StoreWriter, open_store
 
     acts = open_store(source_url).activations.sel(checkpoint="base").values  # (layer, tok, hid)
     attrs = read_attrs(source_url)

@@ -177,8 +177,8 @@ class PlainTopK(torch.nn.Module):
 
 def ours(data: np.ndarray, x_eval: np.ndarray, steps: int, lr: float, warmup: int, dense: bool):
     """layerdrift's Trainer on its SAE, or (``dense=True``) on :class:`PlainTopK`."""
-    from tasks.sae.model import SAESpec, SparseAutoencoder
-    from tasks.sae.train import Schedule, Trainer
+    from layerdrift.tasks.sae.model import SAESpec, SparseAutoencoder
+    from layerdrift.tasks.sae.train import Schedule, Trainer
 
     d_in = data.shape[1]
     model = SparseAutoencoder(
@@ -231,9 +231,9 @@ def write_store(path: str, layers: list[np.ndarray]) -> None:
 def from_store(store: str, layers: list[int], tokens: int, lr: float, warmup: int, out: str):
     """Seconds for ``train_saes`` on ``layers`` of the store, from one pass."""
     import xarray as xr
+    from layerdrift.tasks.sae.fit import train_saes
 
     from layerdrift.config import SAEConfig
-    from tasks.sae.fit import train_saes
 
     cfg = SAEConfig(
         k=K, batch_size=BATCH, token_budget=tokens, learning_rate=lr, warmup_steps=warmup,

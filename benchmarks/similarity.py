@@ -33,8 +33,8 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.similarity.accumulate import accumulate_moments  # noqa: E402
-from tasks.similarity.metrics import debiased_cka, linear_cka  # noqa: E402
+from layerdrift.tasks.similarity.accumulate import accumulate_moments  # noqa: E402
+from layerdrift.tasks.similarity.metrics import debiased_cka, linear_cka  # noqa: E402
 
 HIDDEN = 384
 CHUNK = 4096
@@ -141,7 +141,7 @@ def minibatch_cka(x: np.ndarray, y: np.ndarray, batch: int, seed: int = 0) -> fl
 RSS_SCRIPT = """
 import json, sys, time
 import numpy as np, xarray as xr
-from tasks.similarity.accumulate import accumulate_moments
+from layerdrift.tasks.similarity.accumulate import accumulate_moments
 acts = xr.open_zarr(sys.argv[1], consolidated=True)["activations"].data
 pairs = [((0, l), (1, l)) for l in range(acts.shape[1])]
 start = time.perf_counter()

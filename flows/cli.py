@@ -33,11 +33,10 @@ class UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from layerdrift.storage.rundir import RunConfigMismatchError
+    from layerdrift.tasks.data import DatasetError
+    from layerdrift.tasks.modeling import ModelNotFoundError
     from pydantic import ValidationError
-
-    from storage.rundir import RunConfigMismatchError
-    from tasks.data import DatasetError
-    from tasks.modeling import ModelNotFoundError
 
     return (
         UserError,
@@ -78,10 +77,10 @@ def run(
         "data": {"dataset": dataset} if dataset else None,
     }
     config = build_config(preset, config_file, overrides)
-    from tasks.modeling import resolve_model
+    from layerdrift.tasks.modeling import resolve_model
 
     resolve_model(config.model)  # fail before starting Prefect when the model is not there
-    from flows.pipeline import pipeline
+    from layerdrift.flows.pipeline import pipeline
 
     outcome = pipeline(config)
     console.print(f"[bold]run directory[/bold] {outcome['run_dir']}")
@@ -95,8 +94,8 @@ def run(
 @app.command()
 def report(run_dir: Annotated[str, typer.Argument(help="A run directory or URL.")]) -> None:
     """Rebuild the figures and report.html from the stores, recomputing nothing."""
-    from storage import RunDir
-    from tasks.report import build_report
+    from layerdrift.storage import RunDir
+    from layerdrift.tasks.report import build_report
 
     path = build_report(RunDir(_existing_run(run_dir)))
     console.print(f"[bold green]report[/bold green] {path}")
@@ -114,8 +113,8 @@ def compare(
     out: Annotated[Path, typer.Option(help="Folder for the comparison figure.")] = Path("compare"),
 ) -> None:
     """Draw the per-layer curves of several runs in one figure."""
-    from storage import RunDir
-    from tasks.report import compare_runs
+    from layerdrift.storage import RunDir
+    from layerdrift.tasks.report import compare_runs
 
     if len(run_dirs) < 2:
         raise UserError("compare needs at least two run directories")
@@ -126,7 +125,7 @@ def compare(
 @app.command()
 def status(run_dir: Annotated[str, typer.Argument(help="A run directory or URL.")]) -> None:
     """Show which stages and pieces of a run are complete."""
-    from flows.status import run_status
+    from layerdrift.flows.status import run_status
 
     table = Table("stage", "piece", "state")
     for stage, piece, state in run_status(_existing_run(run_dir)):
@@ -136,7 +135,7 @@ def status(run_dir: Annotated[str, typer.Argument(help="A run directory or URL."
 
 
 def _existing_run(run_dir: str) -> str:
-    from storage import RunDir
+    from layerdrift.storage import RunDir
 
     if not RunDir(run_dir).exists("config.json"):
         raise UserError(f"{run_dir} is not a layerdrift run directory (no config.json)")
@@ -144,8 +143,8 @@ def _existing_run(run_dir: str) -> str:
 
 
 def _print_layer_table(run_dir: str) -> None:
-    from storage import RunDir
-    from tasks.report import per_layer_table
+    from layerdrift.storage import RunDir
+    from layerdrift.tasks.report import per_layer_table
 
     frame = per_layer_table(RunDir(run_dir))
     if frame is None or frame.empty:

@@ -7,27 +7,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
-
-from flows.stages import StageLedger
-from layerdrift.config import RunConfig
-from storage import RunDir, save_run_config
-from storage.activations import missing_chunks, open_store
-from tasks.data import data_complete, prepare_data_task
-from tasks.extract import create_store_task, extract_checkpoint_task
-from tasks.extract.prefect_tasks import extract_on_dask_task
-from tasks.features import (
+from layerdrift.flows.stages import StageLedger
+from layerdrift.storage import RunDir, save_run_config
+from layerdrift.storage.activations import missing_chunks, open_store
+from layerdrift.tasks.data import data_complete, prepare_data_task
+from layerdrift.tasks.extract import create_store_task, extract_checkpoint_task
+from layerdrift.tasks.extract.prefect_tasks import extract_on_dask_task
+from layerdrift.tasks.features import (
     compare_features_task,
     feature_layers,
     feature_results_written,
     features_complete,
     write_features_task,
 )
-from tasks.finetune import finetune_complete, finetune_task
-from tasks.report import build_report_task, publish_artifacts
-from tasks.sae.run import evaluate_saes_task, sae_complete, saes_evaluated, train_sae_task
-from tasks.similarity.run import compute_similarity_task, similarity_complete
+from layerdrift.tasks.finetune import finetune_complete, finetune_task
+from layerdrift.tasks.report import build_report_task, publish_artifacts
+from layerdrift.tasks.sae.run import (
+    evaluate_saes_task,
+    sae_complete,
+    saes_evaluated,
+    train_sae_task,
+)
+from layerdrift.tasks.similarity.run import compute_similarity_task, similarity_complete
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from layerdrift.config import RunConfig
 
 
 def _run_name() -> str:

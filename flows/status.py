@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from layerdrift.storage import RunDir, missing_chunks
+from layerdrift.storage.activations import read_attrs
+from layerdrift.storage.checkpoints import checkpoint_complete
+from layerdrift.storage.rundir import REPORT_FILE
+from layerdrift.tasks.data import data_complete, read_dataset_info
+from layerdrift.tasks.features import feature_results_written, features_complete
+from layerdrift.tasks.finetune import planned_checkpoints
+from layerdrift.tasks.sae.run import sae_complete, saes_evaluated
+from layerdrift.tasks.similarity.run import similarity_complete
+
 from layerdrift.config import load_run_config
-from storage import RunDir, missing_chunks
-from storage.activations import read_attrs
-from storage.checkpoints import checkpoint_complete
-from storage.rundir import REPORT_FILE
-from tasks.data import data_complete, read_dataset_info
-from tasks.features import feature_results_written, features_complete
-from tasks.finetune import planned_checkpoints
-from tasks.sae.run import sae_complete, saes_evaluated
-from tasks.similarity.run import similarity_complete
 
 COMPLETE, MISSING = "complete", "missing"
 
@@ -54,6 +55,6 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
 
 
 def _layer_count(run: RunDir) -> int:
-    from storage import open_store
+    from layerdrift.storage import open_store
 
     return open_store(run.activations(), allow_partial=True).sizes["layer"]

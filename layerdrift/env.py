@@ -16,7 +16,7 @@ DEFAULTS: dict[str, str] = {
     # The default 20 s can time out on a busy two-core machine.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     # Module loggers of library code reach the Prefect UI and run logs.
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks,storage,layerdrift",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "layerdrift",
     # Library code also logs outside flow runs (tests, `layerdrift report`): no warning.
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     "TOKENIZERS_PARALLELISM": "false",

@@ -1,9 +1,9 @@
 """On-disk formats: the run directory, the activation store, results and SAE files."""
 
-from storage.activations import create_store, missing_chunks, open_store
-from storage.results import list_results, open_result, write_result
-from storage.rundir import RunConfigMismatchError, RunDir, save_run_config
-from storage.schema import StoreError
+from layerdrift.storage.activations import create_store, missing_chunks, open_store
+from layerdrift.storage.results import list_results, open_result, write_result
+from layerdrift.storage.rundir import RunConfigMismatchError, RunDir, save_run_config
+from layerdrift.storage.schema import StoreError
 
 __all__ = [
     "RunConfigMismatchError",

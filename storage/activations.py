@@ -22,10 +22,8 @@ import xarray as xr
 import zarr
 from dask.base import tokenize
 from fsspec.implementations.local import LocalFileSystem
-from zarr.codecs import Crc32cCodec
-
-from storage.lock import WriterLock
-from storage.schema import (
+from layerdrift.storage.lock import WriterLock
+from layerdrift.storage.schema import (
     ACTIVATIONS,
     LOCK_FILE,
     SCHEMA_VERSION,
@@ -39,6 +37,7 @@ from storage.schema import (
     chunk_bounds,
     n_chunks,
 )
+from zarr.codecs import Crc32cCodec
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from storage.rundir import CHECKPOINTS_DIR, RunDir
+from layerdrift.storage.rundir import CHECKPOINTS_DIR, RunDir
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERDRIFT = [sys.executable, "-m", "flows.cli"]
+LAYERDRIFT = [sys.executable, "-m", "layerdrift.flows.cli"]
 
 
 def _layerdrift(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

@@ -6,11 +6,8 @@ import json
 
 import pandas as pd
 import pytest
-from pydantic import ValidationError
-
-from layerdrift.config import DataConfig, RunConfig
-from storage.rundir import RunDir
-from tasks.data import (
+from layerdrift.storage.rundir import RunDir
+from layerdrift.tasks.data import (
     DatasetError,
     clean_texts,
     data_complete,
@@ -20,6 +17,9 @@ from tasks.data import (
     read_split,
     split_frame,
 )
+from pydantic import ValidationError
+
+from layerdrift.config import DataConfig, RunConfig
 
 
 def csv_config(path, **sizes) -> DataConfig:

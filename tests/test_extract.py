@@ -9,17 +9,15 @@ import json
 import shutil
 from pathlib import Path
 
+import layerdrift.tasks.extract.run as extract_run
 import numpy as np
 import pytest
 import torch
 from factories import make_tiny_bert, separable_texts
-
-import tasks.extract.run as extract_run
-from layerdrift.config import RunConfig
-from storage.activations import missing_chunks, open_store
-from storage.rundir import RunDir
-from storage.schema import StoreMismatchError
-from tasks.extract import (
+from layerdrift.storage.activations import missing_chunks, open_store
+from layerdrift.storage.rundir import RunDir
+from layerdrift.storage.schema import StoreMismatchError
+from layerdrift.tasks.extract import (
     create_activation_store,
     create_store_for_run,
     create_store_task,
@@ -30,7 +28,9 @@ from tasks.extract import (
     plan_batches,
     plan_shards,
 )
-from tasks.modeling import load_tokenizer
+from layerdrift.tasks.modeling import load_tokenizer
+
+from layerdrift.config import RunConfig
 
 LABELS = ("base", "step-000010", "final")
 CHUNK = 16
@@ -247,8 +247,8 @@ def test_extract_into_an_fsspec_store(checkpoints, probe, full_store):
 
 
 def test_retries_only_transient_errors():
-    from storage.lock import StoreLockedError
-    from tasks.extract.prefect_tasks import _transient
+    from layerdrift.storage.lock import StoreLockedError
+    from layerdrift.tasks.extract.prefect_tasks import _transient
 
     class State:
         def __init__(self, error):
@@ -264,7 +264,7 @@ def test_retries_only_transient_errors():
 
 
 def test_writer_error_stops_extraction_and_frees_lock(tmp_path, checkpoints, probe, monkeypatch):
-    from storage.activations import StoreWriter, writer_lock
+    from layerdrift.storage.activations import StoreWriter, writer_lock
 
     url = str(tmp_path / "activations.zarr")
     make_store(url, {"final": checkpoints["final"]}, probe)
@@ -286,7 +286,7 @@ def test_writer_error_stops_extraction_and_frees_lock(tmp_path, checkpoints, pro
 KILLED_WRITER = """
 import sys, time
 sys.path[:0] = [{root!r}, {tests!r}]
-import tasks.extract.run as run
+import layerdrift.tasks.extract.run as run
 real = run._run_shard
 def slow(*args):
     time.sleep(0.4)

@@ -7,10 +7,8 @@ import pytest
 import torch
 import xarray as xr
 from factories import make_activation_store
-
-from layerdrift.config import SAEConfig
-from tasks.features.config import FeaturesConfig
-from tasks.features.crosscoder import (
+from layerdrift.tasks.features.config import FeaturesConfig
+from layerdrift.tasks.features.crosscoder import (
     Crosscoder,
     CrosscoderCfg,
     classify_latents,
@@ -18,10 +16,12 @@ from tasks.features.crosscoder import (
     relative_norms,
     save_crosscoder,
 )
-from tasks.features.synthetic import planted_pair
-from tasks.features.train import pair_loader, train_crosscoder
-from tasks.sae.loader import ActivationLoader
-from tasks.sae.train import Schedule
+from layerdrift.tasks.features.synthetic import planted_pair
+from layerdrift.tasks.features.train import pair_loader, train_crosscoder
+from layerdrift.tasks.sae.loader import ActivationLoader
+from layerdrift.tasks.sae.train import Schedule
+
+from layerdrift.config import SAEConfig
 
 D_IN, D_SAE, TOKENS_PER_EXAMPLE = 32, 64, 20
 

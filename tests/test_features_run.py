@@ -9,16 +9,14 @@ import numpy as np
 import pytest
 import torch
 from factories import make_tiny_bert, separable_texts, set_store_generation
-
-from layerdrift.config import RunConfig
-from storage.activations import StoreWriter, create_store, open_store, store_generation
-from storage.results import open_result
-from storage.rundir import RunDir
-from storage.saes import read_cfg
-from storage.schema import StoreIdentity, TokenLayout
-from tasks.features.compare import SOURCES
-from tasks.features.config import FeaturesConfig
-from tasks.features.run import (
+from layerdrift.storage.activations import StoreWriter, create_store, open_store, store_generation
+from layerdrift.storage.results import open_result
+from layerdrift.storage.rundir import RunDir
+from layerdrift.storage.saes import read_cfg
+from layerdrift.storage.schema import StoreIdentity, TokenLayout
+from layerdrift.tasks.features.compare import SOURCES
+from layerdrift.tasks.features.config import FeaturesConfig
+from layerdrift.tasks.features.run import (
     compare_features_for_run,
     compare_features_task,
     crosscoder_url,
@@ -28,11 +26,13 @@ from tasks.features.run import (
     write_feature_results,
     write_features_task,
 )
-from tasks.features.synthetic import planted_pair
-from tasks.features.train import pair_loader
-from tasks.sae.evaluate import recovered_metrics
-from tasks.sae.files import load_sae
-from tasks.sae.run import MEAN_SAMPLE_TOKENS, evaluate_sae, train_sae_for_run
+from layerdrift.tasks.features.synthetic import planted_pair
+from layerdrift.tasks.features.train import pair_loader
+from layerdrift.tasks.sae.evaluate import recovered_metrics
+from layerdrift.tasks.sae.files import load_sae
+from layerdrift.tasks.sae.run import MEAN_SAMPLE_TOKENS, evaluate_sae, train_sae_for_run
+
+from layerdrift.config import RunConfig
 
 TOKENS_PER_EXAMPLE, N_TOKENS, D_IN, CHUNK = 20, 12_000, 32, 4000
 

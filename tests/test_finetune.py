@@ -9,18 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from layerdrift.config import RunConfig
-from storage.checkpoints import (
+from layerdrift.storage.checkpoints import (
     checkpoint_complete,
     list_checkpoints,
     local_checkpoint_path,
     read_checkpoint_metrics,
 )
-from storage.rundir import RunDir
-from tasks.data import prepare_data
-from tasks.finetune import (
+from layerdrift.storage.rundir import RunDir
+from layerdrift.tasks.data import prepare_data
+from layerdrift.tasks.finetune import (
     CheckpointMismatchError,
     checkpointing,
     finetune,
@@ -28,8 +25,11 @@ from tasks.finetune import (
     planned_checkpoints,
     train,
 )
-from tasks.finetune.batches import bucketed_batches, pad_batch
-from tasks.finetune.evaluate import evaluate
+from layerdrift.tasks.finetune.batches import bucketed_batches, pad_batch
+from layerdrift.tasks.finetune.evaluate import evaluate
+from safetensors.torch import load_file
+
+from layerdrift.config import RunConfig
 
 LABELS = ["base", "step-000015", "step-000030", "final"]  # 240 / 16 = 15 steps per epoch
 
@@ -171,7 +171,7 @@ def test_resume_after_stop_gives_the_same_weights(tmp_path, reference, tiny_mode
     assert not finetune_complete(run, cfg)
     torch.manual_seed(12345)  # as in a fresh process: the RNG state must come from the run
     base_written = (Path(run.path("checkpoints", "base")) / "metrics.json").stat().st_mtime_ns
-    with caplog.at_level("INFO", logger="tasks.finetune"):
+    with caplog.at_level("INFO", logger="layerdrift.tasks.finetune"):
         assert finetune(run, cfg) == LABELS
     assert "from checkpoint step-000015" in caplog.text
     assert (Path(run.path("checkpoints", "base")) / "metrics.json").stat().st_mtime_ns == (
@@ -205,7 +205,7 @@ def test_crash_inside_a_checkpoint_resumes_exactly(tmp_path, reference, tiny_mod
     assert list_checkpoints(run) == LABELS[:2]
     assert not checkpoint_complete(run, "step-000030")
     assert (Path(run.path("checkpoints", "step-000030")) / "model.safetensors").is_file()
-    with caplog.at_level("INFO", logger="tasks.finetune"):
+    with caplog.at_level("INFO", logger="layerdrift.tasks.finetune"):
         assert finetune(run, cfg) == LABELS
     assert "from checkpoint step-000015" in caplog.text
     expected = final_weights(reference[0])

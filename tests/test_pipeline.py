@@ -21,7 +21,7 @@ def tiny_config(tmp_path, tiny_model_dir, separable_csv) -> RunConfig:
 
 
 def test_pipeline_runs_every_stage_then_serves_a_rerun_from_cache(prefect_harness, tiny_config):
-    from flows.pipeline import pipeline
+    from layerdrift.flows.pipeline import pipeline
 
     first = pipeline(tiny_config)
     assert first["checkpoints"][0] == "base" and first["checkpoints"][-1] == "final"

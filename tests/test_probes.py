@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from factories import make_activation_store
-
-from tasks.similarity.probes import pooled_representations, probe_accuracy, probe_table
+from layerdrift.tasks.similarity.probes import pooled_representations, probe_accuracy, probe_table
 
 
 def _store(tmp_path, rng, token_chunk, signal_layer=None, n_examples=60, hidden=10):

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import xarray as xr
 from factories import make_activation_store
+from layerdrift.storage import RunDir, open_result, save_run_config, write_result
+from layerdrift.tasks.modeling import BUNDLED_NOTE
+from layerdrift.tasks.report import build_report, compare_runs, per_layer_table
+from layerdrift.tasks.report.compare import linear_cka
+from layerdrift.tasks.report.summary import similarity_sentence
 
 from layerdrift.config import build_config
-from storage import RunDir, open_result, save_run_config, write_result
-from tasks.modeling import BUNDLED_NOTE
-from tasks.report import build_report, compare_runs, per_layer_table
-from tasks.report.compare import linear_cka
-from tasks.report.summary import similarity_sentence
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ["base", "step-000010", "final"]
@@ -344,7 +344,7 @@ def test_report_is_deterministic(built):
     import subprocess
     import sys
 
-    cli = [sys.executable, "-m", "flows.cli", "report", run.url]
+    cli = [sys.executable, "-m", "layerdrift.flows.cli", "report", run.url]
     done = subprocess.run(cli, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert Path(path).read_bytes() == first
@@ -417,11 +417,10 @@ def test_compare_runs(tmp_path):
 
 def test_token_pictures_colour_by_sae_latent(tmp_path):
     import torch
-
-    from tasks.report.load import load_inputs
-    from tasks.report.tokens import add_latents, choose_sentences
-    from tasks.sae.files import save_sae
-    from tasks.sae.model import SAESpec, SparseAutoencoder
+    from layerdrift.tasks.report.load import load_inputs
+    from layerdrift.tasks.report.tokens import add_latents, choose_sentences
+    from layerdrift.tasks.sae.files import save_sae
+    from layerdrift.tasks.sae.model import SAESpec, SparseAutoencoder
 
     run = make_run(tmp_path, full=False)
     sae = SparseAutoencoder(SAESpec(d_in=HIDDEN, d_sae=16, k=4), torch.Generator().manual_seed(0))
@@ -443,8 +442,8 @@ def test_token_pictures_colour_by_sae_latent(tmp_path):
 
 
 def test_sentence_choice_covers_both_ends_and_labels(run):
-    from tasks.report.load import load_inputs
-    from tasks.report.tokens import choose_sentences, pick_order
+    from layerdrift.tasks.report.load import load_inputs
+    from layerdrift.tasks.report.tokens import choose_sentences, pick_order
 
     assert pick_order(2, 4) == [(0, "highest"), (1, "lowest"), (0, "lowest"), (1, "highest")]
     assert pick_order(3, 6)[3:] == [(0, "lowest"), (1, "highest"), (2, "lowest")]

@@ -7,16 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-from tasks.sae.evaluate import (
+from layerdrift.tasks.sae.evaluate import (
     DENSITY_EDGES,
     density_histogram,
     layer_module,
     reconstruction_metrics,
     recovered_metrics,
 )
-from tasks.sae.model import SAESpec, SparseAutoencoder
+from layerdrift.tasks.sae.model import SAESpec, SparseAutoencoder
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 TEXTS = ["good movie", "the plot was bad", "a lovely film really", "boring end", "great story"]
 LABELS = np.array([1, 0, 1, 0, 1])

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from factories import make_activation_store
-
-from tasks.sae.loader import ActivationLoader, split_heldout
+from layerdrift.tasks.sae.loader import ActivationLoader, split_heldout
 
 
 def _store(tmp_path, rng, dtype=np.float32, n_examples=60):

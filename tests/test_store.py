@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from factories import make_tokenizer
-
-from storage.activations import (
+from layerdrift.storage.activations import (
     StoreWriter,
     create_store,
     missing_chunks,
@@ -29,8 +28,8 @@ from storage.activations import (
     read_chunk,
     writer_lock,
 )
-from storage.lock import StoreLockedError, WriterLock
-from storage.schema import (
+from layerdrift.storage.lock import StoreLockedError, WriterLock
+from layerdrift.storage.schema import (
     ChunkReadError,
     StoreIdentity,
     StoreIncompleteError,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERDRIFT = [sys.executable, "-m", "flows.cli"]
+LAYERDRIFT = [sys.executable, "-m", "layerdrift.flows.cli"]
 
 
 def tiny_config(model_dir: Path, csv: Path, **sections: dict[str, Any]) -> dict[str, Any]:

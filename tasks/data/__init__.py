@@ -4,9 +4,9 @@ Sources: ``rotten-tomatoes`` and ``bbc-news`` (bundled), ``csv:PATH``, ``hf:NAME
 Output: ``<run>/data/{train,validation,probe}.jsonl`` and ``<run>/data/dataset.json`` (last).
 """
 
-from tasks.data.prefect_tasks import prepare_data_task
-from tasks.data.sources import DatasetError, clean_texts, load_labelled_texts
-from tasks.data.splits import (
+from layerdrift.tasks.data.prefect_tasks import prepare_data_task
+from layerdrift.tasks.data.sources import DatasetError, clean_texts, load_labelled_texts
+from layerdrift.tasks.data.splits import (
     DATASET_INFO,
     data_complete,
     prepare_data,

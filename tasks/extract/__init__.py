@@ -4,16 +4,16 @@ Plain functions (tests call them directly) and their Prefect tasks; the flow cal
 :func:`create_store_task` once, then :func:`extract_checkpoint_task` per checkpoint.
 """
 
-from tasks.extract.plan import Shard, plan_batches, plan_shards
-from tasks.extract.prefect_tasks import (
+from layerdrift.tasks.extract.plan import Shard, plan_batches, plan_shards
+from layerdrift.tasks.extract.prefect_tasks import (
     create_store_for_run,
     create_store_task,
     extract_checkpoint_for_run,
     extract_checkpoint_task,
     extraction_complete,
 )
-from tasks.extract.run import extract_checkpoint, forward_hidden_states, load_encoder
-from tasks.extract.store import create_activation_store, model_identity
+from layerdrift.tasks.extract.run import extract_checkpoint, forward_hidden_states, load_encoder
+from layerdrift.tasks.extract.store import create_activation_store, model_identity
 
 __all__ = [
     "Shard",

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from storage.schema import chunk_bounds
+from layerdrift.storage.schema import chunk_bounds
 
 
 @dataclass(frozen=True)

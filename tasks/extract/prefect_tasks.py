@@ -5,18 +5,18 @@ from __future__ import annotations
 import hashlib
 import logging
 
+from layerdrift.storage.activations import read_attrs, written_manifest
+from layerdrift.storage.checkpoints import local_checkpoint_path
+from layerdrift.storage.lock import StoreLockedError
+from layerdrift.storage.rundir import RunDir
+from layerdrift.storage.schema import SCHEMA_VERSION
+from layerdrift.tasks.data import read_dataset_info, read_split
+from layerdrift.tasks.extract.run import extract_checkpoint
+from layerdrift.tasks.extract.store import create_activation_store
+from layerdrift.tasks.modeling import load_tokenizer
 from prefect import task
 
 from layerdrift.config import RunConfig
-from storage.activations import read_attrs, written_manifest
-from storage.checkpoints import local_checkpoint_path
-from storage.lock import StoreLockedError
-from storage.rundir import RunDir
-from storage.schema import SCHEMA_VERSION
-from tasks.data import read_dataset_info, read_split
-from tasks.extract.run import extract_checkpoint
-from tasks.extract.store import create_activation_store
-from tasks.modeling import load_tokenizer
 
 logger = logging.getLogger(__name__)
 

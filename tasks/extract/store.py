@@ -7,9 +7,9 @@ import json
 import logging
 from pathlib import Path
 
-from storage.activations import create_store
-from storage.schema import StoreIdentity, StoreMismatchError, tokenize_probe
-from tasks.modeling import tokenizer_fingerprint
+from layerdrift.storage.activations import create_store
+from layerdrift.storage.schema import StoreIdentity, StoreMismatchError, tokenize_probe
+from layerdrift.tasks.modeling import tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ The flow calls :func:`feature_layers`, then :func:`compare_features_task` per la
 :func:`write_features_task`; tests call the plain functions.
 """
 
-from tasks.features.config import FeaturesConfig
-from tasks.features.run import (
+from layerdrift.tasks.features.config import FeaturesConfig
+from layerdrift.tasks.features.run import (
     compare_features_for_run,
     compare_features_task,
     feature_layers,

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from tasks.features.scan import MODELS, Dictionary
-from tasks.sae.loader import ActivationLoader
+from layerdrift.tasks.features.scan import MODELS, Dictionary
+from layerdrift.tasks.sae.loader import ActivationLoader
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-
-from tasks.features.cards import build_card, pick_latents
-from tasks.features.config import FeaturesConfig
-from tasks.features.crosscoder import GROUPS, classify_latents, relative_norms
-from tasks.features.matching import histogram, match_decoders
-from tasks.features.scan import MODELS, Dictionary, loader_layer, scan_layer
-from tasks.features.task_latents import latent_auroc, task_specific_fraction
-from tasks.sae.loader import ActivationLoader
+from layerdrift.tasks.features.cards import build_card, pick_latents
+from layerdrift.tasks.features.config import FeaturesConfig
+from layerdrift.tasks.features.crosscoder import GROUPS, classify_latents, relative_norms
+from layerdrift.tasks.features.matching import histogram, match_decoders
+from layerdrift.tasks.features.scan import MODELS, Dictionary, loader_layer, scan_layer
+from layerdrift.tasks.features.task_latents import latent_auroc, task_specific_fraction
+from layerdrift.tasks.sae.loader import ActivationLoader
 
 logger = logging.getLogger(__name__)
 

@@ -22,10 +22,9 @@ from typing import Literal
 
 import numpy as np
 import torch
+from layerdrift.storage.saes import files_complete, load_weight_files, save_weight_files
+from layerdrift.tasks.sae.model import topk_objective
 from torch import nn
-
-from storage.saes import files_complete, load_weight_files, save_weight_files
-from tasks.sae.model import topk_objective
 
 WEIGHTS_FILENAME = "crosscoder_weights.safetensors"
 GROUPS = ("base_only", "shared", "finetuned_only")

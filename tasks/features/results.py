@@ -26,12 +26,11 @@ import math
 
 import numpy as np
 import xarray as xr
-
-from storage.results import write_result
-from storage.rundir import RunDir
-from tasks.features.compare import SOURCES
-from tasks.features.crosscoder import GROUPS
-from tasks.features.transfer import DIRECTIONS
+from layerdrift.storage.results import write_result
+from layerdrift.storage.rundir import RunDir
+from layerdrift.tasks.features.compare import SOURCES
+from layerdrift.tasks.features.crosscoder import GROUPS
+from layerdrift.tasks.features.transfer import DIRECTIONS
 
 CARDS_PATH = ("features", "cards.json")
 MODELS = ("base", "finetuned")

@@ -14,27 +14,27 @@ import logging
 
 import numpy as np
 import torch
+from layerdrift.storage.activations import open_store, store_generation
+from layerdrift.storage.checkpoints import checkpoint_complete, local_checkpoint_path
+from layerdrift.storage.results import list_results, open_result
+from layerdrift.storage.rundir import RunDir
+from layerdrift.storage.saes import sae_exists
+from layerdrift.tasks.features.compare import compare_layer
+from layerdrift.tasks.features.config import FeaturesConfig
+from layerdrift.tasks.features.crosscoder import Crosscoder, CrosscoderCfg
+from layerdrift.tasks.features.results import CARDS_PATH
+from layerdrift.tasks.features.results import write_feature_results as _write_results
+from layerdrift.tasks.features.scan import Dictionary
+from layerdrift.tasks.features.train import crosscoder_schedule, pair_loader, train_crosscoder
+from layerdrift.tasks.features.transfer import DIRECTIONS
+from layerdrift.tasks.modeling import select_device
+from layerdrift.tasks.retry import retry_unless_bad_input
+from layerdrift.tasks.sae.evaluate import recovered_metrics
+from layerdrift.tasks.sae.files import load_sae
+from layerdrift.tasks.sae.model import SparseAutoencoder
 from prefect import task
 
 from layerdrift.config import RunConfig
-from storage.activations import open_store, store_generation
-from storage.checkpoints import checkpoint_complete, local_checkpoint_path
-from storage.results import list_results, open_result
-from storage.rundir import RunDir
-from storage.saes import sae_exists
-from tasks.features.compare import compare_layer
-from tasks.features.config import FeaturesConfig
-from tasks.features.crosscoder import Crosscoder, CrosscoderCfg
-from tasks.features.results import CARDS_PATH
-from tasks.features.results import write_feature_results as _write_results
-from tasks.features.scan import Dictionary
-from tasks.features.train import crosscoder_schedule, pair_loader, train_crosscoder
-from tasks.features.transfer import DIRECTIONS
-from tasks.modeling import select_device
-from tasks.retry import retry_unless_bad_input
-from tasks.sae.evaluate import recovered_metrics
-from tasks.sae.files import load_sae
-from tasks.sae.model import SparseAutoencoder
 
 logger = logging.getLogger(__name__)
 

@@ -15,11 +15,10 @@ from typing import Literal
 
 import numpy as np
 import torch
+from layerdrift.tasks.features.task_latents import segment_max
+from layerdrift.tasks.features.transfer import FVUAccumulator
+from layerdrift.tasks.sae.loader import ActivationLoader
 from tqdm.auto import tqdm
-
-from tasks.features.task_latents import segment_max
-from tasks.features.transfer import FVUAccumulator
-from tasks.sae.loader import ActivationLoader
 
 logger = logging.getLogger(__name__)
 

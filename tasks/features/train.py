@@ -16,25 +16,25 @@ import math
 
 import torch
 import xarray as xr
-
-from layerdrift.config import SAEConfig
-from storage.saes import (
+from layerdrift.storage.saes import (
     clear_train_state,
     load_train_state,
     read_cfg,
     remove_folder,
     save_train_state,
 )
-from tasks.features.config import FeaturesConfig
-from tasks.features.crosscoder import (
+from layerdrift.tasks.features.config import FeaturesConfig
+from layerdrift.tasks.features.crosscoder import (
     Crosscoder,
     CrosscoderCfg,
     crosscoder_exists,
     load_crosscoder,
     save_crosscoder,
 )
-from tasks.sae.loader import ActivationLoader
-from tasks.sae.train import Schedule, Trainer, route_all
+from layerdrift.tasks.sae.loader import ActivationLoader
+from layerdrift.tasks.sae.train import Schedule, Trainer, route_all
+
+from layerdrift.config import SAEConfig
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """The fine-tuning stage: checkpoints of a sequence classifier under ``<run>/checkpoints/``."""
 
-from tasks.finetune.batches import planned_checkpoints
-from tasks.finetune.checkpointing import CheckpointMismatchError, finetune_fingerprint
-from tasks.finetune.prefect_tasks import finetune_task
-from tasks.finetune.train import finetune, finetune_complete
+from layerdrift.tasks.finetune.batches import planned_checkpoints
+from layerdrift.tasks.finetune.checkpointing import CheckpointMismatchError, finetune_fingerprint
+from layerdrift.tasks.finetune.prefect_tasks import finetune_task
+from layerdrift.tasks.finetune.train import finetune, finetune_complete
 
 __all__ = [
     "CheckpointMismatchError",

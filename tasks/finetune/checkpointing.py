@@ -15,16 +15,16 @@ import tempfile
 from pathlib import Path
 
 import torch
-
-from layerdrift.config import RunConfig
-from storage.checkpoints import (
+from layerdrift.storage.checkpoints import (
     METRICS_FILE,
     TRAIN_STATE_DIR,
     checkpoint_complete,
     read_checkpoint_metrics,
     upload_folder,
 )
-from storage.rundir import CHECKPOINTS_DIR, RunDir
+from layerdrift.storage.rundir import CHECKPOINTS_DIR, RunDir
+
+from layerdrift.config import RunConfig
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from tasks.finetune.batches import pad_batch
+from layerdrift.tasks.finetune.batches import pad_batch
 
 
 @torch.no_grad()

@@ -13,13 +13,14 @@ import logging
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
-from layerdrift.config import RunConfig
-from storage.checkpoints import checkpoint_complete, local_checkpoint_path, read_checkpoint_metrics
-from storage.rundir import RunDir
-from tasks.data import data_complete, read_dataset_info, read_split
-from tasks.finetune.batches import (
+from layerdrift.storage.checkpoints import (
+    checkpoint_complete,
+    local_checkpoint_path,
+    read_checkpoint_metrics,
+)
+from layerdrift.storage.rundir import RunDir
+from layerdrift.tasks.data import data_complete, read_dataset_info, read_split
+from layerdrift.tasks.finetune.batches import (
     encode_texts,
     epoch_batches,
     pad_batch,
@@ -27,7 +28,7 @@ from tasks.finetune.batches import (
     steps_per_epoch,
     total_steps,
 )
-from tasks.finetune.checkpointing import (
+from layerdrift.tasks.finetune.checkpointing import (
     capture_rng,
     finetune_fingerprint,
     load_train_state,
@@ -36,8 +37,11 @@ from tasks.finetune.checkpointing import (
     resume_point,
     write_checkpoint,
 )
-from tasks.finetune.evaluate import evaluate
-from tasks.modeling import load_tokenizer, resolve_model, select_device
+from layerdrift.tasks.finetune.evaluate import evaluate
+from layerdrift.tasks.modeling import load_tokenizer, resolve_model, select_device
+from tqdm.auto import tqdm
+
+from layerdrift.config import RunConfig
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from storage.rundir import FIGURES_DIR, REPORT_FILE, RunDir
-from tasks.report.figures import (
+from layerdrift.storage.rundir import FIGURES_DIR, REPORT_FILE, RunDir
+from layerdrift.tasks.report.figures import (
     Plot,
     fig_evolution,
     fig_layer_by_layer,
@@ -19,11 +19,11 @@ from tasks.report.figures import (
     png_bytes,
     theme,
 )
-from tasks.report.figures_training import fig_features, fig_sae, fig_training
-from tasks.report.html import Picture, render
-from tasks.report.load import ReportInputs, load_inputs
-from tasks.report.summary import layer_frame, summary_lines
-from tasks.report.tokens import Sentence, add_latents, choose_sentences, token_plots
+from layerdrift.tasks.report.figures_training import fig_features, fig_sae, fig_training
+from layerdrift.tasks.report.html import Picture, render
+from layerdrift.tasks.report.load import ReportInputs, load_inputs
+from layerdrift.tasks.report.summary import layer_frame, summary_lines
+from layerdrift.tasks.report.tokens import Sentence, add_latents, choose_sentences, token_plots
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,14 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-
-from tasks.report.figures import LAYER_AXIS, Plot, integer_layers, ordered, outside_legend
-from tasks.report.load import ReportInputs
+from layerdrift.tasks.report.figures import (
+    LAYER_AXIS,
+    Plot,
+    integer_layers,
+    ordered,
+    outside_legend,
+)
+from layerdrift.tasks.report.load import ReportInputs
 
 SAE_PANELS = ("fvu", "l0", "dead_fraction", "accuracy_recovered")
 GROUP_COLOURS = {"base_only": "#4477aa", "shared": "#bbbbbb", "finetuned_only": "#ee6677"}

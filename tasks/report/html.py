@@ -14,10 +14,10 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
+from layerdrift.tasks.report.load import ReportInputs
+from layerdrift.tasks.report.tokens import Sentence, sentence_html
 
 from layerdrift.config import BUNDLED_MODEL
-from tasks.report.load import ReportInputs
-from tasks.report.tokens import Sentence, sentence_html
 
 MAX_CARDS = 48
 
@@ -137,7 +137,7 @@ def render(
             f"<code>{config.config_hash()}</code></p>"
         )
         if config.model == BUNDLED_MODEL:
-            from tasks.modeling import BUNDLED_NOTE  # imports torch: only when needed
+            from layerdrift.tasks.modeling import BUNDLED_NOTE  # imports torch: only when needed
 
             out.append(f'<p class="caveat" id="caveat">{html.escape(BUNDLED_NOTE)}</p>')
     out.append('<h2 id="summary">Summary</h2><ul>')

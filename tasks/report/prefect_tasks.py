@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from layerdrift.storage.rundir import RunDir
+from layerdrift.tasks.report.build import build_report
 from prefect import task
-
-from storage.rundir import RunDir
-from tasks.report.build import build_report
 
 
 @task(name="report", retries=1, retry_delay_seconds=5)

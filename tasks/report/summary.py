@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-from storage.rundir import RunDir
-from tasks.report.load import ReportInputs, load_inputs
+from layerdrift.storage.rundir import RunDir
+from layerdrift.tasks.report.load import ReportInputs, load_inputs
 
 HIGH_SIMILARITY = 0.9
 

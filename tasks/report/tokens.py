@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import xarray as xr
-
-from tasks.report.figures import Plot
-from tasks.report.load import ReportInputs
+from layerdrift.tasks.report.figures import Plot
+from layerdrift.tasks.report.load import ReportInputs
 
 logger = logging.getLogger(__name__)
 
@@ -115,9 +114,8 @@ def add_latents(inputs: ReportInputs, sentences: list[Sentence]) -> bool:
         return False
     try:
         import torch
-
-        from storage.saes import sae_exists
-        from tasks.sae.files import load_sae
+        from layerdrift.storage.saes import sae_exists
+        from layerdrift.tasks.sae.files import load_sae
     except ImportError as error:
         logger.info("report: token latents skipped (%s)", error)
         return False

@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from storage.saes import load_sae_files, save_sae_files
-from tasks.sae.model import SAESpec, SparseAutoencoder
+from layerdrift.storage.saes import load_sae_files, save_sae_files
+from layerdrift.tasks.sae.model import SAESpec, SparseAutoencoder
 
 SAELENS_ARCHITECTURE = {"topk": "topk", "relu": "standard"}
 

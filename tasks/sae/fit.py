@@ -14,13 +14,18 @@ from collections.abc import Sequence
 
 import torch
 import xarray as xr
+from layerdrift.storage.saes import (
+    clear_train_state,
+    load_train_state,
+    sae_exists,
+    save_train_state,
+)
+from layerdrift.tasks.sae.files import load_sae, save_sae
+from layerdrift.tasks.sae.loader import ActivationLoader
+from layerdrift.tasks.sae.model import SAESpec, SparseAutoencoder
+from layerdrift.tasks.sae.train import Schedule, Trainer
 
 from layerdrift.config import SAEConfig
-from storage.saes import clear_train_state, load_train_state, sae_exists, save_train_state
-from tasks.sae.files import load_sae, save_sae
-from tasks.sae.loader import ActivationLoader
-from tasks.sae.model import SAESpec, SparseAutoencoder
-from tasks.sae.train import Schedule, Trainer
 
 logger = logging.getLogger(__name__)
 

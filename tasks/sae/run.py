@@ -13,24 +13,24 @@ import logging
 import numpy as np
 import torch
 import xarray as xr
-from prefect import task
-
-from layerdrift.config import RunConfig
-from storage.activations import open_store, store_generation
-from storage.checkpoints import checkpoint_complete, local_checkpoint_path
-from storage.results import list_results, open_result, write_result
-from storage.rundir import RunDir
-from storage.saes import read_cfg, remove_folder, sae_exists
-from tasks.modeling import select_device
-from tasks.retry import retry_unless_bad_input
-from tasks.sae.evaluate import (
+from layerdrift.storage.activations import open_store, store_generation
+from layerdrift.storage.checkpoints import checkpoint_complete, local_checkpoint_path
+from layerdrift.storage.results import list_results, open_result, write_result
+from layerdrift.storage.rundir import RunDir
+from layerdrift.storage.saes import read_cfg, remove_folder, sae_exists
+from layerdrift.tasks.modeling import select_device
+from layerdrift.tasks.retry import retry_unless_bad_input
+from layerdrift.tasks.sae.evaluate import (
     DENSITY_EDGES,
     density_histogram,
     reconstruction_metrics,
     recovered_metrics,
 )
-from tasks.sae.files import load_sae
-from tasks.sae.fit import make_loader, train_saes
+from layerdrift.tasks.sae.files import load_sae
+from layerdrift.tasks.sae.fit import make_loader, train_saes
+from prefect import task
+
+from layerdrift.config import RunConfig
 
 logger = logging.getLogger(__name__)
 

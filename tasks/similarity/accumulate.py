@@ -20,10 +20,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
-
-from tasks.similarity.moments import (
+from layerdrift.tasks.similarity.moments import (
     CrossMoments,
     SelfMoments,
     block_moments,
@@ -33,6 +30,8 @@ from tasks.similarity.moments import (
     self_fields,
     unpack,
 )
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 

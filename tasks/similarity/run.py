@@ -14,22 +14,22 @@ from typing import Any
 
 import dask
 import numpy as np
-from prefect import task
-from threadpoolctl import threadpool_limits
-
-from layerdrift.config import RunConfig
-from storage import RunDir, list_results, open_result, write_result
-from storage.activations import open_store, read_attrs
-from tasks.similarity.accumulate import iter_moments, token_mask
-from tasks.similarity.drift import drift_array
-from tasks.similarity.probes import probe_table
-from tasks.similarity.tables import (
+from layerdrift.storage import RunDir, list_results, open_result, write_result
+from layerdrift.storage.activations import open_store, read_attrs
+from layerdrift.tasks.similarity.accumulate import iter_moments, token_mask
+from layerdrift.tasks.similarity.drift import drift_array
+from layerdrift.tasks.similarity.probes import probe_table
+from layerdrift.tasks.similarity.tables import (
     layer_similarity_table,
     pair_metrics,
     self_metrics,
     similarity_pairs,
     similarity_table,
 )
+from prefect import task
+from threadpoolctl import threadpool_limits
+
+from layerdrift.config import RunConfig
 
 logger = logging.getLogger(__name__)
 

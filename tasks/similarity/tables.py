@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
-
-from tasks.similarity.accumulate import Pair, Rep
-from tasks.similarity.metrics import METRICS, all_metrics
-from tasks.similarity.moments import CrossMoments, SelfMoments, self_as_cross
+from layerdrift.tasks.similarity.accumulate import Pair, Rep
+from layerdrift.tasks.similarity.metrics import METRICS, all_metrics
+from layerdrift.tasks.similarity.moments import CrossMoments, SelfMoments, self_as_cross
 
 REFERENCES = ("base", "previous")
 
