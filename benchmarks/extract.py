@@ -33,12 +33,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import layerdrift.tasks.extract.run as extract_run  # noqa: E402
+from layerdrift.config import DataConfig  # noqa: E402
 from layerdrift.storage.activations import read_attrs  # noqa: E402
 from layerdrift.tasks.data import load_labelled_texts  # noqa: E402
 from layerdrift.tasks.extract import create_activation_store, plan_batches, plan_shards  # noqa: E402
 from layerdrift.tasks.modeling import load_tokenizer, resolve_model, select_device  # noqa: E402
-
-from layerdrift.config import DataConfig  # noqa: E402
 
 
 class PeakRSS:

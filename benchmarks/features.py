@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from layerdrift.config import build_config, load_run_config  # noqa: E402
 from layerdrift.storage.activations import missing_chunks, open_store  # noqa: E402
 from layerdrift.storage.rundir import RunDir, save_run_config  # noqa: E402
 from layerdrift.tasks.data import data_complete, prepare_data  # noqa: E402
@@ -38,8 +39,6 @@ from layerdrift.tasks.features.run import (  # noqa: E402
 )
 from layerdrift.tasks.finetune import finetune  # noqa: E402
 from layerdrift.tasks.sae.run import train_saes_for_run  # noqa: E402
-
-from layerdrift.config import build_config, load_run_config  # noqa: E402
 
 
 def timed(label: str, fn, *args):

@@ -25,14 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from layerdrift.config import RunConfig  # noqa: E402
 from layerdrift.storage.rundir import RunDir  # noqa: E402
 from layerdrift.tasks.data import prepare_data  # noqa: E402
 from layerdrift.tasks.finetune import finetune  # noqa: E402
 from layerdrift.tasks.finetune.batches import epoch_batches  # noqa: E402
 from layerdrift.tasks.finetune.train import _Trainer  # noqa: E402
 from layerdrift.tasks.modeling import select_device  # noqa: E402
-
-from layerdrift.config import RunConfig  # noqa: E402
 
 
 def make_config(root: str, args: argparse.Namespace) -> RunConfig:

@@ -231,9 +231,9 @@ def write_store(path: str, layers: list[np.ndarray]) -> None:
 def from_store(store: str, layers: list[int], tokens: int, lr: float, warmup: int, out: str):
     """Seconds for ``train_saes`` on ``layers`` of the store, from one pass."""
     import xarray as xr
-    from layerdrift.tasks.sae.fit import train_saes
 
     from layerdrift.config import SAEConfig
+    from layerdrift.tasks.sae.fit import train_saes
 
     cfg = SAEConfig(
         k=K, batch_size=BATCH, token_budget=tokens, learning_rate=lr, warmup_steps=warmup,

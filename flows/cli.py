@@ -33,10 +33,11 @@ class UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from pydantic import ValidationError
+
     from layerdrift.storage.rundir import RunConfigMismatchError
     from layerdrift.tasks.data import DatasetError
     from layerdrift.tasks.modeling import ModelNotFoundError
-    from pydantic import ValidationError
 
     return (
         UserError,

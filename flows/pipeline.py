@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from layerdrift.config import RunConfig
 from layerdrift.flows.stages import StageLedger
 from layerdrift.storage import RunDir, save_run_config
 from layerdrift.storage.activations import missing_chunks, open_store
@@ -29,10 +33,6 @@ from layerdrift.tasks.sae.run import (
     train_sae_task,
 )
 from layerdrift.tasks.similarity.run import compute_similarity_task, similarity_complete
-from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
-
-from layerdrift.config import RunConfig
 
 
 def _run_name() -> str:

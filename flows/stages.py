@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from layerdrift.storage import RunDir
 from prefect import Task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from layerdrift.storage import RunDir
 
 STAGE_CACHE_POLICY = INPUTS + TASK_SOURCE
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from layerdrift.config import load_run_config
 from layerdrift.storage import RunDir, missing_chunks
 from layerdrift.storage.activations import read_attrs
 from layerdrift.storage.checkpoints import checkpoint_complete
@@ -11,8 +12,6 @@ from layerdrift.tasks.features import feature_results_written, features_complete
 from layerdrift.tasks.finetune import planned_checkpoints
 from layerdrift.tasks.sae.run import sae_complete, saes_evaluated
 from layerdrift.tasks.similarity.run import similarity_complete
-
-from layerdrift.config import load_run_config
 
 COMPLETE, MISSING = "complete", "missing"
 

@@ -22,6 +22,8 @@ import xarray as xr
 import zarr
 from dask.base import tokenize
 from fsspec.implementations.local import LocalFileSystem
+from zarr.codecs import Crc32cCodec
+
 from layerdrift.storage.lock import WriterLock
 from layerdrift.storage.schema import (
     ACTIVATIONS,
@@ -37,7 +39,6 @@ from layerdrift.storage.schema import (
     chunk_bounds,
     n_chunks,
 )
-from zarr.codecs import Crc32cCodec
 
 logger = logging.getLogger(__name__)
 

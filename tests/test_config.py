@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from layerdrift.storage import RunConfigMismatchError, RunDir, save_run_config
 from pydantic import ValidationError
 
 from layerdrift.config import PRESETS, RunConfig, build_config, load_run_config
+from layerdrift.storage import RunConfigMismatchError, RunDir, save_run_config
 
 
 def test_presets_resolve_and_flags_override_the_file(tmp_path):

@@ -6,6 +6,9 @@ import json
 
 import pandas as pd
 import pytest
+from pydantic import ValidationError
+
+from layerdrift.config import DataConfig, RunConfig
 from layerdrift.storage.rundir import RunDir
 from layerdrift.tasks.data import (
     DatasetError,
@@ -17,9 +20,6 @@ from layerdrift.tasks.data import (
     read_split,
     split_frame,
 )
-from pydantic import ValidationError
-
-from layerdrift.config import DataConfig, RunConfig
 
 
 def csv_config(path, **sizes) -> DataConfig:

@@ -9,11 +9,13 @@ import json
 import shutil
 from pathlib import Path
 
-import layerdrift.tasks.extract.run as extract_run
 import numpy as np
 import pytest
 import torch
 from factories import make_tiny_bert, separable_texts
+
+import layerdrift.tasks.extract.run as extract_run
+from layerdrift.config import RunConfig
 from layerdrift.storage.activations import missing_chunks, open_store
 from layerdrift.storage.rundir import RunDir
 from layerdrift.storage.schema import StoreMismatchError
@@ -29,8 +31,6 @@ from layerdrift.tasks.extract import (
     plan_shards,
 )
 from layerdrift.tasks.modeling import load_tokenizer
-
-from layerdrift.config import RunConfig
 
 LABELS = ("base", "step-000010", "final")
 CHUNK = 16

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_features_crosscoder import TOKENS_PER_EXAMPLE, _store, loader_for
+
 from layerdrift.tasks.features.compare import compare_layer, relative_norm_deviation
 from layerdrift.tasks.features.config import FeaturesConfig
 from layerdrift.tasks.features.scan import Dictionary
 from layerdrift.tasks.features.synthetic import planted_pair
 from layerdrift.tasks.features.transfer import fvu
-from test_features_crosscoder import TOKENS_PER_EXAMPLE, _store, loader_for
 
 PLANTED = 8  # a shared feature that fires only in positive examples
 

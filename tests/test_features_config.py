@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from layerdrift.tasks.features.config import FeaturesConfig
 
 from layerdrift.config import RunConfig
+from layerdrift.tasks.features.config import FeaturesConfig
 
 
 def test_defaults_follow_the_sae_section():

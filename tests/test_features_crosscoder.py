@@ -7,6 +7,8 @@ import pytest
 import torch
 import xarray as xr
 from factories import make_activation_store
+
+from layerdrift.config import SAEConfig
 from layerdrift.tasks.features.config import FeaturesConfig
 from layerdrift.tasks.features.crosscoder import (
     Crosscoder,
@@ -20,8 +22,6 @@ from layerdrift.tasks.features.synthetic import planted_pair
 from layerdrift.tasks.features.train import pair_loader, train_crosscoder
 from layerdrift.tasks.sae.loader import ActivationLoader
 from layerdrift.tasks.sae.train import Schedule
-
-from layerdrift.config import SAEConfig
 
 D_IN, D_SAE, TOKENS_PER_EXAMPLE = 32, 64, 20
 

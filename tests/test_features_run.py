@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from factories import make_tiny_bert, separable_texts, set_store_generation
+
+from layerdrift.config import RunConfig
 from layerdrift.storage.activations import StoreWriter, create_store, open_store, store_generation
 from layerdrift.storage.results import open_result
 from layerdrift.storage.rundir import RunDir
@@ -31,8 +33,6 @@ from layerdrift.tasks.features.train import pair_loader
 from layerdrift.tasks.sae.evaluate import recovered_metrics
 from layerdrift.tasks.sae.files import load_sae
 from layerdrift.tasks.sae.run import MEAN_SAMPLE_TOKENS, evaluate_sae, train_sae_for_run
-
-from layerdrift.config import RunConfig
 
 TOKENS_PER_EXAMPLE, N_TOKENS, D_IN, CHUNK = 20, 12_000, 32, 4000
 

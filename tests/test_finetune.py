@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
+
+from layerdrift.config import RunConfig
 from layerdrift.storage.checkpoints import (
     checkpoint_complete,
     list_checkpoints,
@@ -27,9 +30,6 @@ from layerdrift.tasks.finetune import (
 )
 from layerdrift.tasks.finetune.batches import bucketed_batches, pad_batch
 from layerdrift.tasks.finetune.evaluate import evaluate
-from safetensors.torch import load_file
-
-from layerdrift.config import RunConfig
 
 LABELS = ["base", "step-000015", "step-000030", "final"]  # 240 / 16 = 15 steps per epoch
 

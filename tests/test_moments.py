@@ -14,6 +14,7 @@ import pytest
 import xarray as xr
 import zarr
 from factories import make_activation_store
+
 from layerdrift.tasks.similarity.accumulate import accumulate_moments, plan_passes, token_mask
 from layerdrift.tasks.similarity.drift import drift_array
 from layerdrift.tasks.similarity.metrics import all_metrics
@@ -92,10 +93,9 @@ def test_schedulers_agree(tmp_path, rng):
     ):
         assert_same(pass_metrics(url, PAIRS, mask, scheduler=client), want)
         # The whole stage on the cluster: open_store's reader and the drift write travel.
+        from layerdrift.config import RunConfig
         from layerdrift.storage import RunDir, open_result
         from layerdrift.tasks.similarity.run import compute_similarity
-
-        from layerdrift.config import RunConfig
 
         run = RunDir(str(tmp_path / "run"))
         shutil.copytree(url, run.activations())
@@ -205,10 +205,10 @@ def test_pass_memory_is_bounded(tmp_path):
 
 def test_compute_similarity_writes_every_group(tmp_path, rng):
     import pandas as pd
-    from layerdrift.storage import RunDir, open_result
-    from layerdrift.tasks.similarity.run import compute_similarity, similarity_complete
 
     from layerdrift.config import RunConfig
+    from layerdrift.storage import RunDir, open_result
+    from layerdrift.tasks.similarity.run import compute_similarity, similarity_complete
 
     run = RunDir(str(tmp_path / "run"))
     _, acts = random_store(run.activations(), rng, token_chunk=40)
@@ -251,8 +251,9 @@ def test_compute_similarity_writes_every_group(tmp_path, rng):
 
 
 def test_task_retries_transient_errors_only():
-    from layerdrift.tasks.similarity.run import _transient, compute_similarity_task
     from prefect.states import Failed
+
+    from layerdrift.tasks.similarity.run import _transient, compute_similarity_task
 
     assert compute_similarity_task.retries == 2
     assert _transient(None, None, Failed(data=OSError("chunk read failed")))

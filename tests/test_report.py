@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import xarray as xr
 from factories import make_activation_store
+
+from layerdrift.config import build_config
 from layerdrift.storage import RunDir, open_result, save_run_config, write_result
 from layerdrift.tasks.modeling import BUNDLED_NOTE
 from layerdrift.tasks.report import build_report, compare_runs, per_layer_table
 from layerdrift.tasks.report.compare import linear_cka
 from layerdrift.tasks.report.summary import similarity_sentence
-
-from layerdrift.config import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ["base", "step-000010", "final"]
@@ -417,6 +417,7 @@ def test_compare_runs(tmp_path):
 
 def test_token_pictures_colour_by_sae_latent(tmp_path):
     import torch
+
     from layerdrift.tasks.report.load import load_inputs
     from layerdrift.tasks.report.tokens import add_latents, choose_sentences
     from layerdrift.tasks.sae.files import save_sae

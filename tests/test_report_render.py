@@ -9,9 +9,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_report import make_run
+
 from layerdrift.tasks.report import build_report, per_layer_table, publish_artifacts
 from layerdrift.tasks.report.artifacts import artifact_key
-from test_report import make_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::zarr.errors.UnstableSpecificationWarning")
 

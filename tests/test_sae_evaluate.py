@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
 from layerdrift.tasks.sae.evaluate import (
     DENSITY_EDGES,
     density_histogram,
@@ -15,7 +17,6 @@ from layerdrift.tasks.sae.evaluate import (
     recovered_metrics,
 )
 from layerdrift.tasks.sae.model import SAESpec, SparseAutoencoder
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 TEXTS = ["good movie", "the plot was bad", "a lovely film really", "boring end", "great story"]
 LABELS = np.array([1, 0, 1, 0, 1])

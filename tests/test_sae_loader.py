@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from factories import make_activation_store
+
 from layerdrift.tasks.sae.loader import ActivationLoader, split_heldout
 
 

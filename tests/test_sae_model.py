@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from layerdrift.storage.saes import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, load_sae_files
 from layerdrift.tasks.sae.files import load_sae, save_sae
 from layerdrift.tasks.sae.model import SAESpec, SparseAutoencoder
 from layerdrift.tasks.sae.synthetic import best_cosines, planted_activations, planted_dictionary
 from layerdrift.tasks.sae.train import Schedule, Trainer
-from safetensors.torch import load_file
 
 # Planted data: 48 unit directions in 32 dims, 3 active per token. A TopK SAE (128 latents,
 # k = 3) trained for 300 steps of 256 tokens reaches mean best cosine ~0.99 and FVU ~0.05;

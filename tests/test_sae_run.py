@@ -14,6 +14,9 @@ from factories import (
     separable_texts,
     set_store_generation,
 )
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from layerdrift.config import RunConfig
 from layerdrift.storage.results import open_result
 from layerdrift.storage.rundir import RunDir
 from layerdrift.storage.saes import read_cfg
@@ -24,9 +27,6 @@ from layerdrift.tasks.sae.run import (
     saes_evaluated,
     train_sae_for_run,
 )
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-from layerdrift.config import RunConfig
 
 
 @pytest.fixture(autouse=True)
@@ -116,9 +116,10 @@ def test_a_rebuilt_store_makes_saes_stale(tiny_run):
 
 
 def test_prefect_tasks_retry_only_transient_errors():
+    from prefect.states import Failed
+
     from layerdrift.tasks.retry import retry_unless_bad_input as _transient
     from layerdrift.tasks.sae.run import evaluate_saes_task, train_sae_task
-    from prefect.states import Failed
 
     assert train_sae_task.retries == 2 and evaluate_saes_task.retries == 1
     assert train_sae_task.fn is not None

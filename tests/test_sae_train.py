@@ -7,12 +7,12 @@ import pytest
 import torch
 import xarray as xr
 from factories import make_activation_store
+
+from layerdrift.config import SAEConfig
 from layerdrift.storage.saes import load_sae_files, load_train_state
 from layerdrift.tasks.sae import train as train_module
 from layerdrift.tasks.sae.fit import train_saes
 from layerdrift.tasks.sae.synthetic import planted_activations, planted_dictionary
-
-from layerdrift.config import SAEConfig
 
 CFG = SAEConfig(
     expansion_factor=4,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from layerdrift.tasks.similarity.metrics import FUNCTIONS, METRICS, all_metrics
-from layerdrift.tasks.similarity.moments import moments_from_arrays, self_as_cross
 from scipy.linalg import orthogonal_procrustes
 from scipy.stats import ortho_group
+
+from layerdrift.tasks.similarity.metrics import FUNCTIONS, METRICS, all_metrics
+from layerdrift.tasks.similarity.moments import moments_from_arrays, self_as_cross
 
 SHAPES = [(60, 8, 8), (45, 6, 11), (12, 20, 16), (150, 24, 9)]  # (n, d1, d2); n < d included
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from factories import make_tokenizer
+
 from layerdrift.storage.activations import (
     StoreWriter,
     create_store,

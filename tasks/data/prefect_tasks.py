@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from layerdrift.storage.rundir import RunDir
-from layerdrift.tasks.data.splits import prepare_data
 from prefect import task
 
 from layerdrift.config import RunConfig
+from layerdrift.storage.rundir import RunDir
+from layerdrift.tasks.data.splits import prepare_data
 
 
 @task(name="prepare-data", retries=1, retry_delay_seconds=2)

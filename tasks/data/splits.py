@@ -10,11 +10,11 @@ import json
 import logging
 
 import pandas as pd
-from layerdrift.storage.rundir import DATA_DIR, SPLITS, RunDir
-from layerdrift.tasks.data.sources import DatasetError, load_labelled_texts
 from sklearn.model_selection import train_test_split
 
 from layerdrift.config import DataConfig, RunConfig
+from layerdrift.storage.rundir import DATA_DIR, SPLITS, RunDir
+from layerdrift.tasks.data.sources import DatasetError, load_labelled_texts
 
 logger = logging.getLogger(__name__)
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import logging
 
+from prefect import task
+
+from layerdrift.config import RunConfig
 from layerdrift.storage.activations import read_attrs, written_manifest
 from layerdrift.storage.checkpoints import local_checkpoint_path
 from layerdrift.storage.lock import StoreLockedError
@@ -14,9 +17,6 @@ from layerdrift.tasks.data import read_dataset_info, read_split
 from layerdrift.tasks.extract.run import extract_checkpoint
 from layerdrift.tasks.extract.store import create_activation_store
 from layerdrift.tasks.modeling import load_tokenizer
-from prefect import task
-
-from layerdrift.config import RunConfig
 
 logger = logging.getLogger(__name__)
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
+from tqdm.auto import tqdm
+
 from layerdrift.storage.activations import StoreWriter, missing_chunks, read_attrs, writer_lock
 from layerdrift.storage.schema import StoreError, StoreMismatchError
 from layerdrift.tasks.extract.plan import Shard, plan_batches, plan_shards
 from layerdrift.tasks.extract.store import model_identity
 from layerdrift.tasks.modeling import load_tokenizer, select_device, tokenizer_fingerprint
-from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 

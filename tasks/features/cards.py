@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from layerdrift.tasks.features.scan import MODELS, Dictionary
 from layerdrift.tasks.sae.loader import ActivationLoader
 

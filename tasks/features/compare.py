@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+
 from layerdrift.tasks.features.cards import build_card, pick_latents
 from layerdrift.tasks.features.config import FeaturesConfig
 from layerdrift.tasks.features.crosscoder import GROUPS, classify_latents, relative_norms

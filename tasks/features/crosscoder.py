@@ -22,9 +22,10 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torch import nn
+
 from layerdrift.storage.saes import files_complete, load_weight_files, save_weight_files
 from layerdrift.tasks.sae.model import topk_objective
-from torch import nn
 
 WEIGHTS_FILENAME = "crosscoder_weights.safetensors"
 GROUPS = ("base_only", "shared", "finetuned_only")

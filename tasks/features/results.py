@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 import xarray as xr
+
 from layerdrift.storage.results import write_result
 from layerdrift.storage.rundir import RunDir
 from layerdrift.tasks.features.compare import SOURCES

@@ -14,6 +14,9 @@ import logging
 
 import numpy as np
 import torch
+from prefect import task
+
+from layerdrift.config import RunConfig
 from layerdrift.storage.activations import open_store, store_generation
 from layerdrift.storage.checkpoints import checkpoint_complete, local_checkpoint_path
 from layerdrift.storage.results import list_results, open_result
@@ -32,9 +35,6 @@ from layerdrift.tasks.retry import retry_unless_bad_input
 from layerdrift.tasks.sae.evaluate import recovered_metrics
 from layerdrift.tasks.sae.files import load_sae
 from layerdrift.tasks.sae.model import SparseAutoencoder
-from prefect import task
-
-from layerdrift.config import RunConfig
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,11 @@ from typing import Literal
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
 from layerdrift.tasks.features.task_latents import segment_max
 from layerdrift.tasks.features.transfer import FVUAccumulator
 from layerdrift.tasks.sae.loader import ActivationLoader
-from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,8 @@ import math
 
 import torch
 import xarray as xr
+
+from layerdrift.config import SAEConfig
 from layerdrift.storage.saes import (
     clear_train_state,
     load_train_state,
@@ -33,8 +35,6 @@ from layerdrift.tasks.features.crosscoder import (
 )
 from layerdrift.tasks.sae.loader import ActivationLoader
 from layerdrift.tasks.sae.train import Schedule, Trainer, route_all
-
-from layerdrift.config import SAEConfig
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import torch
-from layerdrift.storage.checkpoints import step_label
 
 from layerdrift.config import RunConfig
+from layerdrift.storage.checkpoints import step_label
 
 BUCKET_BATCHES = 50  # batches per length bucket: sort within, shuffle across
 

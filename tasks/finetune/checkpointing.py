@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from layerdrift.config import RunConfig
 from layerdrift.storage.checkpoints import (
     METRICS_FILE,
     TRAIN_STATE_DIR,
@@ -23,8 +25,6 @@ from layerdrift.storage.checkpoints import (
     upload_folder,
 )
 from layerdrift.storage.rundir import CHECKPOINTS_DIR, RunDir
-
-from layerdrift.config import RunConfig
 
 logger = logging.getLogger(__name__)
 

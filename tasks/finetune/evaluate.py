@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from layerdrift.tasks.finetune.batches import pad_batch
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from layerdrift.storage.rundir import RunDir
-from layerdrift.tasks.finetune.train import finetune
 from prefect import task
 
 from layerdrift.config import RunConfig
+from layerdrift.storage.rundir import RunDir
+from layerdrift.tasks.finetune.train import finetune
 
 
 @task(name="finetune", retries=1, retry_delay_seconds=5)

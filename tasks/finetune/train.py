@@ -13,6 +13,9 @@ import logging
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from layerdrift.config import RunConfig
 from layerdrift.storage.checkpoints import (
     checkpoint_complete,
     local_checkpoint_path,
@@ -39,9 +42,6 @@ from layerdrift.tasks.finetune.checkpointing import (
 )
 from layerdrift.tasks.finetune.evaluate import evaluate
 from layerdrift.tasks.modeling import load_tokenizer, resolve_model, select_device
-from tqdm.auto import tqdm
-
-from layerdrift.config import RunConfig
 
 logger = logging.getLogger(__name__)
 

@@ -11,14 +11,15 @@ import re
 from pathlib import Path
 
 import pandas as pd
-from layerdrift.storage.rundir import REPORT_FILE, RunDir
-from layerdrift.tasks.report.load import load_inputs
-from layerdrift.tasks.report.summary import layer_frame, summary_lines
 from prefect.artifacts import (
     create_link_artifact,
     create_markdown_artifact,
     create_table_artifact,
 )
+
+from layerdrift.storage.rundir import REPORT_FILE, RunDir
+from layerdrift.tasks.report.load import load_inputs
+from layerdrift.tasks.report.summary import layer_frame, summary_lines
 
 logger = logging.getLogger(__name__)
 

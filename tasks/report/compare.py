@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xarray as xr
+
+from layerdrift.config import load_run_config
 from layerdrift.storage.results import list_results, open_result
 from layerdrift.storage.rundir import CONFIG_FILE, RunDir
 from layerdrift.tasks.report.figures import integer_layers, outside_legend, png_bytes, theme
 from layerdrift.tasks.report.html import STYLE, Picture, figure_html, table_html
-
-from layerdrift.config import load_run_config
 
 logger = logging.getLogger(__name__)
 

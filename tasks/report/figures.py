@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+
 from layerdrift.tasks.report.load import ReportInputs, checkpoint_order  # noqa: E402
 
 SIMILARITY_CURVES = ("cosine", "linear_cka", "debiased_cka", "svcca", "pwcca", "procrustes")

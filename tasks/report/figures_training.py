@@ -9,6 +9,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+
 from layerdrift.tasks.report.figures import (
     LAYER_AXIS,
     Plot,

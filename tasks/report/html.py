@@ -14,10 +14,10 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
-from layerdrift.tasks.report.load import ReportInputs
-from layerdrift.tasks.report.tokens import Sentence, sentence_html
 
 from layerdrift.config import BUNDLED_MODEL
+from layerdrift.tasks.report.load import ReportInputs
+from layerdrift.tasks.report.tokens import Sentence, sentence_html
 
 MAX_CARDS = 48
 

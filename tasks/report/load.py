@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import xarray as xr
-from layerdrift.storage.results import list_results, open_result
-from layerdrift.storage.rundir import CHECKPOINTS_DIR, CONFIG_FILE, RunDir
 
 from layerdrift.config import RunConfig, load_run_config
+from layerdrift.storage.results import list_results, open_result
+from layerdrift.storage.rundir import CHECKPOINTS_DIR, CONFIG_FILE, RunDir
 
 logger = logging.getLogger(__name__)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from prefect import task
+
 from layerdrift.storage.rundir import RunDir
 from layerdrift.tasks.report.build import build_report
-from prefect import task
 
 
 @task(name="report", retries=1, retry_delay_seconds=5)

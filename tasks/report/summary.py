@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from layerdrift.storage.rundir import RunDir
 from layerdrift.tasks.report.load import ReportInputs, load_inputs
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import xarray as xr
+
 from layerdrift.tasks.report.figures import Plot
 from layerdrift.tasks.report.load import ReportInputs
 
@@ -114,6 +115,7 @@ def add_latents(inputs: ReportInputs, sentences: list[Sentence]) -> bool:
         return False
     try:
         import torch
+
         from layerdrift.storage.saes import sae_exists
         from layerdrift.tasks.sae.files import load_sae
     except ImportError as error:

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from layerdrift.tasks.sae.model import SparseAutoencoder
 from torch import nn
+
+from layerdrift.tasks.sae.model import SparseAutoencoder
 
 logger = logging.getLogger(__name__)
 

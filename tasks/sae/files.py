@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from layerdrift.storage.saes import load_sae_files, save_sae_files
 from layerdrift.tasks.sae.model import SAESpec, SparseAutoencoder
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 import xarray as xr
+
+from layerdrift.config import SAEConfig
 from layerdrift.storage.saes import (
     clear_train_state,
     load_train_state,
@@ -24,8 +26,6 @@ from layerdrift.tasks.sae.files import load_sae, save_sae
 from layerdrift.tasks.sae.loader import ActivationLoader
 from layerdrift.tasks.sae.model import SAESpec, SparseAutoencoder
 from layerdrift.tasks.sae.train import Schedule, Trainer
-
-from layerdrift.config import SAEConfig
 
 logger = logging.getLogger(__name__)
 

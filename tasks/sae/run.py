@@ -13,6 +13,9 @@ import logging
 import numpy as np
 import torch
 import xarray as xr
+from prefect import task
+
+from layerdrift.config import RunConfig
 from layerdrift.storage.activations import open_store, store_generation
 from layerdrift.storage.checkpoints import checkpoint_complete, local_checkpoint_path
 from layerdrift.storage.results import list_results, open_result, write_result
@@ -28,9 +31,6 @@ from layerdrift.tasks.sae.evaluate import (
 )
 from layerdrift.tasks.sae.files import load_sae
 from layerdrift.tasks.sae.fit import make_loader, train_saes
-from prefect import task
-
-from layerdrift.config import RunConfig
 
 logger = logging.getLogger(__name__)
 

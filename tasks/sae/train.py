@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from layerdrift.storage.saes import TrainState
 from torch import nn
 from tqdm.auto import tqdm
+
+from layerdrift.storage.saes import TrainState
 
 logger = logging.getLogger(__name__)
 

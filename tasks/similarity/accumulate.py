@@ -20,6 +20,9 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
 from layerdrift.tasks.similarity.moments import (
     CrossMoments,
     SelfMoments,
@@ -30,8 +33,6 @@ from layerdrift.tasks.similarity.moments import (
     self_fields,
     unpack,
 )
-from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 

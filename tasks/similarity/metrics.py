@@ -24,6 +24,7 @@ representation. With ``n`` tokens, centred covariances are ``Cxy = (XᵀY − Σ
 from __future__ import annotations
 
 import numpy as np
+
 from layerdrift.tasks.similarity.moments import CrossMoments, SelfMoments
 
 METRICS = (

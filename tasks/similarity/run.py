@@ -14,6 +14,10 @@ from typing import Any
 
 import dask
 import numpy as np
+from prefect import task
+from threadpoolctl import threadpool_limits
+
+from layerdrift.config import RunConfig
 from layerdrift.storage import RunDir, list_results, open_result, write_result
 from layerdrift.storage.activations import open_store, read_attrs
 from layerdrift.tasks.similarity.accumulate import iter_moments, token_mask
@@ -26,10 +30,6 @@ from layerdrift.tasks.similarity.tables import (
     similarity_pairs,
     similarity_table,
 )
-from prefect import task
-from threadpoolctl import threadpool_limits
-
-from layerdrift.config import RunConfig
 
 logger = logging.getLogger(__name__)
 

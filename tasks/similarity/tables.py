@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
+
 from layerdrift.tasks.similarity.accumulate import Pair, Rep
 from layerdrift.tasks.similarity.metrics import METRICS, all_metrics
 from layerdrift.tasks.similarity.moments import CrossMoments, SelfMoments, self_as_cross
