@@ -85,12 +85,18 @@ class ExtractConfig(_Section):
 
 
 class SimilarityConfig(_Section):
-    """Which tokens the similarity statistics use."""
+    """Which tokens the similarity statistics use, their intervals, and the probes."""
 
     exclude_special: bool = Field(False, description="Leave out [CLS], [SEP] and the like.")
     examples: tuple[int, ...] | None = Field(None, description="Restrict to these probe examples.")
     probes: bool = Field(True, description="Fit linear probes per checkpoint and layer.")
     probe_folds: int = Field(5, ge=2, description="Cross-validation folds for the probes.")
+    bootstrap_resamples: int = Field(
+        200, ge=0, description="Resamples for the 95% bootstrap intervals (similarity_ci), 0: none"
+    )
+    bootstrap_groups: int = Field(
+        20, ge=2, description="Groups of probe examples the bootstrap resamples (its unit)."
+    )
 
 
 class SAEConfig(_Section):
