@@ -30,7 +30,10 @@ PRODUCERS = {
     "similarity": "similarity",
     "layer_similarity": "similarity",
     "drift": "similarity",
+    "similarity_ci": "similarity (bootstrap)",
     "probe_accuracy": "similarity (probes)",
+    "probe_control_accuracy": "similarity (probes)",
+    "majority_rate": "similarity (probes)",
     "sae_metrics": "sae",
     "crosscoder_counts": "features",
     "matched_fraction": "features",
@@ -38,7 +41,7 @@ PRODUCERS = {
 }
 
 # Groups read at the ``final`` checkpoint; without it they cannot be drawn.
-NEEDS_FINAL = ("similarity", "drift")
+NEEDS_FINAL = ("similarity", "drift", "similarity_ci")
 
 
 def checkpoint_order(label: str) -> tuple[int, float, str]:
