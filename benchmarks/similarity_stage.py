@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", help="a run folder with activations.zarr and config.json")
     parser.add_argument("--baseline", default="9feacce", help="commit to compare with")
+    parser.add_argument("--resamples", type=int, help="override bootstrap_resamples")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/similarity_stage.json"))
     args = parser.parse_args(argv)
     from layerdrift.config import load_run_config
@@ -78,19 +79,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     run = Path(args.run)
     cfg = load_run_config((run / "config.json").read_text())
-    no_ci = cfg.model_copy(
-        update={"similarity": cfg.similarity.model_copy(update={"bootstrap_resamples": 0})}
-    )
+    if args.resamples is not None:
+        cfg = _with_resamples(cfg, args.resamples)
+    no_ci = _with_resamples(cfg, 0)
     work = Path(tempfile.mkdtemp(prefix="bench-stage-"))
     try:
         old = importlib.import_module(baseline_package(args.baseline, work) + ".run")
         runs = {name: RunDir(str(copy_run(run, work / name))) for name in ("old", "new", "ci")}
         load_before = os.getloadavg()
-        seconds = {
-            "baseline": timed(lambda: old.compute_similarity(runs["old"], cfg)),
-            "new_without_intervals": timed(lambda: compute_similarity(runs["new"], no_ci)),
-            "new_as_configured": timed(lambda: compute_similarity(runs["ci"], cfg)),
-        }
+        seconds = {}
+        for name, fn in [
+            ("baseline", lambda: old.compute_similarity(runs["old"], cfg)),
+            ("new_without_intervals", lambda: compute_similarity(runs["new"], no_ci)),
+            ("new_as_configured", lambda: compute_similarity(runs["ci"], cfg)),
+        ]:
+            seconds[name] = timed(fn)
+            print(f"{name}: {seconds[name]:.2f} s, load {os.getloadavg()}", flush=True)
         tables = {k: open_result(runs[k].results(), "similarity")["similarity"] for k in runs}
         ci = open_result(runs["ci"].results(), "similarity_ci")["similarity_ci"]
         differences = {k: _max_rel(tables["old"], tables[k]) for k in ("new", "ci")}
@@ -109,6 +113,11 @@ def main(argv: list[str] | None = None) -> dict:
     Path(args.out).write_text(json.dumps(result, indent=2))
     print_table(result)
     return result
+
+
+def _with_resamples(cfg, resamples: int):
+    similarity = cfg.similarity.model_copy(update={"bootstrap_resamples": resamples})
+    return cfg.model_copy(update={"similarity": similarity})
 
 
 def _max_rel(a: xr.DataArray, b: xr.DataArray) -> float:

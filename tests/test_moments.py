@@ -264,6 +264,16 @@ def test_compute_similarity_writes_every_group(tmp_path, rng):
     probes = open_result(run.results(), "probe_accuracy")["probe_accuracy"]
     assert probes.dims == ("checkpoint", "layer", "pooling")
     assert np.isfinite(probes.values).all()
+    control = open_result(run.results(), "probe_control_accuracy")["probe_control_accuracy"]
+    assert control.dims == probes.dims and np.isfinite(control.values).all()
+    assert float(open_result(run.results(), "majority_rate")["majority_rate"]) == 0.5
+
+    ci = open_result(run.results(), "similarity_ci")["similarity_ci"]
+    assert ci.dims == (*sim.dims, "bound") and ci.attrs["resamples"] == 100
+    finite = np.isfinite(sim.values)
+    low, high = ci.sel(bound="low").values[finite], ci.sel(bound="high").values[finite]
+    assert (low <= high).all() and np.isfinite(low).all()
+    assert np.isnan(ci.sel(reference="previous", checkpoint="base")).all()
 
     frame = pd.read_csv(run.child_url("similarity.csv"))
     assert list(frame.columns) == ["reference", "checkpoint", "layer", "metric", "value"]
