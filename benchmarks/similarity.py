@@ -10,7 +10,8 @@
    unbiased HSIC averaged over minibatches) at batch sizes 256..4096: time and error against
    the exact linear and debiased CKA of the full data.
 
-Usage: ``.venv/bin/python benchmarks/similarity.py [--tokens 98304] [--big-gb 4.3]``.
+Usage: ``.venv/bin/python benchmarks/similarity.py [--tokens 98304] [--big-gb 4.3]
+[--real-store runs/quick/activations.zarr]``.
 Prints a table and writes ``benchmarks/results/similarity.json``.
 """
 
@@ -141,6 +142,27 @@ def throughput(path: str, n_token: int, repeats: int) -> dict:
     }
 
 
+def float32_errors_on_store(path: str) -> dict:
+    """Largest relative error of each metric with float32 products, over every pair the
+    stage measures on a real store (e.g. a run's activations.zarr), against float64."""
+    from layerdrift.tasks.similarity.tables import pair_metrics, similarity_pairs
+
+    acts = xr.open_zarr(path)["activations"].data
+    mask = np.ones(acts.shape[2], bool)
+    pairs = similarity_pairs(acts.shape[0], acts.shape[1], [0, acts.shape[0] - 1])
+    values = {}
+    for dtype in (np.float64, np.float32):
+        selves, crosses = accumulate_moments(acts, pairs, mask, multiply=dtype)
+        values[dtype] = pair_metrics(selves, crosses, both_ways=True)
+    worst = dict.fromkeys(METRICS, 0.0)
+    for key, exact in values[np.float64].items():
+        fast = values[np.float32][key]
+        for i, metric in enumerate(METRICS):
+            if np.isfinite(exact[i]) and exact[i] != 0:
+                worst[metric] = max(worst[metric], abs(fast[i] - exact[i]) / abs(exact[i]))
+    return {"store": path, "tokens": int(acts.shape[2]), "max_rel_err": worst}
+
+
 def _unbiased_hsic_gram(k: np.ndarray, g: np.ndarray) -> float:
     n = k.shape[0]
     np.fill_diagonal(k, 0.0)
@@ -196,11 +218,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--big-hidden", type=int, default=128, help="hidden size of that store")
     parser.add_argument("--batches", type=int, nargs="*", default=[256, 512, 1024, 2048, 4096])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--real-store", help="a run's activations.zarr: float32 errors there")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "similarity.json"))
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results: dict = {"throughput": None, "minibatch_cka": [], "big_store": None}
+    if args.real_store:
+        results["float32_on_real_store"] = float32_errors_on_store(args.real_store)
 
     def save() -> None:
         out.write_text(json.dumps(results, indent=2))
@@ -275,6 +300,11 @@ def print_table(r: dict) -> None:
         print(f"big store: {big['gib']:.2f} GiB ({big['tokens']} tokens x {big['layers']} layers "
               f"x 2 checkpoints x {big['hidden']}), pass over 7 pairs: {big['seconds']:.1f} s "
               f"({big['gb_per_s']:.2f} GB/s), peak RSS {big['peak_rss_mib']:.0f} MiB")  # fmt: skip
+    real = r.get("float32_on_real_store")
+    if real:
+        print(f"float32 products on {real['store']} ({real['tokens']} tokens), largest "
+              "relative error per metric: "
+              + ", ".join(f"{k} {v:.1e}" for k, v in real["max_rel_err"].items()))  # fmt: skip
     print(f"load average during the run (2 shared cores): {r.get('load_average')}")
 
 
