@@ -111,3 +111,29 @@ def test_intervals_cover_the_exact_value_and_shrink_like_root_n(rng):
     assert dict(zip(METRICS, ratio, strict=True)) == pytest.approx(
         dict.fromkeys(METRICS, 4.0), rel=0.25
     )
+
+
+def test_grouped_pass_reads_each_chunk_once(tmp_path, rng, monkeypatch):
+    """The per-group moments come from one read of the store, as many reads as the plain
+    pass (every chunk of every representation once, plus the shifts' first chunk)."""
+    from xarray.backends import zarr as xarray_zarr
+
+    from layerdrift.tasks.similarity.accumulate import accumulate_moments, group_moments
+
+    reads = []
+    read = xarray_zarr.ZarrArrayWrapper.__getitem__
+    monkeypatch.setattr(
+        xarray_zarr.ZarrArrayWrapper,
+        "__getitem__",
+        lambda self, key: reads.append(key) or read(self, key),
+    )
+    url, acts = random_store(tmp_path / "s.zarr", rng, n_examples=60, token_chunk=32)
+    ds = xr.open_zarr(url)
+    data, mask = ds["activations"].data, np.ones(acts.shape[2], bool)
+    pairs = [((0, 0), (1, 0)), ((0, 0), (2, 0))]
+    groups = example_groups(ds["example_of_token"].values, mask, 10)
+    accumulate_moments(data, pairs, mask, scheduler="threads")
+    plain, reads[:] = len(reads), []
+    group_moments(data, pairs, groups, 10)
+    n_chunks = len(data.chunks[2])
+    assert len(reads) == 3 * n_chunks + 3 and len(reads) <= plain
