@@ -47,15 +47,6 @@ def test_quick_run_fine_tunes_and_reports(quick_run):
 
 
 @pytest.mark.slow
-def test_quick_preset_learns_more_than_the_majority_class(quick_run):
-    final = json.loads((quick_run / "checkpoints" / "final" / "metrics.json").read_text())
-    confusion = final["confusion_matrix"]  # rows: true labels
-    majority = max(sum(row) for row in confusion) / sum(map(sum, confusion))
-    assert final["val_accuracy"] >= majority + 0.05, (final["val_accuracy"], confusion)
-    assert all(row[i] > 0 for i, row in enumerate(confusion)), confusion  # both classes predicted
-
-
-@pytest.mark.slow
 def test_rerun_resumes_without_redoing_anything(quick_run):
     done = _layerdrift(
         "run", "--preset", "quick", "--runs-root", str(quick_run.parent), cwd=quick_run.parent
