@@ -160,21 +160,24 @@ def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Rows:
-    """One representation's rows in one step: raw and shifted (t, d) in the multiply dtype,
-    the shifted rows in float64, and squared norms (t,) of the shifted and the raw rows."""
+    """One representation's rows in one step: shifted (t, d) in the multiply dtype and in
+    float64, the shift (d,), and squared norms (t,) of the shifted and the raw rows. The raw
+    rows are not kept (raw = x + shift), which keeps a step's memory at one float64 copy."""
 
-    raw: np.ndarray
     x: np.ndarray
     x64: np.ndarray
+    shift: np.ndarray
     sq: np.ndarray
     raw_sq: np.ndarray
 
 
 def _rows(block: np.ndarray, shift: np.ndarray, dtype: np.dtype) -> _Rows:
-    raw = block.astype(dtype, copy=False)
-    x = raw - shift.astype(dtype)
+    shift = shift.astype(dtype).astype(np.float64)
+    x = block.astype(dtype) - shift.astype(dtype)
     x64 = x if dtype == np.float64 else x.astype(np.float64)
-    return _Rows(raw, x, x64, _rowdot(x, x), _rowdot(raw, raw))
+    sq = _rowdot(x, x)
+    raw_sq = np.maximum(sq + 2.0 * (x64 @ shift) + float(shift @ shift), 0.0)
+    return _Rows(x, x64, shift, sq, raw_sq)
 
 
 def block_moments(
@@ -236,10 +239,10 @@ def _add_cross(acc: dict, x: _Rows, y: _Rows) -> None:
 
 
 def _cosine_sum(x: _Rows, y: _Rows) -> float:
-    """Σ_i cos(raw x_i, raw y_i); NaN when the widths differ."""
-    if x.raw.shape[1] != y.raw.shape[1]:
+    """Σ_i cos(raw x_i, raw y_i) from the shifted rows; NaN when the widths differ."""
+    if x.x.shape[1] != y.x.shape[1]:
         return float("nan")
-    raw_dot = _rowdot(x.raw, y.raw)
+    raw_dot = _rowdot(x.x64, y.x64) + x.x64 @ y.shift + y.x64 @ x.shift + float(x.shift @ y.shift)
     denom = np.sqrt(x.raw_sq * y.raw_sq)
     return float(np.divide(raw_dot, denom, out=np.zeros_like(raw_dot), where=denom > 0).sum())
 
