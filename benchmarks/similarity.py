@@ -1,14 +1,17 @@
 """Benchmark of the similarity stage's moments pass.
 
 1. Throughput: the Dask moments pass over a float16 Zarr store (one pair: XᵀX, YᵀY, XᵀY and
-   the per-token terms) against in-memory numpy ``X.T @ Y`` (float64) on the same data.
+   the per-token terms) against in-memory numpy ``X.T @ Y`` (float64) on the same data; the
+   same pass with float32 products and its error against float64, per metric; XᵀX by
+   numpy and by BLAS ``dsyrk`` (one triangle) on one thread.
 2. Peak RSS of the pass over a store of several GB (base vs final at every layer), in a
    fresh process.
 3. Minibatch CKA (Nguyen et al. 2021, "Do Wide and Deep Networks Learn the Same Things?":
    unbiased HSIC averaged over minibatches) at batch sizes 256..4096: time and error against
    the exact linear and debiased CKA of the full data.
 
-Usage: ``.venv/bin/python benchmarks/similarity.py [--tokens 98304] [--big-gb 4.3]``.
+Usage: ``.venv/bin/python benchmarks/similarity.py [--tokens 98304] [--big-gb 4.3]
+[--real-store runs/quick/activations.zarr]``.
 Prints a table and writes ``benchmarks/results/similarity.json``.
 """
 
@@ -28,13 +31,19 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 import zarr
+from scipy.linalg.blas import dsyrk
 from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from layerdrift.tasks.similarity.accumulate import accumulate_moments  # noqa: E402
-from layerdrift.tasks.similarity.metrics import debiased_cka, linear_cka  # noqa: E402
+from layerdrift.tasks.similarity.metrics import (  # noqa: E402
+    METRICS,
+    all_metrics,
+    debiased_cka,
+    linear_cka,
+)
 
 HIDDEN = 384
 CHUNK = 4096
@@ -93,11 +102,32 @@ def throughput(path: str, n_token: int, repeats: int) -> dict:
     t_three = best_of(lambda: (x.T @ x, y.T @ y, x.T @ y), repeats)
     with threadpool_limits(limits=1, user_api="blas"):
         t_xy_1 = best_of(lambda: x.T @ y, repeats)
+    with threadpool_limits(limits=1, user_api="blas"):
+        t_gram_1 = best_of(lambda: x.T @ x, repeats)
+        t_syrk_1 = best_of(lambda: dsyrk(1.0, x, trans=1), repeats)
     pair = [((0, 0), (1, 0))]
     t_pass = best_of(lambda: accumulate_moments(acts, pair, mask, scheduler="threads"), repeats)
+    t_pass32 = best_of(
+        lambda: accumulate_moments(acts, pair, mask, scheduler="threads", multiply=np.float32),
+        repeats,
+    )
     selves, crosses = accumulate_moments(acts, pair, mask)
     moments = (selves[(0, 0)], selves[(1, 0)], crosses[pair[0]])
+    s32, c32 = accumulate_moments(acts, pair, mask, multiply=np.float32)
+    exact = all_metrics(*moments)
+    fast = all_metrics(s32[(0, 0)], s32[(1, 0)], c32[pair[0]])
+    cross_err = np.linalg.norm(c32[pair[0]].cross - crosses[pair[0]].cross) / np.linalg.norm(
+        crosses[pair[0]].cross
+    )
     return {
+        "numpy_xtx_1thread_s": t_gram_1,
+        "scipy_dsyrk_1thread_s": t_syrk_1,
+        "moments_pass_float32_products_s": t_pass32,
+        "ratio_float32_pass_vs_same_products": t_three / t_pass32,
+        "float32_rel_err_xty": float(cross_err),
+        "float32_rel_err_metrics": {
+            m: float(abs(f - e) / abs(e)) for m, f, e in zip(METRICS, fast, exact, strict=True)
+        },
         "tokens": n_token,
         "hidden": HIDDEN,
         "numpy_xty_s": t_xy,
@@ -110,6 +140,27 @@ def throughput(path: str, n_token: int, repeats: int) -> dict:
         "debiased_cka": debiased_cka(*moments),
         "_xy": (x, y),
     }
+
+
+def float32_errors_on_store(path: str) -> dict:
+    """Largest relative error of each metric with float32 products, over every pair the
+    stage measures on a real store (e.g. a run's activations.zarr), against float64."""
+    from layerdrift.tasks.similarity.tables import pair_metrics, similarity_pairs
+
+    acts = xr.open_zarr(path)["activations"].data
+    mask = np.ones(acts.shape[2], bool)
+    pairs = similarity_pairs(acts.shape[0], acts.shape[1], [0, acts.shape[0] - 1])
+    values = {}
+    for dtype in (np.float64, np.float32):
+        selves, crosses = accumulate_moments(acts, pairs, mask, multiply=dtype)
+        values[dtype] = pair_metrics(selves, crosses, both_ways=True)
+    worst = dict.fromkeys(METRICS, 0.0)
+    for key, exact in values[np.float64].items():
+        fast = values[np.float32][key]
+        for i, metric in enumerate(METRICS):
+            if np.isfinite(exact[i]) and exact[i] != 0:
+                worst[metric] = max(worst[metric], abs(fast[i] - exact[i]) / abs(exact[i]))
+    return {"store": path, "tokens": int(acts.shape[2]), "max_rel_err": worst}
 
 
 def _unbiased_hsic_gram(k: np.ndarray, g: np.ndarray) -> float:
@@ -167,11 +218,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--big-hidden", type=int, default=128, help="hidden size of that store")
     parser.add_argument("--batches", type=int, nargs="*", default=[256, 512, 1024, 2048, 4096])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--real-store", help="a run's activations.zarr: float32 errors there")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "similarity.json"))
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results: dict = {"throughput": None, "minibatch_cka": [], "big_store": None}
+    if args.real_store:
+        results["float32_on_real_store"] = float32_errors_on_store(args.real_store)
 
     def save() -> None:
         out.write_text(json.dumps(results, indent=2))
@@ -227,6 +281,14 @@ def print_table(r: dict) -> None:
     print(f"  Dask moments pass from Zarr          {tp['moments_pass_s']:8.3f} s")
     print(f"  throughput ratio vs X.T@Y            {tp['ratio_vs_xty']:8.2f}")
     print(f"  throughput ratio vs same products    {tp['ratio_vs_same_products']:8.2f}")
+    print(f"  pass with float32 products           {tp['moments_pass_float32_products_s']:8.3f} s"
+          f" (ratio {tp['ratio_float32_pass_vs_same_products']:.2f})")  # fmt: skip
+    print(
+        f"  float32 products: rel. error XtY {tp['float32_rel_err_xty']:.1e}; metrics "
+        + ", ".join(f"{k} {v:.1e}" for k, v in tp["float32_rel_err_metrics"].items())
+    )
+    print(f"  XtX on 1 thread: numpy {tp['numpy_xtx_1thread_s']:.3f} s, "
+          f"dsyrk {tp['scipy_dsyrk_1thread_s']:.3f} s")  # fmt: skip
     print(f"  exact linear CKA {tp['linear_cka']:.6f}, debiased CKA {tp['debiased_cka']:.6f}")
     print("minibatch CKA (Nguyen et al. 2021), one epoch")
     print(f"  {'batch':>6} {'seconds':>9} {'cka':>9} {'|err| lin':>10} {'|err| deb':>10}")
@@ -238,6 +300,11 @@ def print_table(r: dict) -> None:
         print(f"big store: {big['gib']:.2f} GiB ({big['tokens']} tokens x {big['layers']} layers "
               f"x 2 checkpoints x {big['hidden']}), pass over 7 pairs: {big['seconds']:.1f} s "
               f"({big['gb_per_s']:.2f} GB/s), peak RSS {big['peak_rss_mib']:.0f} MiB")  # fmt: skip
+    real = r.get("float32_on_real_store")
+    if real:
+        print(f"float32 products on {real['store']} ({real['tokens']} tokens), largest "
+              "relative error per metric: "
+              + ", ".join(f"{k} {v:.1e}" for k, v in real["max_rel_err"].items()))  # fmt: skip
     print(f"load average during the run (2 shared cores): {r.get('load_average')}")
 
 

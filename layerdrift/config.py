@@ -85,12 +85,18 @@ class ExtractConfig(_Section):
 
 
 class SimilarityConfig(_Section):
-    """Which tokens the similarity statistics use."""
+    """Which tokens the similarity statistics use, their intervals, and the probes."""
 
     exclude_special: bool = Field(False, description="Leave out [CLS], [SEP] and the like.")
     examples: tuple[int, ...] | None = Field(None, description="Restrict to these probe examples.")
     probes: bool = Field(True, description="Fit linear probes per checkpoint and layer.")
     probe_folds: int = Field(5, ge=2, description="Cross-validation folds for the probes.")
+    bootstrap_resamples: int = Field(
+        100, ge=0, description="Resamples for the 95% bootstrap intervals (similarity_ci), 0: none"
+    )
+    bootstrap_groups: int = Field(
+        20, ge=2, description="Groups of probe examples the bootstrap resamples (its unit)."
+    )
 
 
 class SAEConfig(_Section):
@@ -235,6 +241,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "checkpoints": [0.0, 0.5, 1.0],
         },
         "extract": {"token_chunk": 1024},
+        # Each resample costs about the point estimates' eigendecompositions again: 20 keep
+        # the stage short and give coarse intervals (the default preset draws 100).
+        "similarity": {"bootstrap_resamples": 20},
         # SAEs on three layers keep the smoke run short; the default preset does every layer.
         "sae": {
             "layers": [0, 3, 6],

@@ -17,7 +17,7 @@ from factories import make_activation_store
 
 from layerdrift.tasks.similarity.accumulate import accumulate_moments, plan_passes, token_mask
 from layerdrift.tasks.similarity.drift import drift_array
-from layerdrift.tasks.similarity.metrics import all_metrics
+from layerdrift.tasks.similarity.metrics import METRICS, all_metrics
 from layerdrift.tasks.similarity.moments import moments_from_arrays
 from layerdrift.tasks.similarity.tables import similarity_pairs
 
@@ -71,6 +71,30 @@ def test_pass_matches_in_memory_for_any_chunking(tmp_path, rng, token_chunk):
     assert_same(pass_metrics(url, PAIRS, mask, scheduler="threads"), want)
     # A tiny budget forces one pass per pair; the numbers must not change.
     assert_same(pass_metrics(url, PAIRS, mask, scheduler="threads", budget_bytes=1), want)
+
+
+# The metrics the float32 products keep within 1e-6 (PWCCA's whitening and near-zero
+# Procrustes distances amplify their rounding; see block_moments).
+FLOAT32_METRICS = ("cosine", "linear_cka", "debiased_cka", "svcca", "norm_ratio")
+
+
+def test_float32_products_stay_within_1e_6_of_float64(tmp_path, rng):
+    url, acts = random_store(tmp_path / "s.zarr", rng, token_chunk=64)
+    mask = np.ones(acts.shape[2], bool)
+    data = xr.open_zarr(url)["activations"].data
+    s64, c64 = accumulate_moments(data, PAIRS, mask, multiply=np.float64)
+    s32, c32 = accumulate_moments(data, PAIRS, mask, multiply=np.float32)
+    for rep, s in s64.items():
+        err = np.linalg.norm(s32[rep].gram - s.gram) / np.linalg.norm(s.gram)
+        assert err < 1e-6, (rep, err)
+    for pair, c in c64.items():
+        err = np.linalg.norm(c32[pair].cross - c.cross) / np.linalg.norm(c.cross)
+        assert err < 1e-6, (pair, err)
+    keep = [METRICS.index(m) for m in FLOAT32_METRICS]
+    want = expected_metrics(acts, PAIRS, mask)  # the float64 formula
+    for a, b in PAIRS:
+        got = all_metrics(s32[a], s32[b], c32[(a, b)])
+        np.testing.assert_allclose(got[keep], want[(a, b)][keep], rtol=1e-6, err_msg=str((a, b)))
 
 
 def test_schedulers_agree(tmp_path, rng):
@@ -240,6 +264,16 @@ def test_compute_similarity_writes_every_group(tmp_path, rng):
     probes = open_result(run.results(), "probe_accuracy")["probe_accuracy"]
     assert probes.dims == ("checkpoint", "layer", "pooling")
     assert np.isfinite(probes.values).all()
+    control = open_result(run.results(), "probe_control_accuracy")["probe_control_accuracy"]
+    assert control.dims == probes.dims and np.isfinite(control.values).all()
+    assert float(open_result(run.results(), "majority_rate")["majority_rate"]) == 0.5
+
+    ci = open_result(run.results(), "similarity_ci")["similarity_ci"]
+    assert ci.dims == (*sim.dims, "bound") and ci.attrs["resamples"] == 100
+    finite = np.isfinite(sim.values)
+    low, high = ci.sel(bound="low").values[finite], ci.sel(bound="high").values[finite]
+    assert (low <= high).all() and np.isfinite(low).all()
+    assert np.isnan(ci.sel(reference="previous", checkpoint="base")).all()
 
     frame = pd.read_csv(run.child_url("similarity.csv"))
     assert list(frame.columns) == ["reference", "checkpoint", "layer", "metric", "value"]

@@ -7,7 +7,14 @@ import pytest
 import xarray as xr
 from factories import make_activation_store
 
-from layerdrift.tasks.similarity.probes import pooled_representations, probe_accuracy, probe_table
+from layerdrift.tasks.similarity.probes import (
+    majority_rate,
+    pooled_representations,
+    probe_accuracy,
+    probe_results,
+    probe_table,
+    shuffled_labels,
+)
 
 
 def _store(tmp_path, rng, token_chunk, signal_layer=None, n_examples=60, hidden=10):
@@ -51,3 +58,24 @@ def test_probe_finds_planted_layer(tmp_path, rng):
 def test_probe_refuses_too_few_examples_per_fold():
     features = np.random.default_rng(0).standard_normal((6, 3))
     assert np.isnan(probe_accuracy(features, np.array([0, 0, 0, 0, 1, 1]), folds=3, seed=0))
+
+
+def test_control_task_scores_chance_where_the_probe_reads_the_label(tmp_path, rng):
+    ds, _, _ = _store(tmp_path, rng, 32, signal_layer=2)
+    out = probe_results(ds, folds=3, seed=0)
+    accuracy, control = out["probe_accuracy"], out["probe_control_accuracy"]
+    assert control.dims == accuracy.dims == ("checkpoint", "layer", "pooling")
+    assert float(accuracy.sel(checkpoint="final", layer=2, pooling="mean")) >= 0.9
+    # Shuffled labels: the planted direction no longer predicts them.
+    assert float(control.sel(checkpoint="final", layer=2, pooling="mean")) <= 0.7
+    assert float(out["majority_rate"]) == 0.5  # alternating labels
+    np.testing.assert_array_equal(accuracy, probe_table(ds, folds=3, seed=0))
+
+
+def test_shuffled_labels_keep_counts_and_are_seeded():
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+    control = shuffled_labels(labels, seed=1)
+    np.testing.assert_array_equal(np.sort(control), labels)
+    np.testing.assert_array_equal(control, shuffled_labels(labels, seed=1))
+    assert not np.array_equal(control, labels)
+    assert majority_rate(labels) == 0.5

@@ -125,6 +125,37 @@ def make_run(
             },
         ),
     )
+    ci = np.stack([sim - 0.02, np.minimum(sim + 0.02, 1.0)], axis=-1)
+    write_result(
+        url,
+        "similarity_ci",
+        xr.DataArray(
+            ci,
+            dims=("reference", "checkpoint", "layer", "metric", "bound"),
+            coords={
+                "reference": ["base", "previous"],
+                "checkpoint": CHECKPOINTS,
+                "layer": np.arange(N_LAYERS),
+                "metric": SIM_METRICS,
+                "bound": ["low", "high"],
+            },
+            attrs={"level": 0.95, "resamples": 200, "groups": 20},
+        ),
+    )
+    write_result(
+        url,
+        "probe_control_accuracy",
+        xr.DataArray(
+            rng.uniform(0.4, 0.6, size=(3, N_LAYERS, 2)),
+            dims=("checkpoint", "layer", "pooling"),
+            coords={
+                "checkpoint": CHECKPOINTS,
+                "layer": np.arange(N_LAYERS),
+                "pooling": ["mean", "cls"],
+            },
+        ),
+    )
+    write_result(url, "majority_rate", xr.DataArray(0.5))
     if not full:
         return run
     write_result(
@@ -304,6 +335,8 @@ def test_report_is_valid_html_with_every_figure(built):
     assert "layer 2 · crosscoder latent 17 · finetuned_only" in text
     assert "example 3 (pos):" in text and "<film>" in text  # label name, escaped token
     assert "Stages that did not run" not in text
+    assert "Bands: 95% bootstrap intervals over probe examples (200 resamples" in text
+    assert "The same probe on shuffled labels scores" in text
 
 
 def test_report_tables_equal_results(built):
@@ -327,6 +360,11 @@ def test_report_tables_equal_results(built):
             probe.sel(checkpoint="final", layer=layer, pooling="mean")
         )
         assert values["drift_mean"] == pytest.approx(float(drift.sel(layer=layer).mean()))
+        control = open_result(run.results(), "probe_control_accuracy")["probe_control_accuracy"]
+        assert values["probe_control_final"] == float(
+            control.sel(checkpoint="final", layer=layer, pooling="mean")
+        )
+        assert values["probe_majority"] == 0.5
         for name in ("matched_fraction", "relative_norm_deviation"):
             assert values[name] == float(open_result(run.results(), name)[name].sel(layer=layer))
     ckpt = page.tables["checkpoint-table"]

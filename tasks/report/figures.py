@@ -87,6 +87,9 @@ def fig_similarity(inputs: ReportInputs) -> Plot | None:
         curves = curves.rename(columns={"procrustes": "procrustes (1 − d/2)"})
     long = curves.reset_index().melt(id_vars="layer", var_name="metric", value_name="similarity")
     long["dissimilarity"] = (1.0 - long["similarity"]).clip(lower=FLOOR)
+    palette = dict(
+        zip(curves.columns, sns.color_palette(n_colors=len(curves.columns)), strict=True)
+    )
     fig, (lin, log) = plt.subplots(1, 2, figsize=(11.5, 4.0))
     for ax, column in ((lin, "similarity"), (log, "dissimilarity")):
         sns.lineplot(
@@ -98,10 +101,19 @@ def fig_similarity(inputs: ReportInputs) -> Plot | None:
             markers=True,
             dashes=False,
             errorbar=None,
+            palette=palette,
             ax=ax,
         )
         integer_layers(ax, frame.index)
         ax.set_xlabel(LAYER_AXIS)
+    bands = interval_bands(inputs)
+    for metric, (low, high) in bands.items():
+        color = palette[metric]
+        lin.fill_between(low.index, low, high, color=color, alpha=0.2, linewidth=0)
+        log.fill_between(
+            low.index, (1 - high).clip(lower=FLOOR), (1 - low).clip(lower=FLOOR),
+            color=color, alpha=0.2, linewidth=0,
+        )  # fmt: skip
     low = float(long["similarity"].min())
     lin.set(
         ylabel="similarity of final to base", ylim=(max(0.0, low - 0.1 * (1 - low) - 0.01), 1.005)
@@ -116,7 +128,32 @@ def fig_similarity(inputs: ReportInputs) -> Plot | None:
         f"{cos.iloc[-1]:.3f} at layer {int(cos.index[-1])}; linear CKA ends at "
         f"{frame['linear_cka'].iloc[-1]:.3f}."
     )
+    if bands:
+        ci = inputs.results["similarity_ci"]
+        reading += (
+            f" Bands: {100 * ci.attrs.get('level', 0.95):.0f}% bootstrap intervals over "
+            f"probe examples ({ci.attrs.get('resamples')} resamples of "
+            f"{ci.attrs.get('groups')} example groups)."
+        )
     return Plot("01-similarity-by-layer", "Similarity of final to base, by layer", fig, reading)
+
+
+def interval_bands(inputs: ReportInputs) -> dict[str, tuple[pd.Series, pd.Series]]:
+    """Per curve of figure 1, the (low, high) bounds by layer from ``similarity_ci``, on the
+    curves' scale (Procrustes as 1 − d/2); empty when the run has no intervals."""
+    if not inputs.has("similarity_ci"):
+        return {}
+    ci = inputs.results["similarity_ci"].sel(reference="base", checkpoint="final")
+    bands = {}
+    for metric in SIMILARITY_CURVES:
+        if metric not in ci.metric:
+            continue
+        low, high = (ci.sel(metric=metric, bound=b).to_pandas() for b in ("low", "high"))
+        if metric == "procrustes":  # a distance: 1 − d/2 turns it and swaps the bounds
+            low, high = 1.0 - high / 2.0, 1.0 - low / 2.0
+            metric = "procrustes (1 − d/2)"
+        bands[metric] = (low, high)
+    return bands
 
 
 def fig_evolution(inputs: ReportInputs) -> Plot | None:

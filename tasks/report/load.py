@@ -38,7 +38,7 @@ PRODUCERS = {
 }
 
 # Groups read at the ``final`` checkpoint; without it they cannot be drawn.
-NEEDS_FINAL = ("similarity", "drift")
+NEEDS_FINAL = ("similarity", "drift", "similarity_ci")
 
 
 def checkpoint_order(label: str) -> tuple[int, float, str]:

@@ -1,7 +1,8 @@
 """The per-layer summary table and the short summary, both derived from results.zarr.
 
 The table has one row per layer: every similarity of the final checkpoint to base, the mean
-per-token drift, probe accuracy of base and final, SAE FVU and L0 of base and final, and the
+per-token drift, probe accuracy of base and final with the final probe's control-task
+accuracy and the majority-class rate, SAE FVU and L0 of base and final, and the
 feature-comparison fractions, each column present only when its stage ran.
 """
 
@@ -34,6 +35,11 @@ def layer_frame(inputs: ReportInputs) -> pd.DataFrame:
         for label in ("base", "final"):
             if label in acc.checkpoint:
                 columns[f"probe_{label}"] = acc.sel(checkpoint=label, pooling=pooling).to_pandas()
+        if "probe_control_accuracy" in res and "final" in acc.checkpoint:
+            control = res["probe_control_accuracy"].sel(checkpoint="final", pooling=pooling)
+            columns["probe_control_final"] = control.to_pandas()
+        if "majority_rate" in res:
+            columns["probe_majority"] = pd.Series(float(res["majority_rate"]), index=acc.layer)
     if "sae_metrics" in res:
         sae = res["sae_metrics"]
         for metric in ("fvu", "l0"):
@@ -66,6 +72,7 @@ COMPACT = {
     "procrustes": "procr",
     "drift_mean": "drift",
     "probe_final": "probe",
+    "probe_control_final": "ctrl",
     "sae_fvu_final": "fvu",
     "matched_fraction": "matched",
     "finetuned_only_share": "ft_only",
@@ -131,10 +138,17 @@ def summary_lines(inputs: ReportInputs, table: pd.DataFrame) -> list[str]:
         if "probe_final" in layered:
             best = int(layered["probe_final"].idxmax())
             base = layered["probe_base"].loc[best] if "probe_base" in layered else np.nan
-            lines.append(
+            line = (
                 f"A linear probe on the final checkpoint is most accurate at layer {best} "
                 f"({layered['probe_final'].loc[best]:.3f}; base there: {base:.3f})."
             )
+            if "probe_control_final" in layered and "probe_majority" in layered:
+                line += (
+                    f" The same probe on shuffled labels scores "
+                    f"{layered['probe_control_final'].loc[best]:.3f} there, and always "
+                    f"guessing the majority class {layered['probe_majority'].loc[best]:.3f}."
+                )
+            lines.append(line)
         if "finetuned_only_share" in layered:
             share = layered["finetuned_only_share"]
             lines.append(

@@ -12,7 +12,7 @@ make one vector too large, :func:`plan_passes` splits them into several passes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from layerdrift.tasks.similarity.moments import (
+    MULTIPLY_DTYPE,
     CrossMoments,
     SelfMoments,
     block_moments,
@@ -86,19 +87,23 @@ def token_mask(
 
 
 def plan_passes(
-    pairs: Sequence[Pair], hidden: int, budget_bytes: int = DEFAULT_PASS_BYTES
+    pairs: Sequence[Pair],
+    hidden: int,
+    budget_bytes: int = DEFAULT_PASS_BYTES,
+    known: Iterable[Rep] = (),
 ) -> list[PassPlan]:
     """Split ``pairs`` (in order) into passes whose packed partial moments fit the budget.
 
     A pair ``(a, a)`` only asks for the self moments of ``a``. Each representation's self
-    moments are summed in the first pass that reads it. Consecutive pairs sharing
-    representations end up in the same pass, so order pairs by locality.
+    moments are summed in the first pass that reads it, unless it is ``known`` (summed
+    before). Consecutive pairs sharing representations end up in the same pass, so order
+    pairs by locality.
     """
     budget = max(budget_bytes // 8, 1)
     self_size = field_size(self_fields(hidden))
     cross_size = field_size(cross_fields(hidden, hidden))
     plans: list[PassPlan] = []
-    done: set[Rep] = set()
+    done: set[Rep] = set(known)
     reps: list[Rep] = []
     selves: list[Rep] = []
     cross: list[Pair] = []
@@ -129,12 +134,13 @@ def _pass_kernel(
     self_idx: list[int],
     pair_idx: list[tuple[int, int]],
     hidden: int,
+    multiply: np.dtype,
 ) -> np.ndarray:
     """Blockwise kernel: rep blocks (t, hidden) ..., then the mask block (t,) → (1, P)."""
     *blocks, mask = arrays
     if not mask.all():
         blocks = [b[mask] for b in blocks]
-    selves, crosses = block_moments(blocks, shifts, self_idx, pair_idx)
+    selves, crosses = block_moments(blocks, shifts, self_idx, pair_idx, multiply=multiply)
     s_fields, c_fields = self_fields(hidden), cross_fields(hidden, hidden)
     parts = [pack(s, s_fields) for s in selves] + [pack(c, c_fields) for c in crosses]
     return np.concatenate(parts)[None, :] if parts else np.zeros((1, 0))
@@ -147,9 +153,14 @@ def selected_blocks(mask: np.ndarray, chunks: Sequence[int]) -> list[int]:
 
 
 def compute_shifts(
-    acts: da.Array, reps: Sequence[Rep], mask: np.ndarray, scheduler: Any = None
+    acts: da.Array,
+    reps: Sequence[Rep],
+    mask: np.ndarray,
+    scheduler: Any = None,
+    multiply: np.dtype | type = MULTIPLY_DTYPE,
 ) -> dict[Rep, np.ndarray]:
-    """Per representation, the float64 mean (hidden,) of its first block's selected tokens."""
+    """Per representation, the mean (hidden,) of its first block's selected tokens, rounded
+    to the ``multiply`` dtype (the shift the kernel subtracts), as float64."""
     chunks = acts.chunks[2]
     first = selected_blocks(mask, chunks)[0]
     start = int(np.sum(chunks[:first]))
@@ -158,9 +169,49 @@ def compute_shifts(
     slices = [acts[c, layer, start:stop] for c, layer in reps]
     (values,) = dask.compute(slices, scheduler=scheduler)
     return {
-        rep: np.asarray(v, dtype=np.float64)[keep].mean(axis=0)
+        rep: np.asarray(v, dtype=np.float64)[keep].mean(axis=0).astype(multiply).astype(np.float64)
         for rep, v in zip(reps, values, strict=True)
     }
+
+
+def _pass_total(
+    acts: da.Array,
+    plan: PassPlan,
+    mask: np.ndarray,
+    shifts: dict[Rep, np.ndarray],
+    split_every: int,
+    multiply: np.dtype,
+) -> da.Array:
+    """The lazy packed moments (P,) of ``plan`` over the tokens selected by ``mask``.
+
+    ``acts`` is rechunked to (1, 1, token chunk, hidden); only token blocks holding a
+    selected token are read.
+    """
+    hidden = acts.shape[3]
+    blocks = selected_blocks(mask, acts.chunks[2])
+    index = {rep: i for i, rep in enumerate(plan.reps)}
+    rep_arrays = [acts[c, layer].blocks[blocks] for c, layer in plan.reps]
+    mask_da = da.from_array(mask, chunks=(acts.chunks[2],)).blocks[blocks]
+    args: list[Any] = []
+    for arr in rep_arrays:
+        args += [arr, "th"]
+    args += [mask_da, "t"]
+    partials = da.blockwise(
+        _pass_kernel,
+        "tp",
+        *args,
+        new_axes={"p": plan.packed_size(hidden)},
+        adjust_chunks={"t": 1},
+        dtype=np.float64,
+        concatenate=True,
+        meta=np.empty((0, 0), dtype=np.float64),
+        shifts=[shifts[r] for r in plan.reps],
+        self_idx=[index[r] for r in plan.self_reps],
+        pair_idx=[(index[a], index[b]) for a, b in plan.pairs],
+        hidden=hidden,
+        multiply=np.dtype(multiply),
+    )
+    return partials.sum(axis=0, split_every=split_every)
 
 
 def run_pass(
@@ -170,39 +221,46 @@ def run_pass(
     shifts: dict[Rep, np.ndarray],
     scheduler: Any = None,
     split_every: int = 4,
+    multiply: np.dtype | type = MULTIPLY_DTYPE,
 ) -> tuple[dict[Rep, SelfMoments], dict[Pair, CrossMoments]]:
     """Run one pass over ``acts`` (checkpoint, layer, token, hidden) and unpack its moments."""
-    hidden = acts.shape[3]
     acts = acts.rechunk({0: 1, 1: 1, 3: -1})
-    blocks = selected_blocks(mask, acts.chunks[2])
-    index = {rep: i for i, rep in enumerate(plan.reps)}
-    rep_arrays = [acts[c, layer].blocks[blocks] for c, layer in plan.reps]
-    mask_da = da.from_array(mask, chunks=(acts.chunks[2],)).blocks[blocks]
-    args: list[Any] = []
-    for arr in rep_arrays:
-        args += [arr, "th"]
-    args += [mask_da, "t"]
-    size = plan.packed_size(hidden)
-    partials = da.blockwise(
-        _pass_kernel,
-        "tp",
-        *args,
-        new_axes={"p": size},
-        adjust_chunks={"t": 1},
-        dtype=np.float64,
-        concatenate=True,
-        meta=np.empty((0, 0), dtype=np.float64),
-        shifts=[shifts[r] for r in plan.reps],
-        self_idx=[index[r] for r in plan.self_reps],
-        pair_idx=[(index[a], index[b]) for a, b in plan.pairs],
-        hidden=hidden,
-    )
-    total = partials.sum(axis=0, split_every=split_every)
+    total = _pass_total(acts, plan, mask, shifts, split_every, multiply)
     # Dask runs blocks in parallel; multi-threaded BLAS inside each block oversubscribes
     # the cores (measured 2-2.5x slower on 2 cores). Distributed workers already use 1.
     with threadpool_limits(limits=1, user_api="blas"):
         (flat,) = dask.compute(total, scheduler=scheduler)
-    return _unpack_pass(np.asarray(flat), plan, shifts, hidden)
+    return _unpack_pass(np.asarray(flat), plan, shifts, acts.shape[3])
+
+
+def run_group_pass(
+    acts: da.Array,
+    plan: PassPlan,
+    groups: np.ndarray,
+    n_groups: int,
+    shifts: dict[Rep, np.ndarray],
+    scheduler: Any = None,
+    split_every: int = 4,
+    multiply: np.dtype | type = MULTIPLY_DTYPE,
+) -> list[tuple[dict[Rep, SelfMoments], dict[Pair, CrossMoments]]]:
+    """One pass that sums the moments of each token group apart: a list over groups.
+
+    ``groups`` (token,) int gives each selected token its group 0..n_groups-1 and -1 to
+    the others. Every group's sum is one Dask graph over the blocks it touches; the graphs
+    share their reads, so one compute reads each block once. A group without tokens gets
+    zero moments.
+    """
+    acts = acts.rechunk({0: 1, 1: 1, 3: -1})
+    totals = []
+    for g in range(n_groups):
+        mask = groups == g
+        if mask.any():
+            totals.append(_pass_total(acts, plan, mask, shifts, split_every, multiply))
+        else:
+            totals.append(da.zeros(plan.packed_size(acts.shape[3])))
+    with threadpool_limits(limits=1, user_api="blas"):
+        (flats,) = dask.compute(totals, scheduler=scheduler)
+    return [_unpack_pass(np.asarray(f), plan, shifts, acts.shape[3]) for f in flats]
 
 
 def _unpack_pass(
@@ -230,18 +288,25 @@ def iter_moments(
     scheduler: Any = None,
     budget_bytes: int = DEFAULT_PASS_BYTES,
     split_every: int = 4,
+    known: dict[Rep, SelfMoments] | None = None,
+    multiply: np.dtype | type = MULTIPLY_DTYPE,
 ) -> Iterator[tuple[dict[Rep, SelfMoments], dict[Pair, CrossMoments]]]:
     """Run the passes one by one; yield (self moments so far, this pass's cross moments).
 
     A caller that turns each pass's cross moments into metrics and drops them keeps only
-    the self moments in memory. Arguments as for :func:`accumulate_moments`.
+    the self moments in memory. ``known`` self moments (of the same tokens, from an earlier
+    pass) are not summed again; their shifts are reused so that the new cross moments
+    match them. Other arguments as for :func:`accumulate_moments`.
     """
     if mask.shape != (acts.shape[2],):
         raise ValueError(f"mask has shape {mask.shape}, the store has {acts.shape[2]} tokens")
-    plans = plan_passes(pairs, acts.shape[3], budget_bytes)
+    known = dict(known or {})
+    plans = plan_passes(pairs, acts.shape[3], budget_bytes, known)
     reps = list(dict.fromkeys(r for p in plans for r in p.reps))
-    shifts = compute_shifts(acts, reps, mask, scheduler)
-    selves: dict[Rep, SelfMoments] = {}
+    new = [r for r in reps if r not in known]
+    shifts = {r: s.shift for r, s in known.items()}
+    shifts.update(compute_shifts(acts, new, mask, scheduler, multiply) if new else {})
+    selves: dict[Rep, SelfMoments] = known
     for i, plan in enumerate(tqdm(plans, total=len(plans), desc="moments passes", leave=False)):
         logger.info(
             "moments pass %d/%d: %d representations, %d pairs",
@@ -250,7 +315,7 @@ def iter_moments(
             len(plan.reps),
             len(plan.pairs),
         )
-        s, crosses = run_pass(acts, plan, mask, shifts, scheduler, split_every)
+        s, crosses = run_pass(acts, plan, mask, shifts, scheduler, split_every, multiply)
         selves.update(s)
         yield selves, crosses
 
@@ -262,6 +327,7 @@ def accumulate_moments(
     scheduler: Any = None,
     budget_bytes: int = DEFAULT_PASS_BYTES,
     split_every: int = 4,
+    multiply: np.dtype | type = MULTIPLY_DTYPE,
 ) -> tuple[dict[Rep, SelfMoments], dict[Pair, CrossMoments]]:
     """Moments of every representation in ``pairs`` and of every pair with distinct sides.
 
@@ -269,9 +335,46 @@ def accumulate_moments(
     (token,) selects tokens. ``scheduler`` is anything ``dask.compute`` accepts (``None``
     for the current default, ``"threads"``, ``"synchronous"``, a distributed ``Client``).
     ``budget_bytes`` bounds one block's packed partial moments (see :func:`plan_passes`).
+    ``multiply`` is the dtype of the d×d block products (see
+    :func:`tasks.similarity.moments.block_moments`); sums are float64 either way.
     """
     selves: dict[Rep, SelfMoments] = {}
     crosses: dict[Pair, CrossMoments] = {}
-    for s, c in iter_moments(acts, pairs, mask, scheduler, budget_bytes, split_every):
+    passes = iter_moments(
+        acts, pairs, mask, scheduler, budget_bytes, split_every, multiply=multiply
+    )
+    for s, c in passes:
         selves, crosses = s, {**crosses, **c}
     return selves, crosses
+
+
+def group_moments(
+    acts: da.Array,
+    pairs: Sequence[Pair],
+    groups: np.ndarray,
+    n_groups: int,
+    scheduler: Any = None,
+    split_every: int = 4,
+    multiply: np.dtype | type = MULTIPLY_DTYPE,
+) -> list[tuple[dict[Rep, SelfMoments], dict[Pair, CrossMoments]]]:
+    """Moments of ``pairs`` summed per token group, in one pass: a list over the groups.
+
+    ``groups`` (token,) int assigns each selected token a group 0..n_groups-1 (-1: not
+    selected). Every representation's self moments and every pair's cross moments come per
+    group, with one shift per representation, so they add up to the moments of all
+    selected tokens. Memory holds n_groups packed moment vectors.
+    """
+    if groups.shape != (acts.shape[2],):
+        raise ValueError(f"groups has shape {groups.shape}, the store has {acts.shape[2]} tokens")
+    reps = list(dict.fromkeys(r for p in pairs for r in p))
+    plan = PassPlan(
+        tuple(reps), tuple(reps), tuple(p for p in dict.fromkeys(pairs) if p[0] != p[1])
+    )
+    shifts = compute_shifts(acts, reps, groups >= 0, scheduler, multiply)
+    logger.info(
+        "grouped moments pass: %d representations, %d pairs, %d groups",
+        len(plan.reps),
+        len(plan.pairs),
+        n_groups,
+    )
+    return run_group_pass(acts, plan, groups, n_groups, shifts, scheduler, split_every, multiply)

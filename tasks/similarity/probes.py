@@ -3,11 +3,14 @@
 Each example is pooled two ways, the mean of its tokens (a segment sum over
 ``example_of_token``, done per token block by Dask) and its first token ([CLS]); a
 standardised logistic regression is scored by stratified, seeded k-fold cross-validation.
+Beside it, the same probe on a control task (the labels shuffled) and the majority-class
+rate tell how much of the accuracy the representation explains.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +18,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from joblib import Parallel, delayed
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -100,6 +104,92 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, folds: int, seed: i
     return float(cross_val_score(model, features, labels, cv=cv).mean())
 
 
+def shuffled_labels(labels: np.ndarray, seed: int) -> np.ndarray:
+    """The control task's labels: ``labels`` (example,) permuted with a seeded generator.
+
+    Like Hewitt & Liang's (2019) control tasks, it keeps the label distribution and breaks
+    the link to the input, so a probe that scores well on it memorises rather than reads.
+    """
+    return np.random.default_rng(seed).permutation(labels)
+
+
+def majority_rate(labels: np.ndarray) -> float:
+    """The share of the most frequent label: the accuracy of always guessing it."""
+    _, counts = np.unique(labels, return_counts=True)
+    return float(counts.max() / counts.sum())
+
+
+def _fit_all(
+    pooled: tuple[np.ndarray, ...], label_sets: list[np.ndarray], folds: int, seed: int
+) -> np.ndarray:
+    """CV accuracy (labels, checkpoint, layer, pooling) of every probe, in worker processes.
+
+    ``pooled`` are the (checkpoint, layer, example, hidden) features per pooling, already
+    restricted to the chosen examples. Each fit is a short L-BFGS run whose Python overhead
+    holds the GIL, so the probes go to processes, one per core.
+    """
+    n_ckpt, n_layer = pooled[0].shape[:2]
+    jobs = [
+        (k, c, layer, p)
+        for k in range(len(label_sets))
+        for c in range(n_ckpt)
+        for layer in range(n_layer)
+        for p in range(len(pooled))
+    ]
+    run = delayed(probe_accuracy)
+    scores = Parallel(n_jobs=min(len(jobs), os.cpu_count() or 1))(
+        run(pooled[p][c, layer], label_sets[k], folds, seed)
+        for k, c, layer, p in tqdm(jobs, total=len(jobs), desc="probes", leave=False)
+    )
+    out = np.full((len(label_sets), n_ckpt, n_layer, len(pooled)), np.nan)
+    for (k, c, layer, p), score in zip(jobs, scores, strict=True):
+        out[k, c, layer, p] = score
+    return out
+
+
+def probe_results(
+    ds: xr.Dataset,
+    folds: int,
+    seed: int,
+    examples: Sequence[int] | None = None,
+    token_mask: np.ndarray | None = None,
+    scheduler: Any = None,
+    control: bool = True,
+) -> dict[str, xr.DataArray]:
+    """Probes on the true labels and on the control task, and the majority-class rate.
+
+    Returns ``probe_accuracy`` and (with ``control``) ``probe_control_accuracy``
+    (checkpoint, layer, pooling), the same probe and folds on :func:`shuffled_labels`, and
+    ``majority_rate`` (a scalar), for the store's examples (or a subset). Selectivity is
+    accuracy minus control accuracy.
+    """
+    mean, cls = pooled_representations(ds, token_mask, scheduler)
+    labels = np.asarray(ds["label"].values)
+    chosen = np.arange(labels.size) if examples is None else np.asarray(list(examples))
+    labels = labels[chosen]
+    label_sets = [labels, shuffled_labels(labels, seed)] if control else [labels]
+    scores = _fit_all((mean[:, :, chosen], cls[:, :, chosen]), label_sets, folds, seed)
+    attrs = {"folds": folds, "seed": seed, "model": "StandardScaler + LogisticRegression"}
+    coords = {
+        "checkpoint": ds["checkpoint"].values.astype(object),
+        "layer": ds["layer"].values,
+        "pooling": np.array(POOLINGS, dtype=object),
+    }
+    dims = ("checkpoint", "layer", "pooling")
+    control_attrs = {**attrs, "labels": "the probe labels permuted with the seed (control task)"}
+    out = {
+        "probe_accuracy": xr.DataArray(scores[0], dims=dims, coords=coords, attrs=attrs),
+        "majority_rate": xr.DataArray(
+            majority_rate(labels), attrs={"definition": "share of the most frequent label"}
+        ),
+    }
+    if control:
+        out["probe_control_accuracy"] = xr.DataArray(
+            scores[1], dims=dims, coords=coords, attrs=control_attrs
+        )
+    return out
+
+
 def probe_table(
     ds: xr.Dataset,
     folds: int,
@@ -109,22 +199,5 @@ def probe_table(
     scheduler: Any = None,
 ) -> xr.DataArray:
     """Probe accuracy (checkpoint, layer, pooling) for the store's examples (or a subset)."""
-    mean, cls = pooled_representations(ds, token_mask, scheduler)
-    labels = np.asarray(ds["label"].values)
-    chosen = np.arange(labels.size) if examples is None else np.asarray(list(examples))
-    out = np.full((mean.shape[0], mean.shape[1], len(POOLINGS)), np.nan)
-    jobs = [(c, layer) for c in range(mean.shape[0]) for layer in range(mean.shape[1])]
-    for c, layer in tqdm(jobs, total=len(jobs), desc="probes", leave=False):
-        for p, pooled in enumerate((mean, cls)):
-            out[c, layer, p] = probe_accuracy(pooled[c, layer, chosen], labels[chosen], folds, seed)
-    return xr.DataArray(
-        out,
-        dims=("checkpoint", "layer", "pooling"),
-        coords={
-            "checkpoint": ds["checkpoint"].values.astype(object),
-            "layer": ds["layer"].values,
-            "pooling": np.array(POOLINGS, dtype=object),
-        },
-        name="probe_accuracy",
-        attrs={"folds": folds, "seed": seed, "model": "StandardScaler + LogisticRegression"},
-    )
+    results = probe_results(ds, folds, seed, examples, token_mask, scheduler, control=False)
+    return results["probe_accuracy"]

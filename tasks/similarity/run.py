@@ -1,7 +1,9 @@
 """The similarity stage for one run: moments → metrics, drift, probes → results.zarr + CSV.
 
 Writes to ``<run>/results.zarr`` the groups ``drift``, ``layer_similarity``,
-``probe_accuracy`` (when ``similarity.probes``) and, last, ``similarity``, whose attributes
+``similarity_ci`` (95% bootstrap intervals, when ``similarity.bootstrap_resamples`` > 0; see
+:mod:`tasks.similarity.bootstrap`), ``probe_accuracy``, ``probe_control_accuracy`` and
+``majority_rate`` (when ``similarity.probes``) and, last, ``similarity``, whose attributes
 record the store generation and the groups written; then ``<run>/similarity.csv``.
 """
 
@@ -16,24 +18,35 @@ import dask
 import numpy as np
 from prefect import task
 from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
 from layerdrift.config import RunConfig
 from layerdrift.storage import RunDir, list_results, open_result, write_result
 from layerdrift.storage.activations import open_store, read_attrs
-from layerdrift.tasks.similarity.accumulate import iter_moments, token_mask
+from layerdrift.tasks.similarity.accumulate import group_moments, iter_moments, token_mask
+from layerdrift.tasks.similarity.bootstrap import (
+    LEVEL,
+    bootstrap_intervals,
+    example_groups,
+    resample_counts,
+    total_moments,
+)
 from layerdrift.tasks.similarity.drift import drift_array
-from layerdrift.tasks.similarity.probes import probe_table
+from layerdrift.tasks.similarity.probes import probe_results
 from layerdrift.tasks.similarity.tables import (
+    checkpoint_pairs,
+    layer_pairs,
     layer_similarity_table,
     pair_metrics,
     self_metrics,
-    similarity_pairs,
+    similarity_interval_table,
     similarity_table,
 )
 
 logger = logging.getLogger(__name__)
 
 CSV_FILE = "similarity.csv"
+PROBE_GROUPS = ("probe_accuracy", "probe_control_accuracy", "majority_rate")
 BASE, FINAL = "base", "final"
 
 
@@ -78,13 +91,10 @@ def _compute_similarity(run: RunDir, cfg: RunConfig, client: Any) -> dict[str, A
     layers = np.asarray(ds["layer"].values)
     mask = token_mask(ds, cfg.similarity.exclude_special, cfg.similarity.examples)
     attrs = _selection_attrs(cfg, int(mask.sum()), generation)
-    pairs = similarity_pairs(len(checkpoints), len(layers), chosen)
     results = run.results()
-    values: dict = {}
     with _scheduler(client):
-        for selves, crosses in iter_moments(ds["activations"].data, pairs, mask):
-            values.update(pair_metrics(selves, crosses, both_ways=True))
-        values.update(self_metrics(selves))
+        values, intervals, known = _checkpoint_metrics(ds, mask, cfg)
+        values.update(_layer_metrics(ds, mask, chosen, known))
         drift = drift_array(ds, BASE).assign_attrs(
             {"store_generation": attrs["store_generation"], "tokens": "every store token"}
         )
@@ -92,23 +102,87 @@ def _compute_similarity(run: RunDir, cfg: RunConfig, client: Any) -> dict[str, A
         groups = ["drift", "layer_similarity"]
         table = layer_similarity_table(checkpoints, chosen, layers, values)
         write_result(results, "layer_similarity", table.assign_attrs(attrs))
+        if intervals is not None:
+            ci = similarity_interval_table(
+                checkpoints, layers, values, intervals, {**attrs, **_bootstrap_attrs(cfg)}
+            )
+            write_result(results, "similarity_ci", ci)
+            groups.append("similarity_ci")
         probes = None
         if cfg.similarity.probes:
-            probes = probe_table(
-                ds,
-                cfg.similarity.probe_folds,
-                cfg.seed,
-                cfg.similarity.examples,
-                ~ds["is_special"].values if cfg.similarity.exclude_special else None,
-            )
-            write_result(results, "probe_accuracy", probes.assign_attrs(attrs))
-            groups.append("probe_accuracy")
+            probes = _write_probes(ds, cfg, results, attrs)
+            groups += list(PROBE_GROUPS)
     sim = similarity_table(checkpoints, layers, values)
     sim = sim.assign_attrs({**attrs, "groups": [*groups, "similarity"], "base": BASE})
     write_result(results, "similarity", sim)
     frame = sim.to_series().rename("value").reset_index()
     run.write_text(frame.to_csv(index=False), CSV_FILE)
     return _summary(sim, probes, final, results)
+
+
+def _checkpoint_metrics(ds, mask: np.ndarray, cfg: RunConfig) -> tuple[dict, dict | None, dict]:
+    """Metrics (and bootstrap intervals) of the ``similarity`` table's pairs, and the self
+    moments of every representation: one grouped pass per layer when intervals are asked
+    for (the groups' moments add up to the point estimates), else ordinary passes."""
+    acts = ds["activations"].data
+    n_checkpoints, n_layers = acts.shape[0], acts.shape[1]
+    values: dict = {}
+    selves: dict = {}
+    resamples = cfg.similarity.bootstrap_resamples
+    if not resamples:
+        pairs = [p for layer in range(n_layers) for p in checkpoint_pairs(n_checkpoints, layer)]
+        for selves, crosses in iter_moments(acts, pairs, mask):
+            values.update(pair_metrics(selves, crosses))
+        return values, None, dict(selves)
+    groups = example_groups(ds["example_of_token"].values, mask, cfg.similarity.bootstrap_groups)
+    n_groups = int(groups.max()) + 1
+    counts = resample_counts(resamples, n_groups, cfg.seed)
+    intervals: dict = {}
+    for layer in tqdm(range(n_layers), total=n_layers, desc="bootstrap", leave=False):
+        pairs = checkpoint_pairs(n_checkpoints, layer)
+        per_group = group_moments(acts, pairs, groups, n_groups)
+        s, crosses = total_moments(per_group)
+        selves.update(s)
+        values.update(pair_metrics(s, crosses))
+        intervals.update(bootstrap_intervals(per_group, pairs, counts))
+    return values, intervals, selves
+
+
+def _layer_metrics(ds, mask: np.ndarray, chosen: list[int], known: dict) -> dict:
+    """Metrics of layer pairs within the ``chosen`` checkpoints, both ways, and of every
+    representation with itself; ``known`` self moments are reused."""
+    n_layers = ds.sizes["layer"]
+    pairs = [p for layer in range(n_layers) for p in layer_pairs(n_layers, layer, chosen)]
+    values: dict = {}
+    selves = known
+    for selves, crosses in iter_moments(ds["activations"].data, pairs, mask, known=known):
+        values.update(pair_metrics(selves, crosses, both_ways=True))
+    values.update(self_metrics(selves))
+    return values
+
+
+def _bootstrap_attrs(cfg: RunConfig) -> dict[str, Any]:
+    return {
+        "level": LEVEL,
+        "method": "percentile bootstrap over groups of probe examples",
+        "resamples": cfg.similarity.bootstrap_resamples,
+        "groups": cfg.similarity.bootstrap_groups,
+        "seed": cfg.seed,
+    }
+
+
+def _write_probes(ds, cfg: RunConfig, results: str, attrs: dict) -> Any:
+    """Fit the probes and their control; write each group; return ``probe_accuracy``."""
+    out = probe_results(
+        ds,
+        cfg.similarity.probe_folds,
+        cfg.seed,
+        cfg.similarity.examples,
+        ~ds["is_special"].values if cfg.similarity.exclude_special else None,
+    )
+    for name in PROBE_GROUPS:
+        write_result(results, name, out[name].assign_attrs(attrs))
+    return out["probe_accuracy"]
 
 
 def _clean(values: np.ndarray) -> list[float | None]:

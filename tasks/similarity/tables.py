@@ -2,32 +2,68 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
 import numpy as np
 import xarray as xr
+from threadpoolctl import threadpool_limits
 
 from layerdrift.tasks.similarity.accumulate import Pair, Rep
-from layerdrift.tasks.similarity.metrics import METRICS, all_metrics
+from layerdrift.tasks.similarity.metrics import METRICS, all_metrics, metrics_both_ways
 from layerdrift.tasks.similarity.moments import CrossMoments, SelfMoments, self_as_cross
 
 REFERENCES = ("base", "previous")
+BOUNDS = ("low", "high")
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def checkpoint_pairs(n_checkpoints: int, layer: int) -> list[Pair]:
+    """The pairs of the ``similarity`` table at one layer: every checkpoint against
+    checkpoint 0 (base) and against the previous one; ``(a, a)`` asks only for self moments."""
+    pairs: list[Pair] = []
+    for c in range(n_checkpoints):
+        pairs.append(((0, layer), (c, layer)))
+        if c >= 1:
+            pairs.append(((c - 1, layer), (c, layer)))
+    return list(dict.fromkeys(pairs))
+
+
+def layer_pairs(n_layers: int, layer: int, layer_checkpoints: list[int]) -> list[Pair]:
+    """The pairs of the ``layer_similarity`` table from one layer to every later layer."""
+    return [
+        ((c, layer), (c, other)) for c in layer_checkpoints for other in range(layer + 1, n_layers)
+    ]
 
 
 def similarity_pairs(n_checkpoints: int, n_layers: int, layer_checkpoints: list[int]) -> list[Pair]:
     """Every pair the run needs, ordered layer by layer so that passes share reads.
 
-    Per layer l: each checkpoint against checkpoint 0 (base) and against the previous one,
-    then, for each checkpoint index in ``layer_checkpoints``, layer l against every later
-    layer. ``(a, a)`` entries ask only for self moments.
+    Per layer l: :func:`checkpoint_pairs`, then, for each checkpoint index in
+    ``layer_checkpoints``, layer l against every later layer (:func:`layer_pairs`).
     """
     pairs: list[Pair] = []
     for layer in range(n_layers):
-        for c in range(n_checkpoints):
-            pairs.append(((0, layer), (c, layer)))
-            if c >= 1:
-                pairs.append(((c - 1, layer), (c, layer)))
-        for c in layer_checkpoints:
-            pairs += [((c, layer), (c, other)) for other in range(layer + 1, n_layers)]
+        pairs += checkpoint_pairs(n_checkpoints, layer)
+        pairs += layer_pairs(n_layers, layer, layer_checkpoints)
     return list(dict.fromkeys(pairs))
+
+
+def parallel_map(fn: Callable[[T], U], items: Iterable[T]) -> list[U]:
+    """``[fn(i) for i in items]`` on one thread per core, BLAS single-threaded in each.
+
+    The metrics are LAPACK calls on d×d matrices that release the GIL; one thread each
+    beats multi-threaded LAPACK on one matrix at a time at these sizes.
+    """
+    items = list(items)
+    workers = min(len(items), os.cpu_count() or 1)
+    if workers <= 1:
+        return [fn(item) for item in items]
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
 
 
 def pair_metrics(
@@ -36,18 +72,28 @@ def pair_metrics(
     """Metrics (len(METRICS),) of each pair (X = a, Y = b) in ``crosses``.
 
     With ``both_ways``, pairs within one checkpoint (layer pairs) also get (b, a).
+    Representations are decomposed first, then the pairs, each spread over the cores.
     """
+    used = {r for pair in crosses for r in pair}
+    parallel_map(lambda r: selves[r].eigen, sorted(used))
+
+    def one(item: tuple[Pair, CrossMoments]) -> tuple[np.ndarray, np.ndarray | None]:
+        (a, b), xy = item
+        return metrics_both_ways(selves[a], selves[b], xy, reverse=both_ways and a[0] == b[0])
+
     out: dict[Pair, np.ndarray] = {}
-    for (a, b), xy in crosses.items():
-        out[(a, b)] = all_metrics(selves[a], selves[b], xy)
-        if both_ways and a[0] == b[0]:
-            out[(b, a)] = all_metrics(selves[b], selves[a], xy.swapped())
+    results = parallel_map(one, crosses.items())
+    for (a, b), (forward, backward) in zip(crosses, results, strict=True):
+        out[(a, b)] = forward
+        if backward is not None:
+            out[(b, a)] = backward
     return out
 
 
 def self_metrics(selves: dict[Rep, SelfMoments]) -> dict[Pair, np.ndarray]:
     """Metrics of each representation with itself (the tables' diagonals)."""
-    return {(r, r): all_metrics(s, s, self_as_cross(s)) for r, s in selves.items()}
+    values = parallel_map(lambda s: all_metrics(s, s, self_as_cross(s)), selves.values())
+    return {(r, r): v for r, v in zip(selves, values, strict=True)}
 
 
 def similarity_table(
@@ -99,4 +145,35 @@ def layer_similarity_table(
             "metric": np.array(METRICS, dtype=object),
         },
         name="layer_similarity",
+    )
+
+
+def similarity_interval_table(
+    checkpoints: list[str],
+    layers: np.ndarray,
+    values: dict[Pair, np.ndarray],
+    intervals: dict[Pair, np.ndarray],
+    attrs: dict,
+) -> xr.DataArray:
+    """``similarity_ci`` (reference, checkpoint, layer, metric, bound): the ``similarity``
+    table's intervals; a checkpoint against itself gets its value as both bounds."""
+    out = np.full((2, len(checkpoints), len(layers), len(METRICS), len(BOUNDS)), np.nan)
+    for c in range(len(checkpoints)):
+        for li in range(len(layers)):
+            keys = [((0, li), (c, li))] + ([((c - 1, li), (c, li))] if c >= 1 else [])
+            for ref, key in enumerate(keys):
+                same = key[0] == key[1]
+                out[ref, c, li] = np.stack([values[key]] * 2, -1) if same else intervals[key].T
+    return xr.DataArray(
+        out,
+        dims=("reference", "checkpoint", "layer", "metric", "bound"),
+        coords={
+            "reference": np.array(REFERENCES, dtype=object),
+            "checkpoint": np.array(checkpoints, dtype=object),
+            "layer": layers,
+            "metric": np.array(METRICS, dtype=object),
+            "bound": np.array(BOUNDS, dtype=object),
+        },
+        name="similarity_ci",
+        attrs=attrs,
     )

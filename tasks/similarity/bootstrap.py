@@ -1,0 +1,127 @@
+"""Bootstrap intervals for the similarity metrics, from per-group moments of one pass.
+
+The resampling unit is a *group of probe examples*: the selected examples, in probe order
+(a seeded, shuffled sample, so consecutive examples are a random partition), are cut into
+``n_groups`` groups of nearly equal size, and every token goes with its example. The moments
+of each group come from the same streaming pass that computes the point estimates
+(:func:`tasks.similarity.accumulate.group_moments`); they add up to the moments of all
+tokens. A bootstrap resample draws ``n_groups`` groups with replacement (multinomial counts
+``w_g``, seeded), its moments are Σ_g w_g·M_g, exactly the moments of the resampled tokens,
+and every metric is recomputed from them. The interval is the percentile interval
+(Efron & Tibshirani 1993, ch. 13): the 2.5% and 97.5% quantiles over the resamples
+(numpy's linear interpolation). Resampling whole examples keeps the tokens of a sentence,
+which are not independent, together; grouping examples keeps memory at n_groups moment
+sets, independent of the number of examples.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from layerdrift.tasks.similarity.accumulate import Pair, Rep
+from layerdrift.tasks.similarity.metrics import METRICS, all_metrics
+from layerdrift.tasks.similarity.moments import CrossMoments, SelfMoments
+from layerdrift.tasks.similarity.tables import parallel_map
+
+LEVEL = 0.95
+GroupMoments = tuple[dict[Rep, SelfMoments], dict[Pair, CrossMoments]]
+
+
+def example_groups(example_of_token: np.ndarray, mask: np.ndarray, n_groups: int) -> np.ndarray:
+    """The group (token,) int of every selected token, -1 for the others.
+
+    The examples with a selected token, in probe order, are split into ``n_groups``
+    consecutive groups of nearly equal size (fewer when there are fewer examples).
+    """
+    example = np.asarray(example_of_token, dtype=np.int64)
+    chosen = np.unique(example[mask])
+    rank = np.full(int(example.max()) + 1 if example.size else 0, -1, dtype=np.int64)
+    rank[chosen] = np.arange(chosen.size)
+    groups = min(n_groups, chosen.size)
+    group_of_example = np.where(rank >= 0, rank * groups // max(chosen.size, 1), -1)
+    return np.where(mask, group_of_example[example], -1)
+
+
+def resample_counts(n_resamples: int, n_groups: int, seed: int) -> np.ndarray:
+    """Seeded bootstrap resamples: counts (n_resamples, n_groups) of each group, each row
+    summing to ``n_groups`` (a draw of n_groups groups with replacement)."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples)
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """One representation's or pair's moments of every group, field by field (G, ...)."""
+
+    kind: type
+    fields: dict[str, np.ndarray]
+    shift: np.ndarray | None
+
+    @classmethod
+    def of(cls, parts: Sequence[SelfMoments | CrossMoments]) -> _Stack:
+        names = [f.name for f in fields(parts[0]) if f.name not in ("shift", "_derived")]
+        stacked = {name: np.stack([np.asarray(getattr(p, name)) for p in parts]) for name in names}
+        return cls(type(parts[0]), stacked, getattr(parts[0], "shift", None))
+
+    def at(self, weights: np.ndarray) -> SelfMoments | CrossMoments:
+        """Σ_g weights[g]·moments of group g."""
+        values: dict[str, object] = {}
+        for name, stack in self.fields.items():
+            total = np.tensordot(weights.astype(np.float64), stack, axes=1)
+            values[name] = float(total) if total.ndim == 0 else total
+        if self.shift is not None:
+            values["shift"] = self.shift
+        return self.kind(**values)
+
+
+def total_moments(per_group: Sequence[GroupMoments]) -> GroupMoments:
+    """The moments of all groups together (what an ungrouped pass returns)."""
+    return _resample(_stacks(per_group), np.ones(len(per_group)))
+
+
+def _stacks(per_group: Sequence[GroupMoments]) -> tuple[dict, dict]:
+    selves = {r: _Stack.of([g[0][r] for g in per_group]) for r in per_group[0][0]}
+    crosses = {p: _Stack.of([g[1][p] for g in per_group]) for p in per_group[0][1]}
+    return selves, crosses
+
+
+def _resample(stacks: tuple[dict, dict], weights: np.ndarray) -> GroupMoments:
+    selves, crosses = stacks
+    return (
+        {r: s.at(weights) for r, s in selves.items()},
+        {p: c.at(weights) for p, c in crosses.items()},
+    )
+
+
+def bootstrap_intervals(
+    per_group: Sequence[GroupMoments], pairs: Sequence[Pair], counts: np.ndarray
+) -> dict[Pair, np.ndarray]:
+    """Percentile intervals (2, len(METRICS)) = (low, high) of every pair's metrics.
+
+    ``per_group`` holds each group's moments (from
+    :func:`tasks.similarity.accumulate.group_moments`); ``counts`` (R, G) the resamples
+    (:func:`resample_counts`). A pair ``(a, a)`` does not vary and gets NaN (the caller
+    gives it its value); a metric NaN in some resamples uses the others. Resamples run on
+    every core.
+    """
+    stacks = _stacks(per_group)
+    distinct = [p for p in pairs if p[0] != p[1]]
+
+    def one(weights: np.ndarray) -> np.ndarray:
+        selves, crosses = _resample(stacks, weights)
+        return np.stack([all_metrics(selves[a], selves[b], crosses[(a, b)]) for a, b in distinct])
+
+    out = {pair: np.full((2, len(METRICS)), np.nan) for pair in pairs}
+    if not distinct:
+        return out
+    values = np.stack(parallel_map(one, list(counts)))  # (R, pairs, metrics)
+    tail = 100.0 * (1.0 - LEVEL) / 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN metrics stay NaN
+        low, high = np.nanpercentile(values, [tail, 100.0 - tail], axis=0)
+    out.update({pair: np.stack([low[i], high[i]]) for i, pair in enumerate(distinct)})
+    return out
