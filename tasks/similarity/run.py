@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_limits
 from layerdrift.config import RunConfig
 from layerdrift.storage import RunDir, list_results, open_result, write_result
 from layerdrift.storage.activations import open_store, read_attrs
+from layerdrift.storage.rundir import SIMILARITY_CSV as CSV_FILE
 from layerdrift.tasks.similarity.accumulate import iter_moments, token_mask
 from layerdrift.tasks.similarity.drift import drift_array
 from layerdrift.tasks.similarity.probes import probe_table
@@ -33,7 +34,6 @@ from layerdrift.tasks.similarity.tables import (
 
 logger = logging.getLogger(__name__)
 
-CSV_FILE = "similarity.csv"
 BASE, FINAL = "base", "final"
 
 
