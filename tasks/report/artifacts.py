@@ -6,7 +6,6 @@ Call :func:`publish_artifacts` inside a flow run (or a task run); the artifacts 
 from __future__ import annotations
 
 import logging
-import math
 import re
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from prefect.artifacts import (
 from layerdrift.storage.rundir import REPORT_FILE, RunDir
 from layerdrift.tasks.report.load import load_inputs
 from layerdrift.tasks.report.summary import layer_frame, summary_lines
+from layerdrift.tasks.report.tables import json_records, markdown
 
 logger = logging.getLogger(__name__)
 
@@ -28,30 +28,6 @@ def artifact_key(name: str, kind: str) -> str:
     """A Prefect artifact key (lowercase letters, digits, dashes) for run ``name``."""
     slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "run"
     return f"layerdrift-{slug}-{kind}"
-
-
-def table_records(table: pd.DataFrame) -> list[dict]:
-    """Rows of ``table`` as JSON-safe dicts (NaN becomes None, numpy scalars plain Python)."""
-    records = []
-    for row in table.to_dict(orient="records"):
-        clean = {}
-        for key, value in row.items():
-            value = value.item() if hasattr(value, "item") else value
-            is_nan = isinstance(value, float) and math.isnan(value)
-            clean[str(key)] = None if is_nan else value
-        records.append(clean)
-    return records
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    """``table`` as a GitHub-flavoured markdown table, floats to 3 decimals."""
-    head = "| " + " | ".join(str(c) for c in table.columns) + " |"
-    rule = "|" + "---|" * len(table.columns)
-    rows = []
-    for row in table.itertuples(index=False):
-        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join([head, rule, *rows])
 
 
 def report_link(run: RunDir) -> str:
@@ -75,14 +51,14 @@ def publish_artifacts(run: RunDir, table: pd.DataFrame | None = None) -> None:
     if inputs.missing:
         lines += ["", "Did not run:", *[f"- {line}" for line in inputs.missing]]
     if not table.empty:
-        lines += ["", "## Per layer (final vs base)", "", markdown_table(table)]
+        lines += ["", "## Per layer (final vs base)", "", markdown(table)]
     lines += ["", f"Report: `{run.child_url(REPORT_FILE)}`"]
     create_markdown_artifact(
         "\n".join(lines), key=artifact_key(name, "summary"), description="layerdrift summary"
     )
     if not table.empty:
         create_table_artifact(
-            table_records(table),
+            json_records(table),
             key=artifact_key(name, "per-layer"),
             description="Per-layer similarity of the final checkpoint to base",
         )
