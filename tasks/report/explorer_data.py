@@ -177,8 +177,12 @@ def explorer_data(
     store: xr.Dataset | None,
     probs: xr.DataArray | None,
     tables: list[LatentTable],
+    drift: xr.DataArray | None = None,
 ) -> dict:
-    """The page's whole data object (JSON-ready)."""
+    """The page's whole data object (JSON-ready).
+
+    ``drift`` (checkpoint, layer, token) defaults to the run's ``drift`` group.
+    """
     run, config = inputs.run, inputs.config
     features = config.features if config else FeaturesConfig()
     groups = []
@@ -213,7 +217,8 @@ def explorer_data(
         required = {int(e) for t in tables for e in np.unique(t.examples) if e >= 0}
         counts = np.asarray(store.token_count.values)
         keep = kept_examples(len(counts), counts, required)
-        drift = open_result(run.results(), "drift")["drift"] if inputs.has("drift") else None
+        if drift is None and inputs.has("drift"):
+            drift = open_result(run.results(), "drift")["drift"]
         data["probe"] = token_data(store, drift, keep)
         data["probe"]["predictions"] = predictions_data(probs, keep)
         data["probe"]["subsampled"] = bool(len(keep) < len(counts))
