@@ -61,9 +61,12 @@ def tiny_run(prefect_harness, tiny_model_dir, separable_csv, tmp_path_factory):
     return config, pipeline(config)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium(tmp_path_factory):
-    """A headless Chromium context 1400 px wide with a fresh profile (skips when absent)."""
+    """A headless Chromium context 1400 px wide with a fresh profile (skips when absent).
+
+    Module-scoped: Playwright's event loop lives only while a module of page tests runs.
+    """
     from browser import CHROMIUM, CHROMIUM_ARGS, WIDTH, require_browser
 
     require_browser()

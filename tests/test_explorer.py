@@ -179,3 +179,12 @@ def test_large_probe_sets_are_subsampled_by_the_stated_rule(dictionary_run, monk
     assert (np.diff(keep) > 0).all()
     again = data_module.kept_examples(len(counts), counts, {0, 7})
     np.testing.assert_array_equal(keep, again)  # seeded
+
+
+def test_inlined_json_cannot_close_its_script_element():
+    from layerdrift.tasks.report.explorer import script_json
+
+    text = 'a "quote", </script><script>alert(1)</script> <!-- and \u2028 a separator'
+    inlined = script_json({"text": [text]})
+    assert "<" not in inlined and "\u2028" not in inlined
+    assert json.loads(inlined) == {"text": [text]}

@@ -1,4 +1,5 @@
-"""Prefect artifacts for a run: a markdown summary, the per-layer table, a link to the report.
+"""Prefect artifacts for a run: a markdown summary, the per-layer table, links to the report
+and the explorer.
 
 Call :func:`publish_artifacts` inside a flow run (or a task run); the artifacts attach to it.
 """
@@ -16,7 +17,7 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 
-from layerdrift.storage.rundir import REPORT_FILE, RunDir
+from layerdrift.storage.rundir import EXPLORER_FILE, REPORT_FILE, RunDir
 from layerdrift.tasks.report.load import load_inputs
 from layerdrift.tasks.report.summary import layer_frame, summary_lines
 from layerdrift.tasks.report.tables import json_records, markdown
@@ -30,11 +31,11 @@ def artifact_key(name: str, kind: str) -> str:
     return f"layerdrift-{slug}-{kind}"
 
 
-def report_link(run: RunDir) -> str:
-    """A link to ``report.html``: a file:// URI for local runs, the URL otherwise."""
+def report_link(run: RunDir, name: str = REPORT_FILE) -> str:
+    """A link to a page of the run: a file:// URI for local runs, the URL otherwise."""
     if run.is_local:
-        return Path(run.child_url(REPORT_FILE)).resolve().as_uri()
-    return run.child_url(REPORT_FILE)
+        return Path(run.child_url(name)).resolve().as_uri()
+    return run.child_url(name)
 
 
 def publish_artifacts(run: RunDir, table: pd.DataFrame | None = None) -> None:
@@ -62,8 +63,9 @@ def publish_artifacts(run: RunDir, table: pd.DataFrame | None = None) -> None:
             key=artifact_key(name, "per-layer"),
             description="Per-layer similarity of the final checkpoint to base",
         )
-    if run.exists(REPORT_FILE):
-        create_link_artifact(
-            report_link(run), link_text="report.html", key=artifact_key(name, "report")
-        )
+    for page, kind in ((REPORT_FILE, "report"), (EXPLORER_FILE, "explorer")):
+        if run.exists(page):
+            create_link_artifact(
+                report_link(run, page), link_text=page, key=artifact_key(name, kind)
+            )
     logger.info("published Prefect artifacts for %s", run.url)

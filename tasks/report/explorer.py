@@ -35,9 +35,13 @@ def asset(name: str) -> str:
 
 
 def script_json(data: dict) -> str:
-    """``data`` as JSON that is safe inside a ``<script>`` element (no ``</``)."""
+    """``data`` as JSON that is safe inside a ``<script>`` element.
+
+    Every ``<`` is written ``\\u003c`` (still the same JSON string), so no text from the run
+    (a probe sentence holding ``</script>`` or ``<!--``) can end or bend the element.
+    """
     text = json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-    return text.replace("</", "<\\/").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
 def page(data: dict) -> str:
