@@ -58,7 +58,8 @@ def tiny_run(prefect_harness, tiny_model_dir, separable_csv, tmp_path_factory):
     values = tiny_runs.tiny_config(tiny_model_dir, separable_csv)
     root = tmp_path_factory.mktemp("tiny-runs")
     config = RunConfig.model_validate({**values, "runs_root": str(root)})
-    return config, pipeline(config)
+    with tiny_runs.one_thread():
+        return config, pipeline(config)
 
 
 @pytest.fixture(scope="module")

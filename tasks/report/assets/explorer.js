@@ -41,6 +41,7 @@
     if (Number.isInteger(v)) return String(v);
     return v.toFixed(4);
   }
+  const fixed = (v) => (v === null || v === undefined ? "–" : v.toFixed(4));  // a float, even 1
   function showTip(event, text) {
     tip.textContent = text;
     tip.hidden = false;
@@ -434,14 +435,14 @@
     box.append(el("h2", { text: `layer ${t.layer} · ${SOURCES[t.source]} latent ${j}` }),
       el("p", { text: `${aurocText(t.auroc[j])} · fires on ${(100 * t.density[j]).toFixed(2)}% of tokens · max ${fmt(t.max[j])}` }));
     if (t.group) {
-      box.append(el("p", { text: `crosscoder group ${LAT.groups[t.group[j]]} · relative decoder norm (fine-tuned share) ${fmt(t.relative_norm[j])}` }));
+      box.append(el("p", { text: `crosscoder group ${LAT.groups[t.group[j]]} · relative decoder norm (fine-tuned share) ${fixed(t.relative_norm[j])}` }));
     }
     if (t.partner) {
       const other = t.source === "base_sae" ? "finetuned_sae" : "base_sae";
       const p = t.partner[j];
       box.append(el("p", { id: "partner" }, "partner: ",
         el("a", { class: "link", on: { click: () => go({ source: other, latent: p }) }, text: `${SOURCES[other]} latent ${p}` }),
-        ` (decoder cosine ${fmt(t.partner_cosine[j])})`));
+        ` (decoder cosine ${fixed(t.partner_cosine[j])})`));
     }
     box.append(el("h3", { text: "Activation histogram (active tokens)" }), histogram(t, a, j));
     if (probe) {
@@ -474,7 +475,7 @@
       if (k === "group") return LAT.groups[t.group[j]];
       if (k === "partner") return String(t.partner[j]);
       if (k === "density") return (100 * t.density[j]).toFixed(2) + "%";
-      return fmt(SORTS[k](t, j));
+      return fixed(SORTS[k](t, j));
     };
     const rows = idx.slice(0, limit).map((j) => el("tr", { class: "pick" + (String(j) === state.latent ? " chosen" : ""),
       "data-latent": j, on: { click: () => go({ latent: j }) } }, cols.map(([k]) => el("td", { text: cell(k, j) }))));
