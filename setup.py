@@ -14,4 +14,6 @@ subpackages = find_packages(include=[f"{folder}*" for folder in STAGE_FOLDERS])
 setup(
     packages=["layerdrift", *(f"layerdrift.{name}" for name in subpackages)],
     package_dir={"layerdrift": "layerdrift", **{f"layerdrift.{f}": f for f in STAGE_FOLDERS}},
+    # The explorer page's script and stylesheet, inlined into explorer.html.
+    package_data={"layerdrift.tasks.report": ["assets/*.js", "assets/*.css"]},
 )

@@ -103,9 +103,46 @@ def report(run_dir: Annotated[str, typer.Argument(help="A run directory or URL."
 
 
 @app.command()
-def show(run_dir: Annotated[str, typer.Argument(help="A run directory or URL.")]) -> None:
-    """Print the per-layer table of a run."""
-    _print_layer_table(_existing_run(run_dir))
+def show(
+    run_dir: Annotated[str, typer.Argument(help="A run directory or URL.")],
+    table: Annotated[
+        str, typer.Option(help="layers (every per-layer column) or features (the README's).")
+    ] = "layers",
+    group: Annotated[
+        str | None, typer.Option(help="Show this results.zarr group instead of a table.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv, markdown or json.")] = "table",
+) -> None:
+    """Print the per-layer table of a run, its feature table, or any results group."""
+    from layerdrift.storage import RunDir
+    from layerdrift.tasks.report import tables
+
+    if fmt not in tables.FORMATS:
+        raise UserError(f"unknown --format {fmt!r}: use one of {', '.join(tables.FORMATS)}")
+    if table not in tables.TABLES:
+        raise UserError(f"unknown --table {table!r}: use one of {', '.join(tables.TABLES)}")
+    run = RunDir(_existing_run(run_dir))
+    if group is not None:
+        _print_frame(tables.group_table(run, group), f"results group {group}", fmt)
+    else:
+        _print_frame(tables.layer_table(run, table), "final vs base, per layer", fmt)
+
+
+@app.command()
+def explore(
+    run_dir: Annotated[str, typer.Argument(help="A run directory or URL.")],
+    open_page: Annotated[
+        bool, typer.Option("--open/--no-open", help="Open the page in a web browser.")
+    ] = True,
+) -> None:
+    """Write explorer.html (the interactive page) for a run and open it, or print its path."""
+    from layerdrift.storage import RunDir
+    from layerdrift.tasks.report import build_explorer
+
+    path = build_explorer(RunDir(_existing_run(run_dir)))
+    console.print(f"[bold green]explorer[/bold green] {path}")
+    if open_page and not _open_in_browser(path):
+        console.print("no graphical browser here: open the file above in one")
 
 
 @app.command()
@@ -147,14 +184,44 @@ def _print_layer_table(run_dir: str) -> None:
     from layerdrift.storage import RunDir
     from layerdrift.tasks.report import per_layer_table
 
-    frame = per_layer_table(RunDir(run_dir))
-    if frame is None or frame.empty:
+    _print_frame(per_layer_table(RunDir(run_dir)), "final vs base, per layer", "table")
+
+
+def _print_frame(frame, title: str, fmt: str) -> None:
+    """Print a frame as rich tables (split by columns to fit) or as CSV/markdown/JSON text."""
+    from layerdrift.tasks.report import tables
+
+    if frame.empty:
         console.print("no per-layer results yet")
         return
-    table = Table(*[str(c) for c in frame.columns], title="final vs base, per layer")
-    for row in frame.itertuples(index=False):
-        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
-    console.print(table)
+    if fmt != "table":
+        typer.echo(tables.formatted(frame, fmt))
+        return
+    shown = frame.iloc[: tables.MAX_TERMINAL_ROWS]
+    for block in tables.column_blocks(shown, console.width):
+        table = Table(*[str(c) for c in block.columns], title=title)
+        for cells in tables.text_rows(block):
+            table.add_row(*cells)
+        console.print(table)
+    if len(frame) > len(shown):
+        console.print(f"… {len(frame) - len(shown)} more rows: --format csv prints them all")
+
+
+def _open_in_browser(path: str) -> bool:
+    """Open a local file in a graphical browser; False where there is none (CI, SSH, remote).
+
+    Without a display, Python's webbrowser falls back to text browsers that take over the
+    terminal, so it is only asked when a desktop session is there.
+    """
+    import os
+    import webbrowser
+
+    desktop = sys.platform in ("darwin", "win32") or any(
+        os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY")
+    )
+    if not desktop or os.environ.get("CI") or not Path(path).exists():
+        return False
+    return webbrowser.open(Path(path).resolve().as_uri())
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ Each variable (``similarity``, ``drift``, ``sae_metrics`` …) lives in its own 
 variables disagree on coordinates (``metric`` means different things in ``similarity`` and
 ``sae_metrics``; ``layer_similarity`` covers only base and final). Read one with plain xarray:
 ``xr.open_zarr("<run>/results.zarr", group="similarity")``, or all with
-``xr.open_datatree("<run>/results.zarr", engine="zarr")``.
+``xr.open_datatree("<run>/results.zarr", engine="zarr")``. What each group holds is declared
+in :mod:`storage.results_schema`; a declared group is checked against it before it is written.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 import xarray as xr
 import zarr
 
+from layerdrift.storage.results_schema import result_group
+
 logger = logging.getLogger(__name__)
 
 
@@ -21,8 +24,13 @@ def write_result(url: str, name: str, data: xr.DataArray | xr.Dataset, **to_zarr
     """Write (or replace) the group ``name`` of the results store at ``url``.
 
     A DataArray is stored under its group's name. Rewriting a group replaces it whole, so a
-    retried stage leaves no mixture of old and new values.
+    retried stage leaves no mixture of old and new values. A group declared in
+    :data:`storage.results_schema.RESULT_GROUPS` must match its entry, else
+    :class:`~storage.results_schema.ResultSchemaError` is raised and nothing is written.
     """
+    declared = result_group(name)
+    if declared is not None:
+        declared.validate(data if isinstance(data, xr.Dataset) else data.rename(name))
     dataset = data.to_dataset(name=name) if isinstance(data, xr.DataArray) else data
     dataset = _variable_length_strings(dataset)
     dataset.to_zarr(url, group=name, mode="w", consolidated=False, zarr_format=3, **to_zarr_kwargs)

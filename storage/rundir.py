@@ -6,9 +6,12 @@ Layout (see DESIGN.md)::
     data/<split>.jsonl     the cleaned, split dataset (train, validation, probe)
     checkpoints/<label>/   save_pretrained folders (safetensors) and metrics.json
     activations.zarr       the activation store
-    results.zarr           similarity, probe and SAE metrics
+    results.zarr           similarity, probe and SAE metrics (groups: storage.results_schema)
+    similarity.csv         the similarity group as a tidy table
     saes/<checkpoint>/layer-<l>/
-    figures/*.png, report.html
+    crosscoders/layer-<l>/ base/fine-tuned crosscoders
+    features/layer-<l>.json, features/cards.json
+    figures/*.png, report.html, explorer.html
 """
 
 from __future__ import annotations
@@ -29,9 +32,14 @@ DATA_DIR = "data"
 CHECKPOINTS_DIR = "checkpoints"
 ACTIVATIONS_STORE = "activations.zarr"
 RESULTS_STORE = "results.zarr"
+SIMILARITY_CSV = "similarity.csv"
 SAES_DIR = "saes"
+CROSSCODERS_DIR = "crosscoders"
+FEATURES_DIR = "features"
+CARDS_PATH = (FEATURES_DIR, "cards.json")
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.html"
+EXPLORER_FILE = "explorer.html"
 PREFECT_RESULTS_DIR = ".prefect-results"
 SPLITS = ("train", "validation", "probe")
 
@@ -114,6 +122,10 @@ class RunDir:
     def sae(self, checkpoint: str, layer: int) -> str:
         """URL of one SAE folder."""
         return self.child_url(SAES_DIR, checkpoint, f"layer-{layer}")
+
+    def crosscoder(self, layer: int) -> str:
+        """URL of the crosscoder folder of ``layer``."""
+        return self.child_url(CROSSCODERS_DIR, f"layer-{layer}")
 
     def prefect_results(self) -> Path:
         """Local folder for Prefect's persisted task results (a cache beside the run)."""

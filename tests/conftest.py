@@ -44,6 +44,47 @@ def separable_csv(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_run(prefect_harness, tiny_model_dir, separable_csv, tmp_path_factory):
+    """The pipeline flow on the tiny config, once per session: (config, first outcome).
+
+    Tests that only read a finished run share it; test_pipeline also reruns it.
+    """
+    import tiny_runs
+
+    from layerdrift.config import RunConfig
+    from layerdrift.flows.pipeline import pipeline
+
+    values = tiny_runs.tiny_config(tiny_model_dir, separable_csv)
+    root = tmp_path_factory.mktemp("tiny-runs")
+    config = RunConfig.model_validate({**values, "runs_root": str(root)})
+    with tiny_runs.one_thread():
+        return config, pipeline(config)
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+    """A headless Chromium context 1400 px wide with a fresh profile (skips when absent).
+
+    Module-scoped: Playwright's event loop lives only while a module of page tests runs.
+    """
+    from browser import CHROMIUM, CHROMIUM_ARGS, WIDTH, require_browser
+
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        context = driver.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": WIDTH, "height": 900},
+        )
+        yield context
+        context.close()
+
+
 @pytest.fixture
 def rng():
     """The seeded random generator every test draws from."""

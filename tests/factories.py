@@ -133,3 +133,40 @@ def set_store_generation(url: str, generation: str) -> None:
 
     zarr.open_group(url, mode="r+").attrs.update(generation=generation)
     zarr.consolidate_metadata(url)
+
+
+def write_results_from_schema(
+    url: str,
+    rng: np.random.Generator,
+    coords: dict,
+    stages: tuple[str, ...] = ("similarity", "sae", "features"),
+    overrides: dict | None = None,
+) -> dict:
+    """Write every results group the schema declares for ``stages``, with random values.
+
+    ``coords`` holds the labels of each open dim (``checkpoint``, ``layer``, ``bin`` …) and
+    the non-dimension coordinates a group declares (``token_text``, ``bin_upper`` …, each
+    as ``(dim, values)``); fixed-label dims take the schema's labels unless given.
+    ``overrides`` maps a group name to its own values or to a dict of coords for it.
+    Returns the arrays written, by group name.
+    """
+    from layerdrift.storage.results import write_result
+    from layerdrift.storage.results_schema import RESULT_GROUPS
+
+    overrides = overrides or {}
+    written = {}
+    for group in RESULT_GROUPS.values():
+        if group.stage not in stages:
+            continue
+        own = {**coords, **overrides.get(group.name, {})}
+        dims = {d: own[d] for d in group.dims if d in own}
+        shape = group.shape({d: len(v) for d, v in dims.items()})
+        if group.dtype == "int":
+            values = rng.integers(0, 50, size=shape)
+        else:
+            values = rng.uniform(0.0, 1.0, size=shape)
+        extra = {name: own[name] for name in group.coords}
+        array = group.new(values, **dims, **extra)
+        write_result(url, group.name, array)
+        written[group.name] = array
+    return written

@@ -84,6 +84,8 @@ def test_readme_python_snippets_run_against_a_real_run(quick_run):
         (["run", "--runs-root", "r", "--model", "./no-such-model"], "does not exist"),
         (["run", "--runs-root", "r", "--preset", "huge"], "unknown preset 'huge'"),
         (["show", "nowhere"], "not a layerdrift run directory"),
+        (["show", "nowhere", "--format", "xml"], "unknown --format 'xml'"),
+        (["explore", "nowhere", "--no-open"], "not a layerdrift run directory"),
     ],
 )
 def test_bad_input_exits_2_with_a_reason(tmp_path, args, message):

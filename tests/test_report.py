@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from factories import make_activation_store
+from factories import make_activation_store, write_results_from_schema
 
 from layerdrift.config import build_config
 from layerdrift.storage import RunDir, open_result, save_run_config, write_result
+from layerdrift.storage.results_schema import RESULT_GROUPS
 from layerdrift.tasks.modeling import BUNDLED_NOTE
 from layerdrift.tasks.report import build_report, compare_runs, per_layer_table
 from layerdrift.tasks.report.compare import linear_cka
@@ -21,16 +22,7 @@ from layerdrift.tasks.report.summary import similarity_sentence
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ["base", "step-000010", "final"]
-SIM_METRICS = ["cosine", "linear_cka", "debiased_cka", "svcca", "pwcca", "procrustes", "norm_ratio"]
-SAE_METRICS = [
-    "mse",
-    "fvu",
-    "explained_variance",
-    "l0",
-    "dead_fraction",
-    "accuracy_recovered",
-    "loss_recovered",
-]
+SIM_METRICS = list(RESULT_GROUPS["similarity"].labels["metric"])
 N_LAYERS, HIDDEN = 4, 8
 pytestmark = pytest.mark.filterwarnings("ignore::zarr.errors.UnstableSpecificationWarning")
 
@@ -70,154 +62,36 @@ def make_run(
     )
     store = xr.open_zarr(run.activations())
     drift = 1.0 - _cos_rows(acts[:, :, :, :], acts[0][None])
-    coords = {k: store[k] for k in ("token_text", "example_of_token", "position", "is_special")}
+    edges = np.linspace(0.0, 1.0, 11)
+    coords = {
+        "checkpoint": CHECKPOINTS,
+        "layer": np.arange(N_LAYERS),
+        "layer_other": np.arange(N_LAYERS),
+        "reference": ["base", "previous"],
+        "dictionary": ["base_sae", "finetuned_sae", "crosscoder"],
+        "bin": edges[:-1],
+        "bin_upper": ("bin", edges[1:]),
+        "token": np.arange(store.sizes["token"]),
+        **{k: ("token", store[k].values) for k in ("token_id", "token_text", "position")},
+        **{k: ("token", store[k].values) for k in ("is_special", "example_of_token")},
+    }
+    overrides = {
+        "layer_similarity": {"checkpoint": ["base", "final"]},
+        "sae_metrics": {"checkpoint": ["base", "final"]},
+    }
+    stages = ("similarity", "sae", "features") if full else ("similarity",)
     url = run.results()
-    write_result(
-        url,
-        "drift",
-        xr.DataArray(
-            drift.astype(np.float32),
-            dims=("checkpoint", "layer", "token"),
-            coords={"checkpoint": CHECKPOINTS, "layer": np.arange(N_LAYERS), **coords},
-        ),
-    )
-    sim = rng.uniform(0.3, 1.0, size=(2, 3, N_LAYERS, len(SIM_METRICS)))
-    sim[0, 0] = 1.0  # base vs base
-    write_result(
-        url,
-        "similarity",
-        xr.DataArray(
-            sim,
-            dims=("reference", "checkpoint", "layer", "metric"),
-            coords={
-                "reference": ["base", "previous"],
-                "checkpoint": CHECKPOINTS,
-                "layer": np.arange(N_LAYERS),
-                "metric": SIM_METRICS,
-            },
-        ),
-    )
-    ls = rng.uniform(0.2, 1.0, size=(2, N_LAYERS, N_LAYERS, 2))
-    write_result(
-        url,
-        "layer_similarity",
-        xr.DataArray(
-            ls,
-            dims=("checkpoint", "layer", "layer_other", "metric"),
-            coords={
-                "checkpoint": ["base", "final"],
-                "layer": np.arange(N_LAYERS),
-                "layer_other": np.arange(N_LAYERS),
-                "metric": ["linear_cka", "cosine"],
-            },
-        ),
-    )
-    write_result(
-        url,
-        "probe_accuracy",
-        xr.DataArray(
-            rng.uniform(0.5, 1, size=(3, N_LAYERS, 2)),
-            dims=("checkpoint", "layer", "pooling"),
-            coords={
-                "checkpoint": CHECKPOINTS,
-                "layer": np.arange(N_LAYERS),
-                "pooling": ["mean", "cls"],
-            },
-        ),
-    )
-    ci = np.stack([sim - 0.02, np.minimum(sim + 0.02, 1.0)], axis=-1)
-    write_result(
-        url,
-        "similarity_ci",
-        xr.DataArray(
-            ci,
-            dims=("reference", "checkpoint", "layer", "metric", "bound"),
-            coords={
-                "reference": ["base", "previous"],
-                "checkpoint": CHECKPOINTS,
-                "layer": np.arange(N_LAYERS),
-                "metric": SIM_METRICS,
-                "bound": ["low", "high"],
-            },
-            attrs={"level": 0.95, "resamples": 200, "groups": 20},
-        ),
-    )
-    write_result(
-        url,
-        "probe_control_accuracy",
-        xr.DataArray(
-            rng.uniform(0.4, 0.6, size=(3, N_LAYERS, 2)),
-            dims=("checkpoint", "layer", "pooling"),
-            coords={
-                "checkpoint": CHECKPOINTS,
-                "layer": np.arange(N_LAYERS),
-                "pooling": ["mean", "cls"],
-            },
-        ),
-    )
-    write_result(url, "majority_rate", xr.DataArray(0.5))
+    written = write_results_from_schema(url, rng, coords, stages, overrides)
+    write_result(url, "drift", written["drift"].copy(data=drift.astype(np.float32)))
+    sim = written["similarity"].copy()
+    sim.loc[{"reference": "base", "checkpoint": "base"}] = 1.0  # base vs base
+    write_result(url, "similarity", sim)
+    bounds = np.stack([sim.values - 0.02, np.minimum(sim.values + 0.02, 1.0)], axis=-1)
+    ci = RESULT_GROUPS["similarity_ci"].new(bounds, **{d: sim[d].values for d in sim.dims})
+    write_result(url, "similarity_ci", ci.assign_attrs(level=0.95, resamples=200, groups=20))
+    write_result(url, "majority_rate", RESULT_GROUPS["majority_rate"].new(np.float64(0.5)))
     if not full:
         return run
-    write_result(
-        url,
-        "sae_metrics",
-        xr.DataArray(
-            rng.uniform(0, 1, size=(2, N_LAYERS, 7)),
-            dims=("checkpoint", "layer", "metric"),
-            coords={
-                "checkpoint": ["base", "final"],
-                "layer": np.arange(N_LAYERS),
-                "metric": SAE_METRICS,
-            },
-        ),
-    )
-    write_result(
-        url,
-        "crosscoder_counts",
-        xr.DataArray(
-            rng.integers(1, 50, size=(N_LAYERS, 3)),
-            dims=("layer", "group"),
-            coords={
-                "layer": np.arange(N_LAYERS),
-                "group": ["base_only", "shared", "finetuned_only"],
-            },
-        ),
-    )
-    write_result(
-        url,
-        "matched_fraction",
-        xr.DataArray(
-            rng.uniform(0, 1, N_LAYERS), dims=("layer",), coords={"layer": np.arange(N_LAYERS)}
-        ),
-    )
-    write_result(
-        url,
-        "relative_norm_deviation",
-        xr.DataArray(
-            rng.uniform(0, 1, N_LAYERS), dims=("layer",), coords={"layer": np.arange(N_LAYERS)}
-        ),
-    )
-    write_result(
-        url,
-        "task_specific_fraction",
-        xr.DataArray(
-            rng.uniform(0, 0.5, (2, N_LAYERS)),
-            dims=("source", "layer"),
-            coords={"source": ["base_sae", "finetuned_sae"], "layer": np.arange(N_LAYERS)},
-        ),
-    )
-    directions = [
-        "base_on_finetuned",
-        "finetuned_on_base",
-        "base_on_base",
-        "finetuned_on_finetuned",
-    ]
-    transfer = xr.DataArray(
-        rng.uniform(0, 1, (4, N_LAYERS)),
-        dims=("direction", "layer"),
-        coords={"direction": directions, "layer": np.arange(N_LAYERS)},
-    )
-    write_result(url, "transfer_fvu", transfer)
     card = {
         "layer": 2,
         "source": "crosscoder",
@@ -342,18 +216,22 @@ def test_report_is_valid_html_with_every_figure(built):
 def test_report_tables_equal_results(built):
     run, path = built
     page = parse(path)
-    rows = page.tables["layer-table"]
+    rows = page.tables["layer-table"]  # one row per statistic, one column per layer
     sim = open_result(run.results(), "similarity")["similarity"].sel(
         reference="base", checkpoint="final"
     )
     probe = open_result(run.results(), "probe_accuracy")["probe_accuracy"]
     drift = open_result(run.results(), "drift")["drift"].sel(checkpoint="final")
-    table = per_layer_table(run, compact=False)
-    assert list(per_layer_table(run).columns[:3]) == ["layer", "cosine", "cka"]
-    assert len(rows) == 1 + N_LAYERS  # header row has no td
-    for layer, row in enumerate(rows[1:]):
-        values = dict(zip(table.columns, [float(v) for v, _ in row], strict=True))
-        assert values["layer"] == layer
+    table = per_layer_table(run)
+    assert list(table.columns[:3]) == ["layer", "cosine", "linear_cka"]
+    assert len(rows) == table.shape[1]  # the header row, then one row per statistic
+    assert all(len(row) == 1 + N_LAYERS for row in rows[1:])
+    named = zip(table.columns[1:], rows[1:], strict=True)
+    stats = {name: [float(v) for v, _ in row[1:]] for name, row in named}
+    counts = open_result(run.results(), "crosscoder_counts")["crosscoder_counts"]
+    assert stats["crosscoder_shared"] == [float(v) for v in counts.sel(group="shared").values]
+    for layer in range(N_LAYERS):
+        values = {name: stat[layer] for name, stat in stats.items()}
         for metric in SIM_METRICS:
             assert values[metric] == float(sim.sel(layer=layer, metric=metric))
         assert values["probe_final"] == float(
@@ -509,3 +387,48 @@ def test_report_on_an_fsspec_url():
     assert text.count("data:image/png;base64,") == 7  # figures 1-5 (two token pictures), 8
     assert fs.exists("memory://report-test/synthetic/figures/01-similarity-by-layer.png")
     assert per_layer_table(run).shape[0] == N_LAYERS
+
+
+def test_card_labels_follow_the_thresholds():
+    from layerdrift.tasks.report.html import card_reason
+
+    card = {"reason": "task_specific", "auroc": 0.35, "score": 0.15}
+    assert card_reason(card, 0.75, 0.25) == (
+        "most label-related, not task-specific · AUROC 0.350 (task-specific: ≥ 0.75 or ≤ 0.25)"
+    )
+    assert card_reason(card, 0.6, 0.4) == "task-specific · AUROC 0.350"
+    assert card_reason({**card, "auroc": 0.8}, 0.75, 0.25) == "task-specific · AUROC 0.800"
+    lean = {"reason": "finetuned_only", "auroc": 0.9, "score": 0.97}
+    assert card_reason(lean, 0.75, 0.25) == (
+        "finetuned_only · relative decoder norm 0.970 · AUROC 0.900 (task-specific)"
+    )
+
+
+def test_summaries_say_none_instead_of_an_extreme_of_zero():
+    import pandas as pd
+
+    from layerdrift.tasks.report.figures_training import fig_features
+    from layerdrift.tasks.report.load import ReportInputs
+    from layerdrift.tasks.report.summary import finetuned_only_sentence
+
+    assert finetuned_only_sentence(pd.Series([0.0, 0.0, 0.0])) == (
+        "No crosscoder latent is specific to the fine-tuned model at any layer."
+    )
+    assert finetuned_only_sentence(pd.Series([0.0, 0.015, 0.0])) == (
+        "Crosscoder latents specific to the fine-tuned model are most common at layer 1 "
+        "(1.5% of live latents)."
+    )
+    layers = {"layer": [0, 3, 6]}
+    results = {
+        "crosscoder_counts": xr.DataArray(
+            [[0, 10, 0]] * 3, dims=("layer", "group"),
+            coords={**layers, "group": ["base_only", "shared", "finetuned_only"]},
+        ),
+        "matched_fraction": xr.DataArray([1.0, 1.0, 1.0], dims="layer", coords=layers),
+    }  # fmt: skip
+    inputs = ReportInputs(None, None, pd.DataFrame(), None, [], results, [])
+    plot = fig_features(inputs)
+    assert plot.reading == (
+        "No crosscoder latent is fine-tuned-only at any layer; no final-SAE latent is "
+        "unmatched at any layer."
+    )

@@ -86,7 +86,8 @@ def test_publish_artifacts_in_a_flow(tmp_path, prefect_harness):
         return flow_run.id
 
     flow_run_id = tiny()
-    keys = [artifact_key("Art_Run", kind) for kind in ("summary", "per-layer", "report")]
+    kinds = ("summary", "per-layer", "report", "explorer")
+    keys = [artifact_key("Art_Run", kind) for kind in kinds]
     assert keys[0] == "layerdrift-art-run-summary"
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
@@ -98,6 +99,7 @@ def test_publish_artifacts_in_a_flow(tmp_path, prefect_harness):
     rows = by_key[keys[1]].data
     rows = json.loads(rows) if isinstance(rows, str) else rows
     assert [r["cosine"] for r in rows] == table["cosine"].tolist()
-    link = Path(run.child_url("report.html")).resolve().as_uri()
-    assert by_key[keys[2]].data == f"[report.html]({link})"
+    for key, page in zip(keys[2:], ("report.html", "explorer.html"), strict=True):
+        link = Path(run.child_url(page)).resolve().as_uri()
+        assert by_key[key].data == f"[{page}]({link})"
     assert {str(a.flow_run_id) for a in found} == {flow_run_id}

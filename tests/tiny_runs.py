@@ -7,9 +7,11 @@ within the suite's time budget. The bundled model is only used by test_cli.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,24 @@ def tiny_config(model_dir: Path, csv: Path, **sections: dict[str, Any]) -> dict[
         else:
             config[section] = values
     return config
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread inside the block (in-process runs of the tiny pipeline).
+
+    A rerun that rebuilds a checkpoint must give the same weights as the first run; with
+    another thread count (which other tests change) float sums differ, and so would the
+    weights, the store identity and everything after it.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def to_toml(config: dict[str, Any]) -> str:

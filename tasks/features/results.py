@@ -28,12 +28,11 @@ import numpy as np
 import xarray as xr
 
 from layerdrift.storage.results import write_result
-from layerdrift.storage.rundir import RunDir
+from layerdrift.storage.rundir import CARDS_PATH, RunDir
 from layerdrift.tasks.features.compare import SOURCES
 from layerdrift.tasks.features.crosscoder import GROUPS
 from layerdrift.tasks.features.transfer import DIRECTIONS
 
-CARDS_PATH = ("features", "cards.json")
 MODELS = ("base", "finetuned")
 MATCHES = ("best", "hungarian")
 

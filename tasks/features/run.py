@@ -20,12 +20,11 @@ from layerdrift.config import RunConfig
 from layerdrift.storage.activations import open_store, store_generation
 from layerdrift.storage.checkpoints import checkpoint_complete, local_checkpoint_path
 from layerdrift.storage.results import list_results, open_result
-from layerdrift.storage.rundir import RunDir
+from layerdrift.storage.rundir import CARDS_PATH, FEATURES_DIR, RunDir
 from layerdrift.storage.saes import sae_exists
 from layerdrift.tasks.features.compare import compare_layer
 from layerdrift.tasks.features.config import FeaturesConfig
 from layerdrift.tasks.features.crosscoder import Crosscoder, CrosscoderCfg
-from layerdrift.tasks.features.results import CARDS_PATH
 from layerdrift.tasks.features.results import write_feature_results as _write_results
 from layerdrift.tasks.features.scan import Dictionary
 from layerdrift.tasks.features.train import crosscoder_schedule, pair_loader, train_crosscoder
@@ -38,14 +37,12 @@ from layerdrift.tasks.sae.model import SparseAutoencoder
 
 logger = logging.getLogger(__name__)
 
-FEATURES_DIR = "features"
-CROSSCODERS_DIR = "crosscoders"
 MEAN_SAMPLE_TOKENS = 20_000
 
 
 def crosscoder_url(run: RunDir, layer: int) -> str:
     """Folder of the crosscoder of ``layer``: ``<run>/crosscoders/layer-<l>``."""
-    return run.child_url(CROSSCODERS_DIR, f"layer-{layer}")
+    return run.crosscoder(layer)
 
 
 def layer_file(layer: int) -> tuple[str, str]:

@@ -1,4 +1,5 @@
-"""Prefect artifacts for a run: a markdown summary, the per-layer table, a link to the report.
+"""Prefect artifacts for a run: a markdown summary, the per-layer table, links to the report
+and the explorer.
 
 Call :func:`publish_artifacts` inside a flow run (or a task run); the artifacts attach to it.
 """
@@ -6,7 +7,6 @@ Call :func:`publish_artifacts` inside a flow run (or a task run); the artifacts 
 from __future__ import annotations
 
 import logging
-import math
 import re
 from pathlib import Path
 
@@ -17,9 +17,10 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 
-from layerdrift.storage.rundir import REPORT_FILE, RunDir
+from layerdrift.storage.rundir import EXPLORER_FILE, REPORT_FILE, RunDir
 from layerdrift.tasks.report.load import load_inputs
 from layerdrift.tasks.report.summary import layer_frame, summary_lines
+from layerdrift.tasks.report.tables import json_records, markdown
 
 logger = logging.getLogger(__name__)
 
@@ -30,35 +31,11 @@ def artifact_key(name: str, kind: str) -> str:
     return f"layerdrift-{slug}-{kind}"
 
 
-def table_records(table: pd.DataFrame) -> list[dict]:
-    """Rows of ``table`` as JSON-safe dicts (NaN becomes None, numpy scalars plain Python)."""
-    records = []
-    for row in table.to_dict(orient="records"):
-        clean = {}
-        for key, value in row.items():
-            value = value.item() if hasattr(value, "item") else value
-            is_nan = isinstance(value, float) and math.isnan(value)
-            clean[str(key)] = None if is_nan else value
-        records.append(clean)
-    return records
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    """``table`` as a GitHub-flavoured markdown table, floats to 3 decimals."""
-    head = "| " + " | ".join(str(c) for c in table.columns) + " |"
-    rule = "|" + "---|" * len(table.columns)
-    rows = []
-    for row in table.itertuples(index=False):
-        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join([head, rule, *rows])
-
-
-def report_link(run: RunDir) -> str:
-    """A link to ``report.html``: a file:// URI for local runs, the URL otherwise."""
+def report_link(run: RunDir, name: str = REPORT_FILE) -> str:
+    """A link to a page of the run: a file:// URI for local runs, the URL otherwise."""
     if run.is_local:
-        return Path(run.child_url(REPORT_FILE)).resolve().as_uri()
-    return run.child_url(REPORT_FILE)
+        return Path(run.child_url(name)).resolve().as_uri()
+    return run.child_url(name)
 
 
 def publish_artifacts(run: RunDir, table: pd.DataFrame | None = None) -> None:
@@ -75,19 +52,20 @@ def publish_artifacts(run: RunDir, table: pd.DataFrame | None = None) -> None:
     if inputs.missing:
         lines += ["", "Did not run:", *[f"- {line}" for line in inputs.missing]]
     if not table.empty:
-        lines += ["", "## Per layer (final vs base)", "", markdown_table(table)]
+        lines += ["", "## Per layer (final vs base)", "", markdown(table)]
     lines += ["", f"Report: `{run.child_url(REPORT_FILE)}`"]
     create_markdown_artifact(
         "\n".join(lines), key=artifact_key(name, "summary"), description="layerdrift summary"
     )
     if not table.empty:
         create_table_artifact(
-            table_records(table),
+            json_records(table),
             key=artifact_key(name, "per-layer"),
             description="Per-layer similarity of the final checkpoint to base",
         )
-    if run.exists(REPORT_FILE):
-        create_link_artifact(
-            report_link(run), link_text="report.html", key=artifact_key(name, "report")
-        )
+    for page, kind in ((REPORT_FILE, "report"), (EXPLORER_FILE, "explorer")):
+        if run.exists(page):
+            create_link_artifact(
+                report_link(run, page), link_text=page, key=artifact_key(name, kind)
+            )
     logger.info("published Prefect artifacts for %s", run.url)

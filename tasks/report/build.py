@@ -1,8 +1,12 @@
-"""Build the report of a run from its stores: figures under ``figures/`` and ``report.html``.
+"""Build the report of a run from its stores: figures under ``figures/``, ``report.html``
+and the interactive ``explorer.html``.
 
-Nothing is recomputed: the figures are drawn from results.zarr, the checkpoint metrics and,
-for token pictures, a few sentences of the activation store. The same inputs give
-byte-identical files (no timestamps, PNGs without creation metadata, a fixed style).
+The figures are drawn from results.zarr, the checkpoint metrics and, for token pictures, a
+few sentences of the activation store. The explorer adds what no stage stores: each
+checkpoint's predictions on the probe set (kept in results.zarr as ``probe_predictions``)
+and the per-latent data of every dictionary (see :mod:`tasks.report.explorer`). The same
+inputs give byte-identical files (no timestamps, PNGs without creation metadata, a fixed
+style).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from layerdrift.storage.rundir import FIGURES_DIR, REPORT_FILE, RunDir
+from layerdrift.tasks.report.explorer import write_explorer
 from layerdrift.tasks.report.figures import (
     Plot,
     fig_evolution,
@@ -60,7 +65,8 @@ def save_pictures(run: RunDir, plots: list[Plot]) -> list[Picture]:
 
 
 def build_report(run: RunDir) -> str:
-    """Draw the figures and write ``<run>/report.html``; return the report's path or URL.
+    """Draw the figures, write ``<run>/report.html`` and ``<run>/explorer.html``; return the
+    report's path or URL.
 
     Raises FileNotFoundError when ``run`` has no config.json. Missing optional results
     (SAEs, feature comparison, probes) are skipped and listed in the report.
@@ -71,6 +77,7 @@ def build_report(run: RunDir) -> str:
     pictures = save_pictures(run, plots)
     text = render(inputs, table, summary_lines(inputs, table), pictures, sentences)
     run.write_text(text, REPORT_FILE)
+    write_explorer(inputs)
     path = run.child_url(REPORT_FILE)
     logger.info("report: %d figures, written to %s", len(pictures), path)
     return path

@@ -77,16 +77,20 @@ def fig_features(inputs: ReportInputs) -> Plot | None:
             ax.legend()
             outside_legend(ax, fontsize=7)
             if "finetuned_only" in share:
-                top = share["finetuned_only"]
+                top = share["finetuned_only"].fillna(0.0)
                 parts.append(
-                    f"fine-tuned-only latents peak at layer {int(top.idxmax())} ({top.max():.0%})"
+                    f"fine-tuned-only latents peak at layer {int(top.idxmax())} ({top.max():.1%})"
+                    if top.max() > 0
+                    else "no crosscoder latent is fine-tuned-only at any layer"
                 )
         elif name == "matched_fraction":
             series = data.to_pandas()
             ax.plot(series.index, series.values, marker="o", label="SAE latents matched")
             ax.set(title="base↔final: SAE matches, crosscoder lean", ylim=(0, 1.05))
             parts.append(
-                f"matched fraction is lowest at layer {int(series.idxmin())} ({series.min():.0%})"
+                f"matched fraction is lowest at layer {int(series.idxmin())} ({series.min():.1%})"
+                if series.min() < 1
+                else "no final-SAE latent is unmatched at any layer"
             )
             if "relative_norm_deviation" in inputs.results:
                 lean = inputs.results["relative_norm_deviation"].to_pandas()

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from layerdrift.config import BUNDLED_MODEL
+from layerdrift.config import BUNDLED_MODEL, FeaturesConfig
 from layerdrift.tasks.report.load import ReportInputs
+from layerdrift.tasks.report.summary import COUNT_COLUMNS
 from layerdrift.tasks.report.tokens import Sentence, sentence_html
 
 MAX_CARDS = 48
@@ -31,10 +32,15 @@ table.numbers th,table.numbers td{border:1px solid #ddd;padding:.2em .5em;text-a
 table.numbers th{background:#f0f0f0}figure{margin:1.5em 0}figure img{max-width:100%}
 figcaption{font-size:.9em;color:#333}table.strip{border-collapse:collapse;font-size:.85em}
 table.strip th{text-align:right;padding-right:.6em;font-weight:normal;color:#555;
-white-space:nowrap}table.strip span{padding:0 .12em;margin:0 1px;border-radius:2px}
+white-space:nowrap;vertical-align:top}table.strip td{line-height:1.7}
+table.strip span{padding:0 .12em;border-radius:2px;white-space:pre}
+.sentence,.card li,figcaption,li{overflow-wrap:anywhere}
 .card{border:1px solid #ddd;border-radius:4px;padding:.4em .8em;margin:.6em 0}
 .card .tok{padding:0 .1em;border-radius:2px}.card .peak{font-weight:bold;outline:1px solid #333}
-.scroll{overflow-x:auto}pre{background:#f4f4f4;padding:1em;overflow-x:auto;font-size:.8em}
+.scroll{overflow-x:auto;scrollbar-width:thin}.scroll::-webkit-scrollbar{height:10px}
+.scroll::-webkit-scrollbar-thumb{background:#bbb;border-radius:5px}
+table.numbers td:first-child,table.numbers th:first-child{text-align:left;white-space:nowrap}
+pre{background:#f4f4f4;padding:1em;overflow-x:auto;font-size:.8em}
 """
 
 
@@ -79,6 +85,25 @@ def table_html(frame: pd.DataFrame, table_id: str, index: bool = False) -> str:
     )
 
 
+def by_statistic(table: pd.DataFrame) -> pd.DataFrame:
+    """The per-layer table turned on its side: one row per statistic, one column per layer.
+
+    A model's layers are few, its statistics many: this way the table fits the page width,
+    and each row reads along the layers like the figures. Counts stay integers.
+    """
+    rows = {}
+    for column in table.columns.drop("layer"):
+        values = table[column].tolist()
+        if column in COUNT_COLUMNS:
+            values = [None if pd.isna(v) else int(v) for v in values]
+        rows[column] = values
+    frame = pd.DataFrame.from_dict(
+        rows, orient="index", columns=[f"layer {int(v)}" for v in table["layer"]], dtype=object
+    )
+    frame.index.name = "statistic"
+    return frame
+
+
 def figure_html(picture: Picture) -> str:
     """A figure element with the PNG embedded as base64 and its reading as caption."""
     data = base64.b64encode(picture.png).decode("ascii")
@@ -89,11 +114,41 @@ def figure_html(picture: Picture) -> str:
     )
 
 
-def card_html(card: dict, label_names: list[str] | None = None) -> str:
-    """One feature card: the latent, why it was chosen, and its top examples in context."""
+def card_reason(card: dict, high: float, low: float) -> str:
+    """Why a card's latent was chosen, in words that follow the AUROC thresholds.
+
+    ``task_specific`` cards hold the latents with the AUROC furthest from 0.5, which need not
+    pass the thresholds (AUROC >= ``high`` or <= ``low``); such cards say so.
+    """
+    auroc = card.get("auroc")
+    auroc = float("nan") if auroc is None else float(auroc)
+    passes = auroc >= high or auroc <= low
+    if card["reason"] == "task_specific":
+        if passes:
+            return f"task-specific · AUROC {auroc:.3f}"
+        return (
+            f"most label-related, not task-specific · AUROC {auroc:.3f} "
+            f"(task-specific: ≥ {high:g} or ≤ {low:g})"
+        )
+    score = card.get("score")
+    detail = {
+        "base_only": "relative decoder norm",
+        "finetuned_only": "relative decoder norm",
+        "unmatched": "best cosine to the base SAE",
+    }.get(card["reason"], "score")
+    shown = f"{float(score):.3f}" if score is not None else "–"
+    tag = " (task-specific)" if passes else ""
+    return f"{card['reason']} · {detail} {shown} · AUROC {auroc:.3f}{tag}"
+
+
+def card_html(card: dict, label_names: list[str], thresholds: tuple[float, float]) -> str:
+    """One feature card: the latent, why it was chosen, and its top examples in context.
+
+    ``thresholds`` are the run's (high, low) AUROC thresholds for task-specific latents.
+    """
     head = (
         f"layer {card['layer']} · {card['source']} latent {card['latent']} · "
-        f"{card['reason']} · AUROC {card.get('auroc', float('nan')):.3f}"
+        f"{card_reason(card, *thresholds)}"
     )
     rows = []
     for ex in card.get("examples", []):
@@ -155,7 +210,7 @@ def render(
             "<p>Similarities compare the final checkpoint with base on every probe "
             "token; procrustes is a distance (0 = equal up to rotation).</p>"
         )
-        out.append(table_html(table, "layer-table"))
+        out.append(table_html(by_statistic(table), "layer-table", index=True))
     if not inputs.metrics.empty:
         out.append('<h2 id="checkpoints">Checkpoints</h2>')
         metrics = inputs.metrics.copy()
@@ -183,7 +238,11 @@ def render(
             if len(inputs.cards) > MAX_CARDS
             else ""
         )
-        out += [card_html(card, inputs.label_names) for card in inputs.cards[:MAX_CARDS]]
+        features = config.features if config else FeaturesConfig()
+        thresholds = (features.auroc_high, features.auroc_low)
+        out += [
+            card_html(card, inputs.label_names, thresholds) for card in inputs.cards[:MAX_CARDS]
+        ]
     if config is not None:
         out.append('<h2 id="config">Run configuration</h2><details><summary>config.json</summary>')
         text = json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True)

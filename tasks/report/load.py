@@ -18,11 +18,10 @@ import xarray as xr
 
 from layerdrift.config import RunConfig, load_run_config
 from layerdrift.storage.results import list_results, open_result
-from layerdrift.storage.rundir import CHECKPOINTS_DIR, CONFIG_FILE, RunDir
+from layerdrift.storage.rundir import CARDS_PATH, CHECKPOINTS_DIR, CONFIG_FILE, RunDir
 
 logger = logging.getLogger(__name__)
 
-CARDS_FILE = ("features", "cards.json")
 METRICS_FILE = "metrics.json"
 
 # Which stage writes each results group; used to say what did not run.
@@ -132,8 +131,8 @@ def load_inputs(run: RunDir) -> ReportInputs:
         f"{stage}: results.zarr has no {', '.join(names)}" for stage, names in absent.items()
     ]
     cards: list[dict] = []
-    if run.exists(*CARDS_FILE):
-        cards = json.loads(run.read_text(*CARDS_FILE))
+    if run.exists(*CARDS_PATH):
+        cards = json.loads(run.read_text(*CARDS_PATH))
     else:
         missing.append("features: no features/cards.json")
     for line in missing:

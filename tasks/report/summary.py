@@ -3,7 +3,8 @@
 The table has one row per layer: every similarity of the final checkpoint to base, the mean
 per-token drift, probe accuracy of base and final with the final probe's control-task
 accuracy and the majority-class rate, SAE FVU and L0 of base and final, and the
-feature-comparison fractions, each column present only when its stage ran.
+feature comparison (matched fraction, transfer FVUs, crosscoder groups and lean,
+task-specific fractions), each column present only when its stage ran.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from layerdrift.storage.rundir import RunDir
-from layerdrift.tasks.report.load import ReportInputs, load_inputs
+from layerdrift.tasks.report.load import ReportInputs
 
 HIGH_SIMILARITY = 0.9
+COUNT_COLUMNS = ("crosscoder_base_only", "crosscoder_shared", "crosscoder_finetuned_only")
+# transfer_fvu directions shown per layer: the base SAE on the fine-tuned model's tokens, and
+# the fine-tuned SAE on its own (the README's feature table).
+TRANSFER_COLUMNS = ("base_on_finetuned", "finetuned_on_finetuned")
 
 
 def layer_frame(inputs: ReportInputs) -> pd.DataFrame:
@@ -47,50 +51,40 @@ def layer_frame(inputs: ReportInputs) -> pd.DataFrame:
                 if metric in sae.metric and label in sae.checkpoint:
                     series = sae.sel(checkpoint=label, metric=metric).to_pandas()
                     columns[f"sae_{metric}_{label}"] = series
-    if "matched_fraction" in res:
-        columns["matched_fraction"] = res["matched_fraction"].to_pandas()
-    if "crosscoder_counts" in res:
-        counts = res["crosscoder_counts"].transpose("layer", "group").to_pandas()
-        if "finetuned_only" in counts:
-            columns["finetuned_only_share"] = counts["finetuned_only"] / counts.sum(axis=1)
-    if "relative_norm_deviation" in res:
-        columns["relative_norm_deviation"] = res["relative_norm_deviation"].to_pandas()
+    columns |= _feature_columns(res)
     table = pd.DataFrame(columns).astype("float64")
     table.index = table.index.astype(int)
     table.index.name = "layer"
     return table.reset_index()
 
 
-# The terminal table (``layerdrift show``): the main columns under short names.
-COMPACT = {
-    "layer": "layer",
-    "cosine": "cosine",
-    "linear_cka": "cka",
-    "debiased_cka": "dcka",
-    "svcca": "svcca",
-    "pwcca": "pwcca",
-    "procrustes": "procr",
-    "drift_mean": "drift",
-    "probe_final": "probe",
-    "probe_control_final": "ctrl",
-    "sae_fvu_final": "fvu",
-    "matched_fraction": "matched",
-    "finetuned_only_share": "ft_only",
-}
-
-
-def per_layer_table(run: RunDir, compact: bool = True) -> pd.DataFrame:
-    """The per-layer table of ``run``: a ``layer`` column then one float column per statistic.
-
-    Similarities compare the final checkpoint with base (``procrustes`` is a distance:
-    0 = equal up to rotation). ``compact`` keeps the main columns under short names
-    (:data:`COMPACT`) so the table fits a terminal; the report shows the full table.
-    Empty when the similarity stage has not run.
-    """
-    table = layer_frame(load_inputs(run))
-    if compact and not table.empty:
-        table = table[[c for c in COMPACT if c in table.columns]].rename(columns=COMPACT)
-    return table
+def _feature_columns(res: dict) -> dict[str, pd.Series]:
+    """The feature stage's per-layer columns (only those whose group is present)."""
+    columns: dict[str, pd.Series] = {}
+    if "matched_fraction" in res:
+        columns["matched_fraction"] = res["matched_fraction"].to_pandas()
+    if "transfer_fvu" in res:
+        fvu = res["transfer_fvu"]
+        for direction in TRANSFER_COLUMNS:
+            if direction in fvu.direction:
+                columns[f"transfer_fvu_{direction}"] = fvu.sel(direction=direction).to_pandas()
+    if "crosscoder_counts" in res:
+        counts = res["crosscoder_counts"].transpose("layer", "group").to_pandas()
+        for name in COUNT_COLUMNS:
+            group = name.removeprefix("crosscoder_")
+            if group in counts:
+                columns[name] = counts[group]
+        if "finetuned_only" in counts:
+            columns["finetuned_only_share"] = counts["finetuned_only"] / counts.sum(axis=1)
+    if "relative_norm_deviation" in res:
+        columns["relative_norm_deviation"] = res["relative_norm_deviation"].to_pandas()
+    if "task_specific_fraction" in res:
+        fraction = res["task_specific_fraction"]
+        for source in ("base_sae", "finetuned_sae"):
+            if source in fraction.source:
+                series = fraction.sel(source=source).to_pandas()
+                columns[f"task_specific_{source}"] = series
+    return columns
 
 
 def similarity_sentence(cos: pd.Series, threshold: float = HIGH_SIMILARITY) -> str:
@@ -150,9 +144,18 @@ def summary_lines(inputs: ReportInputs, table: pd.DataFrame) -> list[str]:
                 )
             lines.append(line)
         if "finetuned_only_share" in layered:
-            share = layered["finetuned_only_share"]
-            lines.append(
-                f"Crosscoder latents specific to the fine-tuned model are most common at layer "
-                f"{int(share.idxmax())} ({share.max():.0%} of live latents)."
-            )
+            lines.append(finetuned_only_sentence(layered["finetuned_only_share"]))
     return lines
+
+
+def finetuned_only_sentence(share: pd.Series) -> str:
+    """Where fine-tuned-only crosscoder latents (share of live latents per layer) peak.
+
+    A peak of zero is no peak: the sentence then says there are none.
+    """
+    if not (share.fillna(0.0) > 0).any():
+        return "No crosscoder latent is specific to the fine-tuned model at any layer."
+    return (
+        f"Crosscoder latents specific to the fine-tuned model are most common at layer "
+        f"{int(share.idxmax())} ({share.max():.1%} of live latents)."
+    )

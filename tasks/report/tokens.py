@@ -169,7 +169,7 @@ def token_strip(rows: list[tuple[str, list[str], np.ndarray]], rgb: str) -> str:
     vmax = max((float(np.max(v)) for _, _, v in rows if len(v)), default=0.0) or 1.0
     out = ['<table class="strip">']
     for label, tokens, values in rows:
-        cells = "".join(
+        cells = " ".join(  # spaces let a long sentence wrap inside the page
             f'<span style="background:rgba({rgb},{max(0.0, float(v)) / vmax:.3f})" '
             f'title="{float(v):.4f}">{html.escape(t)}</span>'
             for t, v in zip(tokens, values, strict=True)

@@ -19,7 +19,7 @@ from layerdrift.config import RunConfig
 from layerdrift.storage.activations import open_store, store_generation
 from layerdrift.storage.checkpoints import checkpoint_complete, local_checkpoint_path
 from layerdrift.storage.results import list_results, open_result, write_result
-from layerdrift.storage.rundir import RunDir
+from layerdrift.storage.rundir import SAES_DIR, RunDir
 from layerdrift.storage.saes import read_cfg, remove_folder, sae_exists
 from layerdrift.tasks.modeling import select_device
 from layerdrift.tasks.retry import retry_unless_bad_input
@@ -121,8 +121,8 @@ def saes_evaluated(run: RunDir) -> bool:
         return False
     evaluated = set(stored.attrs.get("saes", []))
     present = set()
-    if run.exists("saes"):
-        for entry in run.fs.glob(run.path("saes", "*", "layer-*")):
+    if run.exists(SAES_DIR):
+        for entry in run.fs.glob(run.path(SAES_DIR, "*", "layer-*")):
             checkpoint, folder = entry.rstrip("/").rsplit("/", 2)[-2:]
             layer = int(folder.removeprefix("layer-"))
             if sae_current(run.sae(checkpoint, layer), generation):

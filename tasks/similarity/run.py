@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from layerdrift.config import RunConfig
 from layerdrift.storage import RunDir, list_results, open_result, write_result
 from layerdrift.storage.activations import open_store, read_attrs
+from layerdrift.storage.rundir import SIMILARITY_CSV as CSV_FILE
 from layerdrift.tasks.similarity.accumulate import group_moments, iter_moments, token_mask
 from layerdrift.tasks.similarity.bootstrap import (
     LEVEL,
@@ -45,7 +46,6 @@ from layerdrift.tasks.similarity.tables import (
 
 logger = logging.getLogger(__name__)
 
-CSV_FILE = "similarity.csv"
 PROBE_GROUPS = ("probe_accuracy", "probe_control_accuracy", "majority_rate")
 BASE, FINAL = "base", "final"
 
