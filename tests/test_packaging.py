@@ -21,7 +21,7 @@ def test_wheel_installs_everything_under_the_layerdrift_namespace(tmp_path: Path
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith("-info")}
     assert top_level == {"layerdrift"}
-    for module in ("flows/cli.py", "tasks/sae/model.py", "storage/activations.py"):
+    for module in ("flows/cli.py", "tasks/dictionary/model.py", "storage/activations.py"):
         assert f"layerdrift/{module}" in names
 
 

@@ -90,7 +90,7 @@ class ActivationLoader:
         if self.train_mask.sum() < batch_size:
             raise ValueError(
                 f"only {int(self.train_mask.sum())} training tokens for a batch of {batch_size}: "
-                "lower sae.batch_size or extract more probe examples"
+                "lower the training batch_size or extract more probe examples"
             )
         n_tokens, size = ds.sizes["token"], store_token_chunk(ds)
         self.chunks = [(a, min(a + size, n_tokens)) for a in range(0, n_tokens, size)]
