@@ -19,7 +19,7 @@ from layerdrift.tasks.dictionary.evaluate import recovered_metrics
 from layerdrift.tasks.dictionary.hooks import hook_names
 from layerdrift.tasks.dictionary.loader import ActivationLoader
 from layerdrift.tasks.dictionary.model import Dictionary
-from layerdrift.tasks.modeling import resolve_model
+from layerdrift.tasks.modeling import ModelNotFoundError, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,12 @@ MEAN_SAMPLE_TOKENS = 20_000  # training tokens averaged for the mean ablation
 
 def model_name(run: RunDir, cfg: RunConfig, checkpoint: str) -> str:
     """The checkpoint's hub name (the base of a hub model) or its folder in the run."""
-    if checkpoint == "base" and not Path(resolve_model(cfg.model)).exists():
-        return cfg.model  # a hub name: the base checkpoint's encoder is that model
+    if checkpoint == "base":
+        try:
+            if not Path(resolve_model(cfg.model)).exists():
+                return cfg.model  # a hub name: the base checkpoint's encoder is that model
+        except ModelNotFoundError:  # a local folder that has gone: the run's copy stays
+            pass
     return run.checkpoint(checkpoint)
 
 
