@@ -110,7 +110,7 @@ def train_dictionaries(
     device: str | torch.device = "cpu",
     store_generation: str = "",
 ) -> list[Dictionary]:
-    """Train, resume or load the dictionaries of ``jobs`` (:mod:`this module's steps <.>`).
+    """Train, resume or load the dictionaries of ``jobs`` (the steps of this module's doc).
 
     ``ds`` is the activation store; ``split`` the SAE section (held-out split, seed,
     special tokens, buffer). Returns the dictionaries on ``device``, in the order of ``jobs``.
