@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from layerdrift.config import ARCHITECTURE_NAMES, DictionaryConfig
-from layerdrift.tasks.dictionary import ARCHITECTURES, DictionarySpec, build
+from layerdrift.tasks.dictionary import ARCHITECTURES, DictionarySpec, build, sparse
 
 D, S, B, K = 8, 24, 40, 3
 
@@ -105,9 +105,15 @@ def test_the_registry_holds_the_configs_architectures():
         DictionarySpec(D, S, "gated")
 
 
+PATHS = [("topk", "sparse"), ("batchtopk", "sparse"), ("jumprelu", "sparse"), ("relu", "sparse")]
+PATHS += [("jumprelu", "dense"), ("relu", "dense")]  # TopK codes are always sparse
+
+
 @pytest.mark.parametrize("n_models", [1, 2], ids=["sae", "crosscoder"])
-@pytest.mark.parametrize("architecture", ["topk", "batchtopk", "jumprelu", "relu"])
-def test_loss_and_every_gradient_match_the_dense_formula(architecture, n_models):
+@pytest.mark.parametrize(("architecture", "path"), PATHS)
+def test_loss_and_every_gradient_match_the_dense_formula(architecture, n_models, path, monkeypatch):
+    """Either path of the loss: pairs only, or dense products when many latents are active."""
+    monkeypatch.setattr(sparse, "DENSE_ABOVE", 0.0 if path == "dense" else 1.0)
     kw = {"bandwidth": 0.4, "l0_coefficient": 2.0, "l1_coefficient": 0.05}
     model, x, dead = _model(architecture, n_models, **kw)
     loss, parts, fired = model.loss(x, dead)

@@ -16,9 +16,10 @@ straight-through estimator with a rectangle kernel K(u) = 1[|u| < ½] of width �
 
 while ∂f_i/∂pre_i = H(pre_i − θ_i) as usual. Only pairs with pre > θ − ε/2 (the active ones
 and those inside the kernel's window) carry any gradient, so the loss is written on those
-pairs (:mod:`.sparse`). As in SAELens, θ is a parameter in its own right, kept ≥ 0 after
-every step, and decoder rows are free (the L0 penalty does not see their norm); the file
-holds them at unit norm (:meth:`Dictionary.fold_decoder_norms`).
+pairs (:mod:`.sparse`; densely while many latents are active). As in SAELens, θ is a
+parameter in its own right, kept ≥ 0 after every step, and decoder rows are free (the L0
+penalty does not see their norm); the file holds them at unit norm
+(:meth:`Dictionary.fold_decoder_norms`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ import torch
 from torch import nn
 
 from layerdrift.tasks.dictionary.model import Dictionary, DictionarySpec, Parts, register
-from layerdrift.tasks.dictionary.sparse import decode_pairs, fired_latents, mask_pairs, selected_pre
+from layerdrift.tasks.dictionary.sparse import (
+    decode_pairs,
+    fired_latents,
+    mask_pairs,
+    selected_pre,
+    use_dense,
+)
 
 
 def _window(u: torch.Tensor) -> torch.Tensor:
@@ -90,21 +97,30 @@ class JumpReLU(Dictionary):
     def objective(
         self, xn: torch.Tensor, dead_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, Parts, torch.Tensor]:
-        """MSE plus ``l0_coefficient`` · E[L0] / d_in, on the pairs with pre > θ − ε/2."""
+        """MSE plus ``l0_coefficient`` · E[L0] / d_in, on the pairs with pre > θ − ε/2 (or
+        densely while many latents are active)."""
         eps = self.spec.bandwidth
         xc = xn - self.b_dec
-        with torch.no_grad():
-            pre = torch.addmm(self.b_enc, xc, self.W_enc)
-            rows, cols = mask_pairs(pre > self.threshold - eps / 2)
-        values = selected_pre(xc, self.W_enc, self.b_enc, rows, cols, pre)
-        theta = self.threshold[cols]
-        codes = JumpFn.apply(values, theta, eps)
-        recon = decode_pairs(rows, cols, codes, self.W_dec, len(xn)) + self.b_dec
+        pre = torch.addmm(self.b_enc, xc, self.W_enc)
+        mask = pre.detach() > self.threshold.detach() - eps / 2
+        if use_dense(mask):
+            theta = self.threshold.expand_as(pre)
+            codes = JumpFn.apply(pre, theta, eps)
+            recon = torch.addmm(self.b_dec, codes, self.W_dec)
+            l0 = StepFn.apply(pre.detach(), theta, eps).sum() / len(xn)
+            fired = (codes.detach() > 0).any(dim=0)
+        else:
+            rows, cols = mask_pairs(mask)
+            values = selected_pre(xc, self.W_enc, self.b_enc, rows, cols, pre.detach())
+            theta = self.threshold[cols]
+            codes = JumpFn.apply(values, theta, eps)
+            recon = decode_pairs(rows, cols, codes, self.W_dec, len(xn)) + self.b_dec
+            l0 = StepFn.apply(values.detach(), theta, eps).sum() / len(xn)
+            fired = fired_latents(cols, codes, self.d_sae)
         mse = (recon - xn).pow(2).mean()
-        l0 = StepFn.apply(values.detach(), theta, eps).sum() / len(xn)
         loss = mse + self.spec.l0_coefficient * l0 / self.spec.d_in
         parts = {"mse": mse.item(), "l0": l0.item(), "loss": loss.item()}
-        return loss, parts, fired_latents(cols, codes, self.d_sae)
+        return loss, parts, fired
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -13,7 +13,13 @@ from __future__ import annotations
 import torch
 
 from layerdrift.tasks.dictionary.model import Dictionary, Parts, register
-from layerdrift.tasks.dictionary.sparse import decode_pairs, fired_latents, mask_pairs, selected_pre
+from layerdrift.tasks.dictionary.sparse import (
+    decode_pairs,
+    fired_latents,
+    mask_pairs,
+    selected_pre,
+    use_dense,
+)
 
 
 @register
@@ -36,15 +42,24 @@ class ReLU(Dictionary):
     def objective(
         self, xn: torch.Tensor, dead_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, Parts, torch.Tensor]:
-        """MSE plus ``l1_coefficient`` · E[Σ_i f_i w_i], on the positive pairs."""
+        """MSE plus ``l1_coefficient`` · E[Σ_i f_i w_i], on the positive pairs (or densely)."""
         xc = xn - self.b_dec
-        with torch.no_grad():
-            pre = torch.addmm(self.b_enc, xc, self.W_enc)
-            rows, cols = mask_pairs(pre > 0)
-        values = selected_pre(xc, self.W_enc, self.b_enc, rows, cols, pre)
-        recon = decode_pairs(rows, cols, values, self.W_dec, len(xn)) + self.b_dec
+        pre = torch.addmm(self.b_enc, xc, self.W_enc)
+        mask = pre.detach() > 0
+        weights = self.penalty_weights()
+        if use_dense(mask):
+            codes = pre.relu()
+            recon = torch.addmm(self.b_dec, codes, self.W_dec)
+            l1 = (codes * weights).sum() / len(xn)
+            fired = mask.any(dim=0)
+        else:
+            rows, cols = mask_pairs(mask)
+            values = selected_pre(xc, self.W_enc, self.b_enc, rows, cols, pre.detach())
+            recon = decode_pairs(rows, cols, values, self.W_dec, len(xn)) + self.b_dec
+            l1 = (values * weights[cols]).sum() / len(xn)
+            fired = fired_latents(cols, values, self.d_sae)
         mse = (recon - xn).pow(2).mean()
-        l1 = (values * self.penalty_weights()[cols]).sum() / len(xn)
         loss = mse + self.spec.l1_coefficient * l1
-        parts = {"mse": mse.item(), "l1": l1.item(), "l0": len(rows) / len(xn), "loss": loss.item()}
-        return loss, parts, fired_latents(cols, values, self.d_sae)
+        l0 = float(mask.sum()) / len(xn)
+        parts = {"mse": mse.item(), "l1": l1.item(), "l0": l0, "loss": loss.item()}
+        return loss, parts, fired

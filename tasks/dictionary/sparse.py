@@ -12,13 +12,18 @@ written on those pairs only:
   only the N selected decoder rows (its backward is sparse too).
 
 Only the forward pre-activation product stays dense, so a step costs one dense matmul
-instead of five (Gao et al. 2024, appendix D, make the same observation for TopK).
+instead of five (Gao et al. 2024, appendix D, make the same observation for TopK). That pays
+while codes are sparse; a ReLU or JumpReLU dictionary starts with about half its latents
+active, so above :data:`DENSE_ABOVE` of active pairs its loss takes the dense path
+(:func:`use_dense`), which gives the same loss and gradients.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+DENSE_ABOVE = 0.1  # share of active (token, latent) pairs above which dense products win
 
 
 def row_offsets(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -103,3 +108,8 @@ def topk_pairs(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     indices = pre.topk(k, dim=-1, sorted=False).indices
     rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k)
     return rows, indices.reshape(-1)
+
+
+def use_dense(mask: torch.Tensor) -> bool:
+    """Whether the code with active pairs ``mask`` [B, d_sae] is better computed densely."""
+    return bool(mask.sum() > DENSE_ABOVE * mask.numel())
