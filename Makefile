@@ -15,7 +15,7 @@ $(BIN)/python:
 # Torch first (a local CPU wheel here), so nothing later pulls a CUDA build.
 $(STAMP): $(BIN)/python pyproject.toml setup.py
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,saelens]"
 	$(BIN)/pip install --quiet --no-deps $(BUNDLED)
 	touch $(STAMP)
 

@@ -38,7 +38,7 @@ from layerdrift.tasks.features.run import (  # noqa: E402
     write_feature_results,
 )
 from layerdrift.tasks.finetune import finetune  # noqa: E402
-from layerdrift.tasks.sae.run import train_saes_for_run  # noqa: E402
+from layerdrift.tasks.sae import train_saes_for_run  # noqa: E402
 
 
 def timed(label: str, fn, *args):

@@ -13,24 +13,28 @@ from prefect.runtime import flow_run
 from layerdrift.config import RunConfig
 from layerdrift.flows.stages import StageLedger
 from layerdrift.storage import RunDir, save_run_config
-from layerdrift.storage.activations import missing_chunks, open_store
+from layerdrift.storage.activations import missing_chunks
 from layerdrift.tasks.data import data_complete, prepare_data_task
 from layerdrift.tasks.extract import create_store_task, extract_checkpoint_task
 from layerdrift.tasks.extract.prefect_tasks import extract_on_dask_task
 from layerdrift.tasks.features import (
     compare_features_task,
+    crosscoder_complete,
     feature_layers,
     feature_results_written,
     features_complete,
+    train_crosscoders_on_dask_task,
     write_features_task,
 )
 from layerdrift.tasks.finetune import finetune_complete, finetune_task
 from layerdrift.tasks.report import build_report_task, publish_artifacts
-from layerdrift.tasks.sae.run import (
+from layerdrift.tasks.sae import (
     evaluate_saes_task,
     sae_complete,
+    sae_targets,
     saes_evaluated,
     train_sae_task,
+    train_saes_on_dask_task,
 )
 from layerdrift.tasks.similarity.run import compute_similarity_task, similarity_complete
 
@@ -79,19 +83,7 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
     )
 
     if config.sae.enabled:
-        n_layers = open_store(store_url).sizes["layer"]
-        layers = list(config.sae.layers) if config.sae.layers is not None else range(n_layers)
-        for checkpoint in [c for c in config.sae.checkpoints if c in labels]:
-            for layer in layers:
-                ledger.call(
-                    f"sae:{checkpoint}:{layer}",
-                    train_sae_task,
-                    run,
-                    config,
-                    checkpoint,
-                    layer,
-                    done=sae_complete(run, checkpoint, layer),
-                )
+        _train_saes(ledger, run, config)
         ledger.call("sae-metrics", evaluate_saes_task, run, config, done=_safe(saes_evaluated, run))
         _compare_features(ledger, run, config)
     else:
@@ -113,6 +105,19 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
     }
 
 
+def _train_saes(ledger: StageLedger, run: RunDir, config: RunConfig) -> None:
+    """One SAE per (checkpoint, layer): Prefect tasks here, or Dask tasks on the cluster."""
+    targets = sae_targets(run, config)
+    if config.dask_address is not None:
+        todo = [t for t in targets if not sae_complete(run, *t)]
+        ledger.call("sae", train_saes_on_dask_task, run, config, todo, done=not todo)
+        return
+    for checkpoint, layer in targets:
+        done = sae_complete(run, checkpoint, layer)
+        ledger.call(f"sae:{checkpoint}:{layer}", train_sae_task, run, config, checkpoint, layer,
+                    done=done)  # fmt: skip
+
+
 def _compare_features(ledger: StageLedger, run: RunDir, config: RunConfig) -> None:
     """Base vs fine-tuned features for every layer whose two SAEs exist."""
     if not config.features.enabled:
@@ -122,6 +127,9 @@ def _compare_features(ledger: StageLedger, run: RunDir, config: RunConfig) -> No
     if not layers:
         ledger.skipped("features", "no layer has both a base and a fine-tuned SAE")
         return
+    if config.dask_address is not None:
+        todo = [layer for layer in layers if not crosscoder_complete(run, layer)]
+        ledger.call("crosscoders", train_crosscoders_on_dask_task, run, config, todo, done=not todo)
     for layer in layers:
         ledger.call(
             f"features:{layer}",

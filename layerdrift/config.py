@@ -99,36 +99,110 @@ class SimilarityConfig(_Section):
     )
 
 
-class SAEConfig(_Section):
-    """Sparse autoencoders trained per (checkpoint, layer) from the store."""
+ARCHITECTURE_NAMES = ("topk", "batchtopk", "jumprelu", "relu")
+ArchitectureName = Literal["topk", "batchtopk", "jumprelu", "relu"]
 
-    enabled: bool = Field(True, description="Train SAEs at all.")
-    architecture: Literal["topk", "relu"] = Field("topk", description="TopK or ReLU + L1.")
-    checkpoints: tuple[str, ...] = Field(("base", "final"), description="Checkpoints to fit.")
-    layers: tuple[int, ...] | None = Field(None, description="Layers to fit; None = all.")
+
+class DictionaryConfig(_Section):
+    """A sparse dictionary (SAE or crosscoder): its architecture and that architecture's fields."""
+
+    architecture: ArchitectureName = Field(
+        "topk",
+        description="`topk` (Gao et al. 2024), `batchtopk` (Bussmann et al. 2024), `jumprelu` "
+        "(Rajamanoharan et al. 2024) or `relu` (ReLU + L1, Anthropic April 2024).",
+    )
     expansion_factor: int = Field(4, gt=0, description="d_sae = expansion_factor * hidden.")
-    k: int = Field(32, gt=0, description="Active latents per token (TopK).")
-    l1_coefficient: float = Field(1e-3, ge=0, description="L1 weight (ReLU variant).")
+    k: int = Field(32, gt=0, description="topk: active latents per token; batchtopk: on average.")
+    aux_coefficient: float = Field(1 / 32, ge=0, description="topk, batchtopk: AuxK loss weight.")
+    l1_coefficient: float = Field(
+        1e-3, ge=0, description="relu: L1 weight on activations times decoder norms."
+    )
+    l0_coefficient: float = Field(
+        1.0, ge=0, description="jumprelu: L0 weight (the paper's lambda; SAELens's l0_coefficient)."
+    )
+    bandwidth: float = Field(
+        0.05, gt=0, description="jumprelu: width of the straight-through estimator's window."
+    )
+    init_threshold: float = Field(0.01, ge=0, description="jumprelu: initial thresholds.")
+
+
+class TrainingConfig(_Section):
+    """How a dictionary is optimised: Adam with linear warm-up and a final linear decay."""
+
     learning_rate: float = Field(2e-4, gt=0, description="Adam learning rate.")
     warmup_steps: int = Field(50, ge=0, description="Linear learning-rate warm-up steps.")
     batch_size: int = Field(4096, gt=0, description="Tokens per training step.")
-    token_budget: int = Field(2_000_000, gt=0, description="Training tokens per SAE.")
-    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Examples kept for metrics.")
-    exclude_special: bool = Field(False, description="Train without special tokens.")
+    token_budget: int = Field(2_000_000, gt=0, description="Training tokens per dictionary.")
     checkpoint_every: int = Field(200, gt=0, description="Steps between resumable saves.")
-    seed: int = Field(0, description="Seed for initialisation and shuffling.")
-    aux_coefficient: float = Field(1 / 32, ge=0, description="AuxK loss weight (TopK).")
     dead_tokens: int = Field(
         200_000, gt=0, description="A latent unfired for this many training tokens is dead."
     )
+    seed: int = Field(0, description="Seed for initialisation and data order.")
+
+
+_NESTED = {"dictionary": DictionaryConfig, "training": TrainingConfig}
+
+
+def nest_flat_keys(section: dict[str, Any], where: str) -> dict[str, Any]:
+    """Move a section's flat dictionary and training keys (``k``, ``token_budget``, ...) into
+    its ``dictionary`` and ``training`` tables; ``None`` means unset. Setting a field both
+    ways is an error."""
+    out = {key: value for key, value in section.items()}
+    for part, model in _NESTED.items():
+        nested = dict(out.get(part) or {})
+        for name in model.model_fields:
+            if name not in out:
+                continue
+            value = out.pop(name)
+            if value is None:
+                continue
+            if name in nested and nested[name] != value:
+                raise ValueError(f"{where}.{name} and {where}.{part}.{name} differ: set one")
+            nested[name] = value
+        if nested or part in out:
+            out[part] = nested
+    return out
+
+
+class _DictionarySection(_Section):
+    """A section that trains dictionaries: nested ``dictionary`` and ``training`` tables.
+
+    The flat keys of earlier versions (``[sae] k = 8``, ``[features] architecture =
+    "relu"``) are read into those tables.
+    """
+
+    dictionary: DictionaryConfig = Field(default_factory=DictionaryConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_keys(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            return nest_flat_keys(values, cls.__name__.removesuffix("Config").lower())
+        return values
+
+
+class SAEConfig(_DictionarySection):
+    """Sparse autoencoders trained per (checkpoint, layer) from the store.
+
+    The held-out split, special-token filter and shuffle buffer are shared with the
+    crosscoders of the features stage, so every dictionary is scored on the same tokens.
+    """
+
+    enabled: bool = Field(True, description="Train SAEs at all.")
+    checkpoints: tuple[str, ...] = Field(("base", "final"), description="Checkpoints to fit.")
+    layers: tuple[int, ...] | None = Field(None, description="Layers to fit; None = all.")
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Examples kept for metrics.")
+    exclude_special: bool = Field(False, description="Train without special tokens.")
     buffer_chunks: int = Field(8, gt=0, description="Store chunks shuffled together.")
     eval_tokens: int = Field(100_000, gt=0, description="Most held-out tokens for metrics.")
 
 
-class FeaturesConfig(_Section):
+class FeaturesConfig(_DictionarySection):
     """Base vs fine-tuned features per layer: crosscoders, matching, task-specific latents.
 
-    The crosscoder follows the SAE section's optimisation settings unless set here.
+    Its ``dictionary`` and ``training`` tables (the crosscoder's) start from the SAE
+    section's and override what they set.
     """
 
     enabled: bool = Field(True, description="Compare features at all (needs both SAEs).")
@@ -136,18 +210,29 @@ class FeaturesConfig(_Section):
     finetuned: str = Field("final", description="Fine-tuned checkpoint (its SAE must exist).")
     layers: tuple[int, ...] | None = Field(None, description="Layers; None = the SAE layers.")
     match_threshold: float = Field(0.7, ge=-1, le=1, description="Cosine for a matched latent.")
-    base_only_below: float = Field(0.1, ge=0, le=1, description="Relative norm: base-only.")
-    finetuned_only_above: float = Field(0.9, ge=0, le=1, description="Relative norm: ft-only.")
+    base_only_below: float = Field(
+        0.1, ge=0, le=1, description="Relative norm ||d_ft|| / (||d_base|| + ||d_ft||): base-only."
+    )
+    finetuned_only_above: float = Field(
+        0.9, ge=0, le=1, description="Relative norm above this: fine-tuned-only."
+    )
     auroc_high: float = Field(0.75, gt=0.5, le=1, description="Task-specific at AUROC >= this.")
     auroc_low: float = Field(0.25, ge=0, lt=0.5, description="... or at AUROC <= this.")
-    token_budget: int | None = Field(None, gt=0, description="Crosscoder training tokens.")
-    expansion_factor: int | None = Field(None, gt=0, description="Crosscoder expansion.")
-    architecture: Literal["topk", "relu"] | None = Field(
-        None, description="Crosscoder: TopK or ReLU + L1 (Lindsey et al.); None = the SAEs'."
-    )
-    l1_coefficient: float | None = Field(
-        None, ge=0, description="Crosscoder L1 weight (ReLU); None = the SAEs'."
-    )
+    hist_bins: int = Field(20, gt=0, description="Bins of the cosine, norm and AUROC histograms.")
+    card_latents: int = Field(3, ge=0, description="Feature cards per (source, reason).")
+    card_examples: int = Field(5, gt=0, description="Top-activating examples per card.")
+    card_context: int = Field(6, ge=0, description="Tokens of context each side of a card's peak.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeaturesConfig:
+        if not self.base_only_below < self.finetuned_only_above:
+            raise ValueError(
+                "need base_only_below < finetuned_only_above, got "
+                f"{self.base_only_below} and {self.finetuned_only_above}"
+            )
+        if self.base == self.finetuned:
+            raise ValueError(f"base and finetuned are both {self.base!r}: compare two checkpoints")
+        return self
 
 
 class ReportConfig(_Section):
@@ -181,12 +266,15 @@ class RunConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, values: Any) -> Any:
-        if isinstance(values, dict) and values.get("preset") is not None:
+        if not isinstance(values, dict):
+            return values
+        values = nest_sections(values)
+        if values.get("preset") is not None:
             preset = values["preset"]
             if preset not in PRESETS:
                 raise ValueError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
-            return deep_merge(PRESETS[preset], values)
-        return values
+            values = deep_merge(PRESETS[preset], values)
+        return inherit_crosscoder_settings(values)
 
     @field_validator("name")
     @classmethod
@@ -247,12 +335,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         # SAEs on three layers keep the smoke run short; the default preset does every layer.
         "sae": {
             "layers": [0, 3, 6],
-            "token_budget": 50_000,
-            "batch_size": 256,
-            "learning_rate": 1e-3,
-            "checkpoint_every": 50,
+            "training": {
+                "token_budget": 50_000,
+                "batch_size": 256,
+                "learning_rate": 1e-3,
+                "checkpoint_every": 50,
+            },
         },
-        "features": {"token_budget": 20_000, **L1_CROSSCODER},
+        "features": {"dictionary": L1_CROSSCODER, "training": {"token_budget": 20_000}},
         "report": {"token_pictures": 2},
     },
     # The bundled default: about ten minutes on two cores.
@@ -264,10 +354,36 @@ PRESETS: dict[str, dict[str, Any]] = {
         # tokens) move the decoders far from their initialisation, which the decoder
         # matching needs; at 147 steps of 2,048 the SAEs of both models still sat on their
         # shared initialisation and matched 100% at every layer.
-        "sae": {"token_budget": 150_000, "batch_size": 256, "learning_rate": 2e-3},
-        "features": {"token_budget": 100_000, **L1_CROSSCODER},
+        "sae": {"training": {"token_budget": 150_000, "batch_size": 256, "learning_rate": 2e-3}},
+        "features": {"dictionary": L1_CROSSCODER, "training": {"token_budget": 100_000}},
     },
 }
+
+
+def _given(section: Any) -> dict[str, Any]:
+    """A section as the dict of what was given (a section object: its explicitly set fields)."""
+    if isinstance(section, BaseModel):
+        return section.model_dump(exclude_unset=True)
+    return dict(section or {})
+
+
+def nest_sections(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the flat dictionary/training keys of ``sae`` and ``features`` nested,
+    so that layers (preset, file, flags) merge field by field."""
+    out = dict(values)
+    for name in ("sae", "features"):
+        if name in out:
+            out[name] = nest_flat_keys(_given(out[name]), name)
+    return out
+
+
+def inherit_crosscoder_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """The features section's ``dictionary`` and ``training`` tables start from the SAE
+    section's: what ``features`` leaves unset follows ``sae``."""
+    sae, features = _given(values.get("sae")), _given(values.get("features"))
+    for part in _NESTED:
+        features[part] = deep_merge(_given(sae.get(part)), _given(features.get(part)))
+    return {**values, "features": features}
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -1,15 +1,18 @@
-"""SAE folders in SAELens's file layout, and the resumable training state beside them.
+"""Dictionary folders (SAEs and crosscoders) in SAELens's file layout, and the training state.
 
-One folder per SAE, ``<run>/saes/<checkpoint>/layer-<l>/`` (a local path or fsspec URL)::
+One folder per dictionary, ``<run>/saes/<checkpoint>/layer-<l>/`` for an SAE and
+``<run>/crosscoders/layer-<l>/`` for a crosscoder (a local path or fsspec URL)::
 
-    sae_weights.safetensors   W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in]
-    cfg.json                  SAELens field names (d_in, d_sae, architecture, hook_name, ...)
-                              plus layerdrift's own (k, scale_factor, checkpoint, layer, ...)
+    sae_weights.safetensors   W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in],
+                              b_dec [d_in] (+ threshold [d_sae] for JumpReLU files)
+    sparsity.safetensors      sparsity [d_sae]: log10 feature density (SAELens's file)
+    cfg.json                  SAELens 6 config (architecture, d_in, d_sae, metadata, ...)
     train-state/              only while training: model, optimizer and loader position
 
-``cfg.json`` is written last, so its presence means the SAE is complete. The training state
-is written tensors first and ``state.json`` last, so a half-written state is never read.
-This module knows files and tensors only; the model classes live in ``tasks.sae``.
+``cfg.json`` is written last, so its presence means the folder is complete. The training
+state is written tensors first and ``state.json`` last, so a half-written state is never
+read. This module knows files and tensors only; the dictionaries live in
+``tasks.dictionary``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 SAE_CFG_FILENAME = "cfg.json"
 SAE_WEIGHTS_FILENAME = "sae_weights.safetensors"
+SPARSITY_FILENAME = "sparsity.safetensors"
 TRAIN_STATE_DIR = "train-state"
 STATE_JSON = "state.json"
 STATE_MODEL = "model.safetensors"
@@ -51,15 +55,10 @@ def _read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
         return handle.read()
 
 
-def files_complete(url: str, weights_filename: str = SAE_WEIGHTS_FILENAME) -> bool:
-    """Whether folder ``url`` holds ``weights_filename`` and, written last, ``cfg.json``."""
-    fs, path = _fs(url)
-    return fs.exists(f"{path}/{SAE_CFG_FILENAME}") and fs.exists(f"{path}/{weights_filename}")
-
-
 def sae_exists(url: str) -> bool:
-    """Whether ``url`` holds a complete SAE (weights and, written last, ``cfg.json``)."""
-    return files_complete(url, SAE_WEIGHTS_FILENAME)
+    """Whether ``url`` holds a complete dictionary (weights and, written last, ``cfg.json``)."""
+    fs, path = _fs(url)
+    return fs.exists(f"{path}/{SAE_CFG_FILENAME}") and fs.exists(f"{path}/{SAE_WEIGHTS_FILENAME}")
 
 
 def read_cfg(url: str) -> dict[str, Any]:
@@ -77,42 +76,17 @@ def remove_folder(url: str) -> None:
         fs.rm(path, recursive=True)
 
 
-def save_weight_files(
-    url: str, cfg: dict[str, Any], tensors: dict[str, torch.Tensor], weights_filename: str
+def save_sae_files(
+    url: str,
+    cfg: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    sparsity: torch.Tensor | None = None,
 ) -> None:
-    """Write ``tensors`` as safetensors ``weights_filename``, then ``cfg`` as ``cfg.json``.
-
-    The folder layout of every dictionary layerdrift trains (SAEs, crosscoders): the config
-    is written last, so :func:`files_complete` means the weights are whole.
-    """
-    fs, path = _fs(url)
-    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _write_bytes(fs, f"{path}/{weights_filename}", save_bytes(cpu))
-    _write_bytes(fs, f"{path}/{SAE_CFG_FILENAME}", json.dumps(cfg, indent=2).encode())
-
-
-def load_weight_files(
-    url: str, weights_filename: str, missing_hint: str
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read ``(cfg, tensors)`` written by :func:`save_weight_files` (tensors on the CPU).
-
-    Raises FileNotFoundError naming what is missing, followed by ``missing_hint``.
-    """
-    if not files_complete(url, weights_filename):
-        raise FileNotFoundError(
-            f"nothing complete at {url} (needs {SAE_CFG_FILENAME} and {weights_filename}): "
-            f"{missing_hint}"
-        )
-    fs, path = _fs(url)
-    cfg = json.loads(_read_bytes(fs, f"{path}/{SAE_CFG_FILENAME}"))
-    return cfg, load_bytes(_read_bytes(fs, f"{path}/{weights_filename}"))
-
-
-def save_sae_files(url: str, cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    """Write ``sae_weights.safetensors`` then ``cfg.json`` into folder ``url``.
+    """Write ``sae_weights.safetensors``, ``sparsity.safetensors``, then ``cfg.json``.
 
     ``tensors`` must hold W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in] and
-    b_dec [d_in] (extra tensors are kept too); ``cfg`` needs ``d_in`` and ``d_sae``.
+    b_dec [d_in] (extra tensors are kept too); ``cfg`` needs ``d_in`` and ``d_sae``;
+    ``sparsity`` [d_sae] is the log10 feature density.
     """
     missing = [name for name in SAE_PARAMETERS if name not in tensors]
     if missing:
@@ -122,14 +96,37 @@ def save_sae_files(url: str, cfg: dict[str, Any], tensors: dict[str, torch.Tenso
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
             raise ValueError(f"{name} has shape {tuple(tensors[name].shape)}, expected {shape}")
-    save_weight_files(url, cfg, tensors, SAE_WEIGHTS_FILENAME)
-    logger.info("saved SAE (%d -> %d) to %s", d_in, d_sae, url)
+    fs, path = _fs(url)
+    cpu = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+    _write_bytes(fs, f"{path}/{SAE_WEIGHTS_FILENAME}", save_bytes(cpu))
+    if sparsity is not None:
+        log_density = {"sparsity": sparsity.detach().to("cpu", torch.float32).contiguous()}
+        _write_bytes(fs, f"{path}/{SPARSITY_FILENAME}", save_bytes(log_density))
+    _write_bytes(fs, f"{path}/{SAE_CFG_FILENAME}", json.dumps(cfg, indent=2).encode())
+    logger.info("saved dictionary (%d -> %d) to %s", d_in, d_sae, url)
 
 
 def load_sae_files(url: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read ``(cfg, tensors)`` of the SAE in folder ``url`` (tensors on the CPU)."""
-    hint = "run the sae stage for this checkpoint and layer"
-    return load_weight_files(url, SAE_WEIGHTS_FILENAME, hint)
+    """Read ``(cfg, tensors)`` of the dictionary in folder ``url`` (tensors on the CPU).
+
+    Raises FileNotFoundError naming what is missing.
+    """
+    if not sae_exists(url):
+        raise FileNotFoundError(
+            f"nothing complete at {url} (needs {SAE_CFG_FILENAME} and {SAE_WEIGHTS_FILENAME}): "
+            "run the stage that trains it (sae, or features for a crosscoder)"
+        )
+    fs, path = _fs(url)
+    cfg = json.loads(_read_bytes(fs, f"{path}/{SAE_CFG_FILENAME}"))
+    return cfg, load_bytes(_read_bytes(fs, f"{path}/{SAE_WEIGHTS_FILENAME}"))
+
+
+def load_sparsity(url: str) -> torch.Tensor | None:
+    """The log10 feature density [d_sae] of ``sparsity.safetensors`` (None when absent)."""
+    fs, path = _fs(url)
+    if not fs.exists(f"{path}/{SPARSITY_FILENAME}"):
+        return None
+    return load_bytes(_read_bytes(fs, f"{path}/{SPARSITY_FILENAME}"))["sparsity"]
 
 
 # The training state ---------------------------------------------------------------------------
@@ -208,7 +205,7 @@ def load_train_state(url: str) -> TrainState | None:
 
 
 def clear_train_state(url: str) -> None:
-    """Remove ``<url>/train-state/`` (after the finished SAE is saved)."""
+    """Remove ``<url>/train-state/`` (after the finished dictionary is saved)."""
     fs, path = _fs(url)
     if fs.exists(f"{path}/{TRAIN_STATE_DIR}"):
         fs.rm(f"{path}/{TRAIN_STATE_DIR}", recursive=True)

@@ -18,14 +18,12 @@ from sklearn.metrics import roc_auc_score
 from test_report import CHECKPOINTS, HIDDEN, make_run
 
 from layerdrift.storage import open_result
-from layerdrift.tasks.features.crosscoder import Crosscoder, CrosscoderCfg, save_crosscoder
+from layerdrift.tasks.dictionary import DictionarySpec, build, load_dictionary, save_dictionary
 from layerdrift.tasks.report import build_explorer
 from layerdrift.tasks.report import explorer_data as data_module
 from layerdrift.tasks.report.latents import CONTEXT, TOP, latent_tables, pick_examples
 from layerdrift.tasks.report.load import load_inputs
 from layerdrift.tasks.report.predictions import probe_predictions
-from layerdrift.tasks.sae.files import save_sae
-from layerdrift.tasks.sae.model import SAESpec, SparseAutoencoder
 
 LAYER, D_SAE = 1, 16
 
@@ -37,16 +35,19 @@ def dictionary_run(tmp_path_factory):
     saes = {}
     for seed, label in enumerate(("base", "final")):
         generator = torch.Generator().manual_seed(seed)
-        sae = SparseAutoencoder(SAESpec(d_in=HIDDEN, d_sae=D_SAE, k=4), generator)
-        save_sae(sae, run.sae(label, LAYER))
-        saes[label] = sae
-    cfg = CrosscoderCfg(d_in=HIDDEN, d_sae=D_SAE, architecture="relu", k=4, l1_coefficient=1e-3,
-                        checkpoints=("base", "final"), layer=LAYER, seed=0)  # fmt: skip
-    crosscoder = Crosscoder(cfg, torch.Generator().manual_seed(2))
+        sae = build(DictionarySpec(d_model=HIDDEN, d_sae=D_SAE, k=4), generator)
+        save_dictionary(sae, run.sae(label, LAYER), {}, {})
+        saes[label] = load_dictionary(run.sae(label, LAYER))
+    spec = DictionarySpec(
+        d_model=HIDDEN, d_sae=D_SAE, architecture="relu", n_models=2, l1_coefficient=1e-3
+    )
+    crosscoder = build(spec, torch.Generator().manual_seed(2))
     with torch.no_grad():  # lean some latents to one model, so the groups are not all shared
-        crosscoder.W_dec[:4, 0] *= 0.01
-        crosscoder.W_dec[4:8, 1] *= 0.01
-    save_crosscoder(crosscoder, run.crosscoder(LAYER))
+        rows = crosscoder.W_dec.view(D_SAE, 2, HIDDEN)
+        rows[:4, 0] *= 0.01
+        rows[4:8, 1] *= 0.01
+    save_dictionary(crosscoder, run.crosscoder(LAYER), {}, {})
+    crosscoder = load_dictionary(run.crosscoder(LAYER))
     for seed, label in enumerate(CHECKPOINTS):
         make_tiny_bert(Path(run.child_url("checkpoints", label)), seed=seed)
     return run, saes, crosscoder
@@ -93,7 +94,7 @@ def test_latent_tables_match_the_dictionaries(dictionary_run):
         assert window[CONTEXT] == pytest.approx(tokens[peak], rel=1e-5)
         if peak >= 1:
             assert window[CONTEXT - 1] == pytest.approx(tokens[peak - 1], rel=1e-5, abs=1e-7)
-    unit = {k: v.W_dec.detach().numpy() for k, v in saes.items()}
+    unit = {k: v.decoder_directions().numpy()[:, 0] for k, v in saes.items()}
     unit = {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in unit.items()}
     cos = unit["base"] @ unit["final"].T  # [d_base, d_final]
     assert (tables["base_sae"].partner == cos.argmax(axis=1)).all()

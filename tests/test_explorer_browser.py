@@ -18,8 +18,8 @@ import xarray as xr
 from browser import Watched
 
 from layerdrift.storage import RunDir, open_result, write_result
+from layerdrift.tasks.dictionary import load_dictionary
 from layerdrift.tasks.report import build_explorer
-from layerdrift.tasks.sae.files import load_sae
 
 LAYER = 1
 
@@ -46,7 +46,8 @@ def _result(run: RunDir, name: str) -> xr.DataArray:
 
 
 def _number(text: str) -> float:
-    return float(re.findall(r"-?\d+\.\d+", text)[-1])
+    """The value a tooltip states: the first number after its colon (an interval may follow)."""
+    return float(re.findall(r"-?\d+\.\d+", text.split(": ", 1)[-1])[0])
 
 
 def _point_to(p, selector: str) -> str:
@@ -84,7 +85,8 @@ def test_interval_bands_are_drawn_from_a_ci_group(run, page, tmp_path):
     shutil.copytree(run.root, copy.root, ignore=shutil.ignore_patterns(".prefect-results"))
     sim = _result(copy, "similarity")
     bounds = xr.concat([sim - 0.05, sim + 0.05], dim=xr.DataArray(["low", "high"], dims="bound"))
-    write_result(copy.results(), "similarity_ci", bounds.rename("similarity_ci"))
+    bounds = bounds.transpose(*sim.dims, "bound").rename("similarity_ci")
+    write_result(copy.results(), "similarity_ci", bounds)
     p = page.open(build_explorer(copy), "#view=curves&group=similarity&facet=cosine")
     assert p.locator("#curve-panel polygon.band").count() >= 1
     text = _point_to(p, '#curve-panel circle[data-series="base · final"][data-x="1"]')
@@ -141,7 +143,7 @@ def _independent_latent(run: RunDir, checkpoint: str, layer: int, latent: int):
     """Per-example maxima and codes of one SAE latent, computed here from its weights."""
     store = xr.open_zarr(run.activations())
     x = store.activations.sel(checkpoint=checkpoint, layer=layer).values.astype(np.float32)
-    sae = load_sae(run.sae(checkpoint, layer))
+    sae = load_dictionary(run.sae(checkpoint, layer))
     with torch.no_grad():
         codes = sae.encode(torch.from_numpy(x)).clamp_min(0).numpy()
     examples = store.example_of_token.values
@@ -180,7 +182,7 @@ def test_latent_browser_sorts_and_shows_examples_and_partner(run, page, tmp_path
     assert page.overflow() == 0
     page.screenshot("explorer-latents", tmp_path)
 
-    base = load_sae(run.sae("base", LAYER))
+    base = load_dictionary(run.sae("base", LAYER))
     w_f = sae.W_dec.detach().numpy()
     w_b = base.W_dec.detach().numpy()
     cos = (w_b / np.linalg.norm(w_b, axis=1, keepdims=True)) @ (

@@ -5,18 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from planted import planted_pair
 from test_features_crosscoder import TOKENS_PER_EXAMPLE, _store, loader_for
 
-from layerdrift.tasks.features.compare import compare_layer, relative_norm_deviation
-from layerdrift.tasks.features.config import FeaturesConfig
-from layerdrift.tasks.features.scan import Dictionary
-from layerdrift.tasks.features.synthetic import planted_pair
-from layerdrift.tasks.features.transfer import fvu
+from layerdrift.config import FeaturesConfig
+from layerdrift.tasks.features.compare import compare_layer
+from layerdrift.tasks.features.crosscoder import relative_norm_deviation
+from layerdrift.tasks.features.scan import DictionaryView
 
 PLANTED = 8  # a shared feature that fires only in positive examples
 
 
-def _oracle(source: str, reads: str, D: np.ndarray) -> Dictionary:
+def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """Σ‖x − x̂‖² / Σ‖x − mean(x)‖², directly."""
+    x, x_hat = x.double(), x_hat.double()
+    return float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+
+
+def _oracle(source: str, reads: str, D: np.ndarray) -> DictionaryView:
     """A dictionary that decodes with the planted directions D [f, d] (or [f, 2, d])."""
     flat = torch.as_tensor(D.reshape(len(D), -1), dtype=torch.float32)
     pinv = torch.linalg.pinv(flat)  # [d, f]
@@ -27,7 +33,7 @@ def _oracle(source: str, reads: str, D: np.ndarray) -> Dictionary:
     def decode(f: torch.Tensor) -> torch.Tensor:
         return (f @ flat).reshape(len(f), *D.shape[1:])
 
-    return Dictionary(source, reads, encode, decode, D)
+    return DictionaryView(source, reads, encode, decode, D)
 
 
 @pytest.fixture(scope="module")

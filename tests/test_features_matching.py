@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from planted import planted_pair
 from sklearn.metrics import roc_auc_score
 
 from layerdrift.tasks.features.matching import decoder_cosines, histogram, match_decoders
-from layerdrift.tasks.features.synthetic import planted_pair
 from layerdrift.tasks.features.task_latents import latent_auroc, segment_max, task_specific_fraction
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from factories import make_tiny_bert, separable_texts, set_store_generation
+from planted import planted_pair
 
 from layerdrift.config import RunConfig
 from layerdrift.storage.activations import StoreWriter, create_store, open_store, store_generation
@@ -16,9 +17,14 @@ from layerdrift.storage.results import open_result
 from layerdrift.storage.rundir import RunDir
 from layerdrift.storage.saes import read_cfg
 from layerdrift.storage.schema import StoreIdentity, TokenLayout
-from layerdrift.tasks.features.compare import SOURCES
-from layerdrift.tasks.features.config import FeaturesConfig
-from layerdrift.tasks.features.run import (
+from layerdrift.tasks.dictionary import (
+    layerdrift_info,
+    load_dictionary,
+    make_loader,
+    recovered_metrics,
+)
+from layerdrift.tasks.dictionary.runs import MEAN_SAMPLE_TOKENS
+from layerdrift.tasks.features import (
     compare_features_for_run,
     compare_features_task,
     crosscoder_url,
@@ -28,11 +34,8 @@ from layerdrift.tasks.features.run import (
     write_feature_results,
     write_features_task,
 )
-from layerdrift.tasks.features.synthetic import planted_pair
-from layerdrift.tasks.features.train import pair_loader
-from layerdrift.tasks.sae.evaluate import recovered_metrics
-from layerdrift.tasks.sae.files import load_sae
-from layerdrift.tasks.sae.run import MEAN_SAMPLE_TOKENS, evaluate_sae, train_sae_for_run
+from layerdrift.tasks.features.compare import SOURCES
+from layerdrift.tasks.sae import evaluate_sae, train_sae_for_run
 
 TOKENS_PER_EXAMPLE, N_TOKENS, D_IN, CHUNK = 20, 12_000, 32, 4000
 
@@ -107,12 +110,12 @@ def test_compare_features_for_run(trained_run):
 def test_transfer_accuracy_recovered_splices_the_base_sae_into_the_finetuned_model(trained_run):
     run, cfg, result, _ = trained_run
     ds = open_store(run.activations())
-    loader = pair_loader(ds, 1, FeaturesConfig.from_run_config(cfg), cfg.sae)
+    loader = make_loader(ds, [("base", 1), ("final", 1)], cfg.sae, 256)
     held = np.flatnonzero(loader.heldout_examples)
     expected = recovered_metrics(
         run.path("checkpoints", "final"),
         1,
-        load_sae(run.sae("base", 1)),
+        load_dictionary(run.sae("base", 1)),
         torch.from_numpy(loader.sample(MEAN_SAMPLE_TOKENS)[:, 1].mean(axis=0)),
         [str(t) for t in ds["text"].values[held]],
         np.asarray(ds["label"].values[held]),
@@ -182,7 +185,7 @@ def test_a_rebuilt_store_makes_the_comparison_stale(trained_run):
         assert not feature_results_written(run)
         again = compare_features_for_run(run, cfg, 1)
         assert again["store_generation"] == "rebuilt"
-        assert read_cfg(crosscoder_url(run, 1))["store_generation"] == "rebuilt"
+        assert layerdrift_info(read_cfg(crosscoder_url(run, 1)))["store_generation"] == "rebuilt"
         write_feature_results(run, cfg)
         assert features_complete(run, 1) and feature_results_written(run)
     finally:

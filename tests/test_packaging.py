@@ -21,7 +21,7 @@ def test_wheel_installs_everything_under_the_layerdrift_namespace(tmp_path: Path
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith("-info")}
     assert top_level == {"layerdrift"}
-    shipped = ("flows/cli.py", "tasks/sae/model.py", "storage/activations.py")
+    shipped = ("flows/cli.py", "tasks/dictionary/model.py", "storage/activations.py")
     assets = ("tasks/report/assets/explorer.js", "tasks/report/assets/explorer.css")
     for module in shipped + assets:
         assert f"layerdrift/{module}" in names

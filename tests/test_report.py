@@ -334,14 +334,13 @@ def test_compare_runs(tmp_path):
 def test_token_pictures_colour_by_sae_latent(tmp_path):
     import torch
 
+    from layerdrift.tasks.dictionary import DictionarySpec, build, save_dictionary
     from layerdrift.tasks.report.load import load_inputs
     from layerdrift.tasks.report.tokens import add_latents, choose_sentences
-    from layerdrift.tasks.sae.files import save_sae
-    from layerdrift.tasks.sae.model import SAESpec, SparseAutoencoder
 
     run = make_run(tmp_path, full=False)
-    sae = SparseAutoencoder(SAESpec(d_in=HIDDEN, d_sae=16, k=4), torch.Generator().manual_seed(0))
-    save_sae(sae, run.sae("final", 1))
+    sae = build(DictionarySpec(d_model=HIDDEN, d_sae=16, k=4), torch.Generator().manual_seed(0))
+    save_dictionary(sae, run.sae("final", 1), {}, {})
     inputs = load_inputs(run)
     sentences = choose_sentences(inputs, 2)
     assert add_latents(inputs, sentences)

@@ -20,7 +20,8 @@ from layerdrift.config import RunConfig
 from layerdrift.storage.results import open_result
 from layerdrift.storage.rundir import RunDir
 from layerdrift.storage.saes import read_cfg
-from layerdrift.tasks.sae.run import (
+from layerdrift.tasks.dictionary import layerdrift_info
+from layerdrift.tasks.sae import (
     SAE_METRICS,
     evaluate_saes_for_run,
     sae_complete,
@@ -102,14 +103,14 @@ def test_a_rebuilt_store_makes_saes_stale(tiny_run):
     cfg = _config(tiny_run)
     train_sae_for_run(tiny_run, cfg, "base", 0)
     evaluate_saes_for_run(tiny_run, cfg)
-    assert read_cfg(tiny_run.sae("base", 0))["store_generation"] == "test"
+    assert layerdrift_info(read_cfg(tiny_run.sae("base", 0)))["store_generation"] == "test"
     assert sae_complete(tiny_run, "base", 0) and saes_evaluated(tiny_run)
     try:
         set_store_generation(tiny_run.activations(), "rebuilt")
         assert not sae_complete(tiny_run, "base", 0)
         assert not saes_evaluated(tiny_run)
         train_sae_for_run(tiny_run, cfg, "base", 0)
-        assert read_cfg(tiny_run.sae("base", 0))["store_generation"] == "rebuilt"
+        assert layerdrift_info(read_cfg(tiny_run.sae("base", 0)))["store_generation"] == "rebuilt"
         assert sae_complete(tiny_run, "base", 0)
     finally:
         set_store_generation(tiny_run.activations(), "test")
@@ -119,7 +120,7 @@ def test_prefect_tasks_retry_only_transient_errors():
     from prefect.states import Failed
 
     from layerdrift.tasks.retry import retry_unless_bad_input as _transient
-    from layerdrift.tasks.sae.run import evaluate_saes_task, train_sae_task
+    from layerdrift.tasks.sae import evaluate_saes_task, train_sae_task
 
     assert train_sae_task.retries == 2 and evaluate_saes_task.retries == 1
     assert train_sae_task.fn is not None

@@ -1,8 +1,9 @@
 """Scale-out with existing engines: a Dask cluster and object storage, through the CLI.
 
 A local S3-compatible server (moto, on 127.0.0.1) holds the run directory, a LocalCluster of
-two worker processes computes the similarity pass (``--dask-address``), and the results
-must equal those of an ordinary local run of the same tiny config, run beside it.
+two worker processes extracts the store, computes the similarity pass and trains the SAEs
+and crosscoders (``--dask-address``), and the results and dictionary weights must equal those
+of an ordinary local run of the same tiny config, run beside it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import numpy as np
 import pytest
 import xarray as xr
+from safetensors.numpy import load as load_safetensors
 from tiny_runs import cli_env, start_cli, tail, tiny_config, to_toml
 
 BUCKET = "layerdrift-scale-test"  # moto keeps buckets per process: one name per module
@@ -68,8 +70,11 @@ def test_run_on_s3_with_a_dask_cluster_matches_a_local_run(
     tmp_path, tiny_model_dir, separable_csv, s3_endpoint, dask_cluster
 ):
     # SAEs and feature comparisons of the last layer only: each feature task on the
-    # loopback S3 server costs ~25 s, and the other layers add no new code path.
-    config = tiny_config(tiny_model_dir, separable_csv, sae={"layers": [2]})
+    # loopback S3 server costs ~25 s, and the other layers add no new code path. The
+    # crosscoder trains as briefly as the SAEs (the preset's 100k tokens add nothing here).
+    config = tiny_config(
+        tiny_model_dir, separable_csv, sae={"layers": [2]}, features={"token_budget": 2048}
+    )
     (tmp_path / "tiny.toml").write_text(to_toml(config))
     remote_root = f"s3://{BUCKET}/runs"
     local = start_cli(
@@ -113,6 +118,17 @@ def test_run_on_s3_with_a_dask_cluster_matches_a_local_run(
             np.testing.assert_allclose(
                 got[name].values, expected.values, rtol=1e-5, atol=1e-6, err_msg=group
             )
+    # The SAEs and the crosscoder were Dask tasks, and equal the ones trained in the flow.
+    prefixes = set(dask_cluster.scheduler.task_prefixes)
+    assert {"train_sae_for_run", "train_crosscoder_for_run"} <= prefixes, prefixes
+    folders = ["saes/base/layer-2", "saes/final/layer-2", "crosscoders/layer-2"]
+    for folder in folders:
+        want = load_safetensors(
+            (tmp_path / "local/tiny" / folder / "sae_weights.safetensors").read_bytes()
+        )
+        got = load_safetensors(fs.cat(f"{run_path}/{folder}/sae_weights.safetensors"))
+        for name, expected in want.items():
+            np.testing.assert_allclose(got[name], expected, rtol=1e-5, atol=1e-6, err_msg=folder)
     local_store = xr.open_zarr(tmp_path / "local/tiny/activations.zarr")
     remote_store = xr.open_zarr(fs.get_mapper(f"{run_path}/activations.zarr"))
     np.testing.assert_array_equal(

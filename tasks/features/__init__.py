@@ -1,28 +1,37 @@
-"""Base vs fine-tuned features per layer (issue 6): SAE transfer, decoder matching,
-crosscoders, task-specific latents and feature cards.
+"""Base vs fine-tuned features per layer: SAE transfer, decoder matching, crosscoders,
+task-specific latents and feature cards.
 
-The flow calls :func:`feature_layers`, then :func:`compare_features_task` per layer, then
-:func:`write_features_task`; tests call the plain functions.
+The flow calls :func:`feature_layers`, then :func:`compare_features_task` per layer (after
+:func:`train_crosscoders_on_dask_task` on a cluster), then :func:`write_features_task`;
+tests call the plain functions.
 """
 
-from layerdrift.tasks.features.config import FeaturesConfig
+from layerdrift.tasks.features.prefect_tasks import (
+    compare_features_task,
+    train_crosscoders_on_dask_task,
+    write_features_task,
+)
 from layerdrift.tasks.features.run import (
     compare_features_for_run,
-    compare_features_task,
+    crosscoder_complete,
+    crosscoder_url,
     feature_layers,
     feature_results_written,
     features_complete,
+    train_crosscoder_for_run,
     write_feature_results,
-    write_features_task,
 )
 
 __all__ = [
-    "FeaturesConfig",
     "compare_features_for_run",
     "compare_features_task",
+    "crosscoder_complete",
+    "crosscoder_url",
     "feature_layers",
     "feature_results_written",
     "features_complete",
+    "train_crosscoder_for_run",
+    "train_crosscoders_on_dask_task",
     "write_feature_results",
     "write_features_task",
 ]

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from layerdrift.tasks.features.scan import MODELS, Dictionary
-from layerdrift.tasks.sae.loader import ActivationLoader
+from layerdrift.tasks.dictionary import ActivationLoader
+from layerdrift.tasks.features.scan import MODELS, DictionaryView
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def pick_latents(
 
 @torch.no_grad()
 def latent_on_example(
-    loader: ActivationLoader, d: Dictionary, example: int, device="cpu"
+    loader: ActivationLoader, d: DictionaryView, example: int, device="cpu"
 ) -> np.ndarray:
     """All latents of ``d`` on every token of one example: [token_count, d_sae]."""
     table = loader.examples
@@ -96,7 +96,7 @@ def latent_on_example(
 
 def build_card(
     loader: ActivationLoader,
-    d: Dictionary,
+    d: DictionaryView,
     pick: CardPick,
     scores: np.ndarray,
     layer: int,

@@ -5,7 +5,7 @@ trained on the base and the fine-tuned model share a feature when some pair of t
 decoder rows points the same way (cosine >= a threshold, 0.7 by default).
 
 The two SAEs of a layer share their initialisation and token order
-(:func:`tasks.sae.fit.new_sae`), so the matched fraction measures how far the fine-tuned
+(:mod:`tasks.dictionary.lifecycle`), so the matched fraction measures how far the fine-tuned
 activations pulled the dictionary away from the base one: 1 on identical activations. It is
 only meaningful once the decoders have moved far from that initialisation; at too few steps
 both SAEs still sit on it and match at every layer.

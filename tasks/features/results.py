@@ -59,70 +59,69 @@ def _json_safe(obj):
     return obj
 
 
+def _attrs(per_layer: list[dict]) -> dict:
+    """Attributes of every group: the two checkpoints, the store and the thresholds used."""
+    first = per_layer[0]
+    attrs = {"base": first["checkpoints"][0], "finetuned": first["checkpoints"][1]}
+    attrs["store_generation"] = first.get("store_generation", "")
+    config = first.get("config", {})
+    attrs |= {k: config[k] for k in config if k.endswith(("_below", "_above", "threshold"))}
+    attrs |= {k: config[k] for k in ("auroc_high", "auroc_low") if k in config}
+    return attrs
+
+
+def _per_layer_groups(per_layer: list[dict], lay: dict) -> dict[str, xr.DataArray]:
+    """Counts, fractions and FVUs: one value per layer (and source, direction, model)."""
+    counts = np.array([[r["crosscoder_counts"][g] for g in GROUPS] for r in per_layer])
+
+    def column(key: str, default=None) -> xr.DataArray:
+        return xr.DataArray([r.get(key, default) for r in per_layer], dims="layer")
+
+    def table(key: str, dim: str, labels: tuple[str, ...]) -> xr.DataArray:
+        values = _by_layer(per_layer, key, labels)
+        return xr.DataArray(values, dims=(dim, "layer"), coords={dim: list(labels), **lay})
+
+    return {
+        "crosscoder_counts": xr.DataArray(
+            counts, dims=("layer", "group"), coords={**lay, "group": list(GROUPS)}
+        ),
+        "crosscoder_dead": column("crosscoder_dead"),
+        "relative_norm_deviation": column("relative_norm_deviation", np.nan),
+        "matched_fraction": column("matched_fraction"),
+        "best_match_fraction": column("best_match_fraction"),
+        "task_specific_fraction": table("task_specific_fraction", "source", SOURCES),
+        "transfer_fvu": table("transfer_fvu", "direction", DIRECTIONS),
+        "transfer_accuracy_recovered": table(
+            "transfer_accuracy_recovered", "direction", DIRECTIONS
+        ),
+        "crosscoder_fvu": table("crosscoder_fvu", "model", MODELS),
+    }
+
+
+def _histogram_groups(per_layer: list[dict], lay: dict) -> dict[str, xr.DataArray]:
+    """The match-cosine, relative-norm and AUROC histograms."""
+    bins = int(per_layer[0]["hist_bins"])
+    dictionaries = list(per_layer[0]["auroc_hist"])
+    cosines = np.array([[r["match_cosine_hist"][m] for m in MATCHES] for r in per_layer])
+    norms = np.array([r["relative_norm_hist"] for r in per_layer])
+    aurocs = np.array([[r["auroc_hist"][d] for r in per_layer] for d in dictionaries])
+    return {
+        "match_cosine_hist": _hist(
+            cosines, bins, ("layer", "match", "bin"), {**lay, "match": list(MATCHES)}
+        ),
+        "relative_norm_hist": _hist(norms, bins, ("layer", "bin"), lay),
+        "auroc_hist": _hist(
+            aurocs, bins, ("dictionary", "layer", "bin"), {"dictionary": dictionaries, **lay}
+        ),
+    }
+
+
 def feature_datasets(per_layer: list[dict]) -> dict[str, xr.DataArray]:
     """The results groups of :mod:`tasks.features.results` from per-layer result dicts."""
     per_layer = sorted(per_layer, key=lambda r: r["layer"])
     layers = [int(r["layer"]) for r in per_layer]
-    attrs = {
-        "base": per_layer[0]["checkpoints"][0],
-        "finetuned": per_layer[0]["checkpoints"][1],
-    }
-    attrs["store_generation"] = per_layer[0].get("store_generation", "")
-    config = per_layer[0].get("config", {})
-    attrs |= {k: config[k] for k in config if k.endswith(("_below", "_above", "threshold"))}
-    attrs |= {k: config[k] for k in ("auroc_high", "auroc_low") if k in config}
-    lay = {"layer": layers}
-    counts = np.array([[r["crosscoder_counts"][g] for g in GROUPS] for r in per_layer])
-    bins = int(per_layer[0]["hist_bins"])
-    dictionaries = list(per_layer[0]["auroc_hist"])
-    out = {
-        "crosscoder_counts": xr.DataArray(
-            counts, dims=("layer", "group"), coords={**lay, "group": list(GROUPS)}
-        ),
-        "crosscoder_dead": xr.DataArray([r["crosscoder_dead"] for r in per_layer], dims="layer"),
-        "relative_norm_deviation": xr.DataArray(
-            [r.get("relative_norm_deviation", np.nan) for r in per_layer], dims="layer"
-        ),
-        "matched_fraction": xr.DataArray([r["matched_fraction"] for r in per_layer], dims="layer"),
-        "best_match_fraction": xr.DataArray(
-            [r["best_match_fraction"] for r in per_layer], dims="layer"
-        ),
-        "task_specific_fraction": xr.DataArray(
-            _by_layer(per_layer, "task_specific_fraction", SOURCES),
-            dims=("source", "layer"),
-            coords={"source": list(SOURCES), **lay},
-        ),
-        "transfer_fvu": xr.DataArray(
-            _by_layer(per_layer, "transfer_fvu", DIRECTIONS),
-            dims=("direction", "layer"),
-            coords={"direction": list(DIRECTIONS), **lay},
-        ),
-        "transfer_accuracy_recovered": xr.DataArray(
-            _by_layer(per_layer, "transfer_accuracy_recovered", DIRECTIONS),
-            dims=("direction", "layer"),
-            coords={"direction": list(DIRECTIONS), **lay},
-        ),
-        "crosscoder_fvu": xr.DataArray(
-            _by_layer(per_layer, "crosscoder_fvu", MODELS),
-            dims=("model", "layer"),
-            coords={"model": list(MODELS), **lay},
-        ),
-        "match_cosine_hist": _hist(
-            np.array([[r["match_cosine_hist"][m] for m in MATCHES] for r in per_layer]),
-            bins,
-            ("layer", "match", "bin"),
-            {**lay, "match": list(MATCHES)},
-        ),  # fmt: skip
-        "relative_norm_hist": _hist(
-            np.array([r["relative_norm_hist"] for r in per_layer]), bins, ("layer", "bin"), lay
-        ),
-        "auroc_hist": _hist(
-            np.array([[r["auroc_hist"][d] for r in per_layer] for d in dictionaries]),
-            bins,
-            ("dictionary", "layer", "bin"),
-            {"dictionary": dictionaries, **lay},
-        ),  # fmt: skip
-    }
+    lay, attrs = {"layer": layers}, _attrs(per_layer)
+    out = _per_layer_groups(per_layer, lay) | _histogram_groups(per_layer, lay)
     for name, array in out.items():
         if "layer" not in array.coords:
             array = array.assign_coords(layer=layers)

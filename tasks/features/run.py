@@ -1,8 +1,10 @@
 """The feature-comparison stage for a run directory.
 
-- :func:`compare_features_for_run` (per layer): trains (or resumes, or loads) the crosscoder
-  of (base, fine-tuned) at that layer under ``<run>/crosscoders/layer-<l>/``, loads both
-  SAEs, scans the layer once and writes ``<run>/features/layer-<l>.json``;
+- :func:`train_crosscoder_for_run` (per layer) trains, resumes or loads the crosscoder of
+  (base, fine-tuned) at that layer under ``<run>/crosscoders/layer-<l>/``: the
+  :mod:`tasks.dictionary` lifecycle with both models as sources;
+- :func:`compare_features_for_run` (per layer) loads both SAEs and the crosscoder (training
+  it if needed), scans the layer once and writes ``<run>/features/layer-<l>.json``;
 - :func:`write_feature_results` gathers the layers into ``results.zarr`` and writes
   ``<run>/features/cards.json`` for the report.
 """
@@ -12,32 +14,26 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
-import torch
-from prefect import task
-
 from layerdrift.config import RunConfig
 from layerdrift.storage.activations import open_store, store_generation
-from layerdrift.storage.checkpoints import checkpoint_complete, local_checkpoint_path
 from layerdrift.storage.results import list_results, open_result
 from layerdrift.storage.rundir import CARDS_PATH, FEATURES_DIR, RunDir
 from layerdrift.storage.saes import sae_exists
+from layerdrift.tasks.dictionary import (
+    Job,
+    folder_current,
+    load_dictionary,
+    make_loader,
+    train_dictionaries,
+)
+from layerdrift.tasks.dictionary.runs import checkpoint_metadata
 from layerdrift.tasks.features.compare import compare_layer
-from layerdrift.tasks.features.config import FeaturesConfig
-from layerdrift.tasks.features.crosscoder import Crosscoder, CrosscoderCfg
 from layerdrift.tasks.features.results import write_feature_results as _write_results
-from layerdrift.tasks.features.scan import Dictionary
-from layerdrift.tasks.features.train import crosscoder_schedule, pair_loader, train_crosscoder
-from layerdrift.tasks.features.transfer import DIRECTIONS
+from layerdrift.tasks.features.scan import DictionaryView
+from layerdrift.tasks.features.transfer import transfer_recovery
 from layerdrift.tasks.modeling import select_device
-from layerdrift.tasks.retry import retry_unless_bad_input
-from layerdrift.tasks.sae.evaluate import recovered_metrics
-from layerdrift.tasks.sae.files import load_sae
-from layerdrift.tasks.sae.model import SparseAutoencoder
 
 logger = logging.getLogger(__name__)
-
-MEAN_SAMPLE_TOKENS = 20_000
 
 
 def crosscoder_url(run: RunDir, layer: int) -> str:
@@ -59,50 +55,39 @@ def features_complete(run: RunDir, layer: int) -> bool:
     return saved is None or saved == store_generation(run.activations())
 
 
-def sae_dictionary(model: SparseAutoencoder, source: str, reads: str) -> Dictionary:
-    """A loaded SAE as a :class:`Dictionary` (decoder rows [d_sae, d_in])."""
-    return Dictionary(source, reads, model.encode, model.decode, model.W_dec.detach().cpu().numpy())
+def crosscoder_job(run: RunDir, cfg: RunConfig, layer: int) -> Job:
+    """The dictionary job of the crosscoder of ``layer``: (base, fine-tuned) as its sources.
 
-
-def crosscoder_dictionary(model: Crosscoder) -> Dictionary:
-    """A crosscoder as a :class:`Dictionary`; decoder [d_sae, 2, d_in] in normalised units."""
-    decoder = model.W_dec.detach().cpu().numpy()
-    return Dictionary("crosscoder", "pair", model.encode, model.decode, decoder)
-
-
-def transfer_recovery(
-    run: RunDir, cfg: RunConfig, fcfg: FeaturesConfig, loader, layer: int, saes: dict
-) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Accuracy recovered in the fine-tuned classifier with each SAE spliced in.
-
-    ``base_on_finetuned`` splices the base SAE's reconstruction of the fine-tuned hidden
-    state into the fine-tuned classifier; ``finetuned_on_finetuned`` the fine-tuned SAE's.
-    The base checkpoint's classification head is untrained, so the two ``*_on_base``
-    directions are NaN. All NaN when the fine-tuned checkpoint folder is missing. Returns
-    (accuracy recovered per direction, every quantity of ``recovered_metrics`` per direction).
+    Its file is no single model's SAE, so SAELens's ``model_name`` and ``hook_name`` stay
+    empty and each model's are listed under ``metadata.layerdrift.models``.
     """
-    out = dict.fromkeys(DIRECTIONS, float("nan"))
-    details: dict[str, dict[str, float]] = {}
-    if not checkpoint_complete(run, fcfg.finetuned):
-        logger.warning("no checkpoint %s: transfer accuracy recovered left NaN", fcfg.finetuned)
-        return out, details
-    ds = loader.ds
-    held = np.flatnonzero(loader.heldout_examples)
-    mean = torch.from_numpy(loader.sample(MEAN_SAMPLE_TOKENS)[:, 1].mean(axis=0))
-    for name, sae in (("base_on_finetuned", saes["base"]), ("finetuned_on_finetuned", saes["ft"])):
-        metrics = recovered_metrics(
-            local_checkpoint_path(run, fcfg.finetuned),
-            layer,
-            sae,
-            mean,
-            [str(t) for t in ds["text"].values[held]],
-            np.asarray(ds["label"].values[held]),
-            max_length=cfg.data.max_length,
-            exclude_special=cfg.sae.exclude_special,
-        )
-        out[name] = metrics["accuracy_recovered"]
-        details[name] = metrics
-    return out, details
+    checkpoints = (cfg.features.base, cfg.features.finetuned)
+    models = [checkpoint_metadata(run, cfg, c, layer) | {"checkpoint": c} for c in checkpoints]
+    metadata = {"model_name": None, "hook_name": None, "context_size": cfg.data.max_length}
+    sources = tuple((c, layer) for c in checkpoints)
+    return Job(crosscoder_url(run, layer), sources, metadata, {"models": models})
+
+
+def crosscoder_complete(run: RunDir, layer: int) -> bool:
+    """Whether the crosscoder of ``layer`` is saved, in this layout, from the current store."""
+    return folder_current(crosscoder_url(run, layer), store_generation(run.activations()))
+
+
+def train_crosscoder_for_run(run: RunDir, cfg: RunConfig, layer: int) -> str:
+    """Train (or resume, or keep) the crosscoder of ``layer``; returns its folder URL."""
+    job = crosscoder_job(run, cfg, layer)
+    if crosscoder_complete(run, layer):
+        return job.url
+    train_dictionaries(
+        open_store(run.activations()),
+        [job],
+        cfg.features.dictionary,
+        cfg.features.training,
+        cfg.sae,
+        device=select_device(cfg.device),
+        store_generation=store_generation(run.activations()),
+    )
+    return job.url
 
 
 def compare_features_for_run(run: RunDir, cfg: RunConfig, layer: int) -> dict:
@@ -113,50 +98,32 @@ def compare_features_for_run(run: RunDir, cfg: RunConfig, layer: int) -> dict:
     ``crosscoder_counts`` {base_only, shared, finetuned_only}, ``crosscoder_dead``,
     ``matched_fraction``, ``best_match_fraction``, ``task_specific_fraction`` {source},
     ``transfer_fvu`` {direction}, ``transfer_accuracy_recovered`` {direction} (details in
-    ``transfer_recovery_details``),
-    ``crosscoder_fvu`` {base, finetuned}, histograms and ``cards``.
+    ``transfer_recovery_details``), ``crosscoder_fvu`` {base, finetuned}, histograms and
+    ``cards``.
     """
     if features_complete(run, layer):
         return json.loads(run.read_text(*layer_file(layer)))
-    fcfg = FeaturesConfig.from_run_config(cfg)
-    device = select_device(cfg.device)
-    ds = open_store(run.activations())
-    saes = {
-        "base": load_sae(run.sae(fcfg.base, layer), device),
-        "ft": load_sae(run.sae(fcfg.finetuned, layer), device),
-    }
-    loader = pair_loader(ds, layer, fcfg, cfg.sae)
-    d_in = loader.d_in
-    cc_cfg = CrosscoderCfg(
-        d_in=d_in,
-        d_sae=fcfg.expansion_factor * d_in,
-        architecture=fcfg.architecture,
-        k=min(fcfg.k, fcfg.expansion_factor * d_in),
-        l1_coefficient=fcfg.l1_coefficient,
-        checkpoints=(fcfg.base, fcfg.finetuned),
-        layer=layer,
-        seed=fcfg.seed,
-        store_generation=store_generation(run.activations()),
-    )
-    crosscoder = train_crosscoder(
-        loader, cc_cfg, crosscoder_url(run, layer), crosscoder_schedule(fcfg), device
-    )
-    crosscoder.eval()
+    fcfg, device = cfg.features, select_device(cfg.device)
+    crosscoder = load_dictionary(train_crosscoder_for_run(run, cfg, layer), device).eval()
+    base = load_dictionary(run.sae(fcfg.base, layer), device)
+    finetuned = load_dictionary(run.sae(fcfg.finetuned, layer), device)
+    sources = [(fcfg.base, layer), (fcfg.finetuned, layer)]
+    loader = make_loader(open_store(run.activations()), sources, cfg.sae, fcfg.training.batch_size)
     result = compare_layer(
         loader,
-        sae_dictionary(saes["base"], "base_sae", "base"),
-        sae_dictionary(saes["ft"], "finetuned_sae", "finetuned"),
-        crosscoder_dictionary(crosscoder),
+        DictionaryView.of(base, "base_sae", "base"),
+        DictionaryView.of(finetuned, "finetuned_sae", "finetuned"),
+        DictionaryView.of(crosscoder, "crosscoder", "pair"),
         fcfg,
-        batch_size=cfg.sae.batch_size,
+        batch_size=cfg.sae.training.batch_size,
         device=device,
         max_heldout_tokens=cfg.sae.eval_tokens,
     )
-    recovered, details = transfer_recovery(run, cfg, fcfg, loader, layer, saes)
+    recovered, details = transfer_recovery(run, cfg, loader, base, finetuned)
     result["transfer_accuracy_recovered"] = recovered
     result["transfer_recovery_details"] = details
-    result["config"] = fcfg.to_dict()
-    result["store_generation"] = cc_cfg.store_generation
+    result["config"] = fcfg.model_dump(mode="json")
+    result["store_generation"] = store_generation(run.activations())
     run.write_text(json.dumps(result, indent=1), *layer_file(layer))
     return result
 
@@ -164,14 +131,14 @@ def compare_features_for_run(run: RunDir, cfg: RunConfig, layer: int) -> dict:
 def feature_layers(run: RunDir, cfg: RunConfig) -> list[int]:
     """Layers to compare: ``features.layers`` (else ``sae.layers``, else every stored layer)
     for which both SAEs exist."""
-    fcfg = FeaturesConfig.from_run_config(cfg)
+    fcfg = cfg.features
     layers = fcfg.layers if fcfg.layers is not None else cfg.sae.layers
     if layers is None:
         layers = range(open_store(run.activations()).sizes["layer"])
     return [
         int(layer)
         for layer in layers
-        if sae_exists(run.sae(fcfg.base, layer)) and sae_exists(run.sae(fcfg.finetuned, layer))
+        if all(sae_exists(run.sae(c, layer)) for c in (fcfg.base, fcfg.finetuned))
     ]
 
 
@@ -202,27 +169,3 @@ def feature_results_written(run: RunDir) -> bool:
         return False
     attrs = open_result(run.results(), "crosscoder_counts")["crosscoder_counts"].attrs
     return attrs.get("store_generation", "") == store_generation(run.activations())
-
-
-@task(
-    name="compare-features",
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_unless_bad_input,
-    task_run_name="features-layer-{layer}",
-)
-def compare_features_task(run: RunDir, config: RunConfig, layer: int) -> dict:
-    """Prefect task: :func:`compare_features_for_run`; a retry resumes the crosscoder."""
-    return compare_features_for_run(run, config, layer)
-
-
-@task(
-    name="write-features",
-    retries=1,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_unless_bad_input,
-)
-def write_features_task(run: RunDir, config: RunConfig, per_layer: list[dict] | None = None) -> str:
-    """Prefect task: :func:`write_feature_results`; returns the cards file URL."""
-    write_feature_results(run, config, per_layer)
-    return run.child_url(*CARDS_PATH)

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from layerdrift.tasks.dictionary import ActivationLoader, Dictionary, FVUAccumulator
 from layerdrift.tasks.features.task_latents import segment_max
-from layerdrift.tasks.features.transfer import FVUAccumulator
-from layerdrift.tasks.sae.loader import ActivationLoader
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +26,8 @@ MODELS = ("base", "finetuned")
 
 
 @dataclass(frozen=True)
-class Dictionary:
-    """A trained dictionary seen through two callables.
+class DictionaryView:
+    """A trained dictionary as the comparison sees it: a name, what it reads, two callables.
 
     ``reads`` is the model whose activations it encodes (``pair`` for a crosscoder).
     ``encode`` maps raw activations [n, d_in] (pair: [n, 2, d_in]) to codes [n, d_sae];
@@ -46,6 +45,14 @@ class Dictionary:
     def d_sae(self) -> int:
         """Number of latents."""
         return int(self.decoder.shape[0])
+
+    @classmethod
+    def of(cls, model: Dictionary, source: str, reads: str) -> DictionaryView:
+        """A trained dictionary's view: an SAE reads one model (decoder [d_sae, d_in]), a
+        crosscoder the pair (decoder [d_sae, 2, d_in], normalised units)."""
+        decoder = model.decoder_directions().cpu().numpy()
+        decoder = decoder if reads == "pair" else decoder[:, 0]
+        return cls(source, reads, model.encode, model.decode, decoder)
 
 
 @dataclass
@@ -67,7 +74,7 @@ class LayerScan:
 
 
 def _apply(
-    d: Dictionary, pair: torch.Tensor, held: torch.Tensor
+    d: DictionaryView, pair: torch.Tensor, held: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """Codes [n, d_sae] of a pair batch [n, 2, d_in], and per model the held-out
     (x, x_hat) [n_held, d_in] of this dictionary's reconstruction of it."""
@@ -91,7 +98,7 @@ def loader_layer(loader: ActivationLoader) -> int:
 @torch.no_grad()
 def scan_layer(
     loader: ActivationLoader,
-    dictionaries: list[Dictionary],
+    dictionaries: list[DictionaryView],
     batch_size: int = 4096,
     device: str | torch.device = "cpu",
     max_heldout_tokens: int | None = None,

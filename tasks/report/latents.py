@@ -29,15 +29,10 @@ from tqdm.auto import tqdm
 from layerdrift.config import RunConfig
 from layerdrift.storage.rundir import RunDir
 from layerdrift.storage.saes import sae_exists
-from layerdrift.tasks.features.crosscoder import (
-    classify_latents,
-    crosscoder_exists,
-    load_crosscoder,
-    relative_norms,
-)
+from layerdrift.tasks.dictionary import load_dictionary
+from layerdrift.tasks.features.crosscoder import classify_latents, relative_norms
 from layerdrift.tasks.features.matching import decoder_cosines
 from layerdrift.tasks.features.task_latents import latent_auroc, segment_max
-from layerdrift.tasks.sae.files import load_sae
 
 logger = logging.getLogger(__name__)
 
@@ -204,13 +199,13 @@ def layer_encoders(run: RunDir, cfg: RunConfig, layer: int) -> tuple[dict[str, E
         ("finetuned_sae", features.finetuned, 1),
     ):
         if sae_exists(run.sae(checkpoint, layer)):
-            sae = load_sae(run.sae(checkpoint, layer)).eval()
+            sae = load_dictionary(run.sae(checkpoint, layer)).eval()
             encoders[name] = lambda pair, sae=sae, side=side: sae.encode(pair[:, side])
-            decoders[name] = sae.W_dec.detach().numpy()
-    if crosscoder_exists(run.crosscoder(layer)):
-        crosscoder = load_crosscoder(run.crosscoder(layer)).eval()
+            decoders[name] = sae.decoder_directions().numpy()[:, 0]
+    if sae_exists(run.crosscoder(layer)):
+        crosscoder = load_dictionary(run.crosscoder(layer)).eval()
         encoders["crosscoder"] = crosscoder.encode
-        decoders["crosscoder"] = crosscoder.W_dec.detach().numpy()
+        decoders["crosscoder"] = crosscoder.decoder_directions().numpy()
     return encoders, decoders
 
 

@@ -117,7 +117,7 @@ def add_latents(inputs: ReportInputs, sentences: list[Sentence]) -> bool:
         import torch
 
         from layerdrift.storage.saes import sae_exists
-        from layerdrift.tasks.sae.files import load_sae
+        from layerdrift.tasks.dictionary import load_dictionary
     except ImportError as error:
         logger.info("report: token latents skipped (%s)", error)
         return False
@@ -126,7 +126,7 @@ def add_latents(inputs: ReportInputs, sentences: list[Sentence]) -> bool:
         url = inputs.run.sae("final", layer)
         if not sae_exists(url):
             continue
-        sae, found = load_sae(url).eval(), True
+        sae, found = load_dictionary(url).eval(), True
         for s in sentences:
             x = store.activations.sel(checkpoint="final", layer=layer)
             x_TD = np.asarray(x.isel(token=s.example_tokens()), np.float32)

@@ -1,7 +1,37 @@
 """The SAE stage: token-level sparse autoencoders per (checkpoint, layer) from the store.
 
-Modules: ``model`` (TopK and ReLU+L1 SAEs), ``loader`` (seeded streaming batches from the
-activation store), ``train`` (the trainer with resume), ``fit`` (train SAEs of one
-checkpoint from the store), ``files`` (SAELens file layout), ``evaluate`` (metrics, accuracy
-and loss recovered), ``run`` (the run-level API and Prefect tasks; imports Prefect).
+``run`` chooses and trains the SAEs of a run and evaluates them, ``results`` writes their
+``results.zarr`` groups, ``prefect_tasks`` wraps both for the flow. The dictionaries
+themselves are :mod:`tasks.dictionary`'s.
 """
+
+from layerdrift.tasks.sae.prefect_tasks import (
+    evaluate_saes_task,
+    train_sae_task,
+    train_saes_on_dask_task,
+)
+from layerdrift.tasks.sae.results import RECOVERY_QUANTITIES, SAE_METRICS
+from layerdrift.tasks.sae.run import (
+    evaluate_sae,
+    evaluate_saes_for_run,
+    sae_complete,
+    sae_targets,
+    saes_evaluated,
+    train_sae_for_run,
+    train_saes_for_run,
+)
+
+__all__ = [
+    "RECOVERY_QUANTITIES",
+    "SAE_METRICS",
+    "evaluate_sae",
+    "evaluate_saes_for_run",
+    "evaluate_saes_task",
+    "sae_complete",
+    "sae_targets",
+    "saes_evaluated",
+    "train_sae_for_run",
+    "train_sae_task",
+    "train_saes_for_run",
+    "train_saes_on_dask_task",
+]

@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 from factories import make_activation_store
 
-from layerdrift.tasks.sae.loader import ActivationLoader, split_heldout
+from layerdrift.tasks.dictionary.loader import ActivationLoader, split_heldout
 
 
 def _store(tmp_path, rng, dtype=np.float32, n_examples=60):
@@ -95,5 +95,5 @@ def test_bad_sources_and_batch_name_the_fix(tmp_path, rng):
         ActivationLoader(ds, [("step-000001", 0)], batch_size=4)
     with pytest.raises(KeyError, match="layer 7"):
         ActivationLoader(ds, [("base", 7)], batch_size=4)
-    with pytest.raises(ValueError, match="lower sae.batch_size"):
+    with pytest.raises(ValueError, match="lower the training batch_size"):
         ActivationLoader(ds, [("base", 0)], batch_size=10_000)

@@ -1,10 +1,10 @@
-"""Training dictionaries (SAEs, and anything with the same methods) from a batch stream.
+"""Training dictionaries from a batch stream, with resume.
 
-:class:`Trainer` steps one Adam optimizer over one or more models fed from the same batch
-[batch, n_sources, d] (``route(x, i)`` picks model ``i``'s input: by default source ``i``,
-so one pass over the store trains the SAEs of several layers). A model must offer
-``loss(x, dead_mask) -> (loss, parts, fired[d_sae])``, ``after_backward()``,
-``after_step()`` and ``d_sae`` (see :class:`tasks.sae.model.SparseAutoencoder`).
+:class:`Trainer` steps one Adam optimizer over one or more dictionaries fed from the same
+batch [batch, n_sources, d] (one read of the store feeds the SAEs of several layers, or a
+crosscoder): dictionary ``i`` sees the sources ``routes[i]``, [batch, len(routes[i]), d].
+A dictionary must offer ``loss(x, dead_mask) -> (loss, parts, fired[d_sae])``,
+``after_backward()``, ``after_step()`` and ``d_sae`` (:class:`.model.Dictionary`).
 
 Resume: :meth:`Trainer.state` and :meth:`Trainer.restore` carry the models, the optimizer,
 the step and the dead-latent counters; with a seeded stream that restarts at the saved step
@@ -15,6 +15,7 @@ uninterrupted one (on CPU).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,21 +25,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from layerdrift.config import TrainingConfig
 from layerdrift.storage.saes import TrainState
 
 logger = logging.getLogger(__name__)
-
-Route = Callable[[torch.Tensor, int], torch.Tensor]
-
-
-def route_by_source(x: torch.Tensor, i: int) -> torch.Tensor:
-    """Model ``i`` trains on source ``i`` of the batch [B, n_sources, d]: [B, d]."""
-    return x[:, i]
-
-
-def route_all(x: torch.Tensor, i: int) -> torch.Tensor:
-    """Every model sees the whole batch [B, n_sources, d] (crosscoders)."""
-    return x
 
 
 @dataclass(frozen=True)
@@ -63,6 +53,19 @@ class Schedule:
         return self.learning_rate * scale
 
 
+def schedule_for(training: TrainingConfig) -> Schedule:
+    """The schedule of a training section: ``token_budget`` tokens in ``batch_size`` steps,
+    warm-up at most half of them, resumable saves every ``checkpoint_every`` steps."""
+    n_steps = max(1, math.ceil(training.token_budget / training.batch_size))
+    return Schedule(
+        n_steps=n_steps,
+        learning_rate=training.learning_rate,
+        warmup_steps=min(training.warmup_steps, n_steps // 2),
+        dead_tokens=training.dead_tokens,
+        checkpoint_every=training.checkpoint_every,
+    )
+
+
 class Trainer:
     """Adam over ``models`` (each on ``device``), with dead-latent tracking and resume."""
 
@@ -70,10 +73,14 @@ class Trainer:
         self,
         models: Sequence[nn.Module],
         schedule: Schedule,
-        route: Route = route_by_source,
-        desc: str = "sae",
+        routes: Sequence[Sequence[int]] | None = None,
+        desc: str = "dictionary",
     ) -> None:
-        self.models, self.schedule, self.route, self.desc = list(models), schedule, route, desc
+        self.models, self.schedule, self.desc = list(models), schedule, desc
+        # By default dictionary i reads source i.
+        self.routes = [list(r) for r in (routes or [[i] for i in range(len(self.models))])]
+        if len(self.routes) != len(self.models):
+            raise ValueError(f"{len(self.models)} dictionaries but {len(self.routes)} routes")
         self.device = next(self.models[0].parameters()).device
         params = [p for m in self.models for p in m.parameters()]
         self.optimizer = torch.optim.Adam(params, lr=schedule.learning_rate)
@@ -95,7 +102,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for i, model in enumerate(self.models):
             dead = self.since_fired[i] >= self.schedule.dead_tokens
-            loss, parts, fired = model.loss(self.route(x, i), dead)
+            loss, parts, fired = model.loss(x[:, self.routes[i]], dead)
             loss.backward()
             self.since_fired[i] += x.shape[0]
             self.since_fired[i][fired] = 0

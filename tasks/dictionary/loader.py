@@ -19,10 +19,17 @@ import functools
 import logging
 from collections.abc import Iterator, Sequence
 
+import dask
 import numpy as np
 import xarray as xr
 
 logger = logging.getLogger(__name__)
+
+
+def _here():
+    """Compute the store's Dask-backed reads in the calling thread: inside a task on a Dask
+    worker, the default would submit them to the cluster and wait for a free worker."""
+    return dask.config.set(scheduler="synchronous")
 
 
 def split_heldout(n_examples: int, fraction: float, seed: int) -> np.ndarray:
@@ -65,8 +72,21 @@ class ActivationLoader:
         exclude_special: bool = False,
         buffer_chunks: int = 8,
     ) -> None:
-        self.ds, self.batch_size, self.seed = ds, batch_size, seed
+        with _here():
+            self._setup(ds, sources, batch_size, heldout_fraction, seed, exclude_special)
         self.buffer_chunks = max(1, buffer_chunks)
+
+    def _setup(
+        self,
+        ds: xr.Dataset,
+        sources: Sequence[tuple[str, int]],
+        batch_size: int,
+        heldout_fraction: float,
+        seed: int,
+        exclude_special: bool,
+    ) -> None:
+        """Index the sources, split the examples and list the chunks."""
+        self.ds, self.batch_size, self.seed = ds, batch_size, seed
         labels = [str(c) for c in ds["checkpoint"].values.tolist()]
         layers = [int(v) for v in ds["layer"].values.tolist()]
         self._index: list[tuple[int, int]] = []
@@ -90,7 +110,7 @@ class ActivationLoader:
         if self.train_mask.sum() < batch_size:
             raise ValueError(
                 f"only {int(self.train_mask.sum())} training tokens for a batch of {batch_size}: "
-                "lower sae.batch_size or extract more probe examples"
+                "lower the training batch_size or extract more probe examples"
             )
         n_tokens, size = ds.sizes["token"], store_token_chunk(ds)
         self.chunks = [(a, min(a + size, n_tokens)) for a in range(0, n_tokens, size)]
@@ -101,7 +121,8 @@ class ActivationLoader:
         ``token_text`` [n_tokens], read from the store once (each ``.values`` of a lazy store
         variable is another read, over the network for remote stores)."""
         names = ("token_start", "token_count", "label", "token_text")
-        return {name: np.asarray(self.ds[name].values) for name in names}
+        with _here():
+            return {name: np.asarray(self.ds[name].values) for name in names}
 
     @property
     def n_train_tokens(self) -> int:
@@ -116,7 +137,8 @@ class ActivationLoader:
     def read(self, start: int, stop: int) -> np.ndarray:
         """Tokens [start, stop) of every source: [stop - start, n_sources, hidden] float32."""
         variable = self.ds["activations"].variable
-        parts = [np.asarray(variable[c, li, start:stop].values) for c, li in self._index]
+        with _here():
+            parts = [np.asarray(variable[c, li, start:stop].values) for c, li in self._index]
         return np.stack(parts, axis=1).astype(np.float32, copy=False)
 
     def _epoch_plan(self, epoch: int) -> list[tuple[list[int], np.ndarray]]:

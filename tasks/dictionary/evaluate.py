@@ -1,4 +1,4 @@
-"""SAE metrics on held-out tokens, and accuracy / loss recovered inside the classifier.
+"""Dictionary metrics on held-out tokens, and accuracy / loss recovered inside the classifier.
 
 Reconstruction (``x`` [n, d_in] held-out activations, ``x̂`` the SAE output):
 
@@ -11,23 +11,24 @@ Reconstruction (``x`` [n, d_in] held-out activations, ``x̂`` the SAE output):
 
 Recovered (Gao et al. 2024 style, on the held-out probe examples): the layer's hidden state
 (``hidden_states[layer]``: 0 = embeddings output, l ≥ 1 = output of encoder layer l − 1) is
-replaced on the real tokens by the SAE reconstruction, or by the mean activation, through a
-forward hook; ``loss_recovered = (L_mean − L_sae) / (L_mean − L_clean)``, same for accuracy.
+replaced on the real tokens by the SAE reconstruction, or by the mean activation
+(:func:`.hooks.splice_layer`); ``loss_recovered = (L_mean − L_sae) / (L_mean − L_clean)``,
+same for accuracy.
 It is NaN when the denominator is ~0 (e.g. an untrained head where ablation changes nothing).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from layerdrift.tasks.sae.model import SparseAutoencoder
+from layerdrift.tasks.dictionary.hooks import splice_layer
+from layerdrift.tasks.dictionary.model import Dictionary
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ RECOVERY_EPS = 1e-6
 
 @torch.no_grad()
 def reconstruction_metrics(
-    model: SparseAutoencoder, x: torch.Tensor, batch_size: int = 4096
+    model: Dictionary, x: torch.Tensor, batch_size: int = 4096
 ) -> tuple[dict[str, float], np.ndarray]:
     """Metrics of ``model`` on ``x`` [n, d_in] and each latent's firing frequency [d_sae]."""
     if x.shape[0] == 0:
@@ -78,40 +79,11 @@ def density_histogram(frequency: np.ndarray) -> np.ndarray:
     return counts
 
 
-def layer_module(model: nn.Module, layer: int) -> nn.Module:
-    """The module whose output is ``hidden_states[layer]`` of a Hugging Face encoder."""
-    base = getattr(model, "base_model", model)
-    if layer == 0:
-        return base.embeddings
-    for path in ("encoder.layer", "transformer.layer", "layers", "encoder.layers"):
-        obj: object = base
-        for name in path.split("."):
-            obj = getattr(obj, name, None)
-        if isinstance(obj, nn.ModuleList):
-            if not 1 <= layer <= len(obj):
-                raise ValueError(f"layer {layer} is outside 0..{len(obj)} for this model")
-            return obj[layer - 1]
-    raise ValueError(f"cannot find the encoder layers of {type(base).__name__} to hook")
-
-
-def _replacing_hook(replace: Callable[[torch.Tensor], torch.Tensor], mask: list[torch.Tensor]):
-    """A forward hook replacing the hidden state on ``mask[0]`` [B, T] tokens."""
-
-    def hook(module, inputs, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        new = hidden.clone()
-        selected = mask[0]
-        new[selected] = replace(hidden[selected]).to(hidden.dtype)
-        return (new, *output[1:]) if isinstance(output, tuple) else new
-
-    return hook
-
-
 @torch.no_grad()
 def recovered_metrics(
     classifier_dir: str | Path,
     layer: int,
-    model: SparseAutoencoder,
+    model: Dictionary,
     mean_activation: torch.Tensor,
     texts: list[str],
     labels: np.ndarray,
@@ -139,9 +111,7 @@ def recovered_metrics(
         )
     mean = mean_activation.to(device, torch.float32)
     modes = {"clean": None, "sae": lambda h: model(h.float()), "mean": lambda h: mean.expand_as(h)}
-    mask: list[torch.Tensor] = [torch.zeros(0)]
     sums = {name: [0.0, 0.0] for name in modes}  # loss sum, correct count
-    target = layer_module(classifier, layer)
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(
             texts[start : start + batch_size],
@@ -153,20 +123,11 @@ def recovered_metrics(
         )
         special = batch.pop("special_tokens_mask").bool()
         real = batch["attention_mask"].bool()
-        mask[0] = (real & ~special if exclude_special else real).to(device)
+        mask = (real & ~special if exclude_special else real).to(device)
         batch = {k: v.to(device) for k, v in batch.items()}
         y = labels_t[start : start + batch_size].to(device)
         for name, replace in modes.items():
-            handle = (
-                None
-                if replace is None
-                else target.register_forward_hook(_replacing_hook(replace, mask))
-            )
-            try:
-                logits = classifier(**batch).logits.float()
-            finally:
-                if handle is not None:
-                    handle.remove()
+            logits = _logits(classifier, batch, layer, replace, mask)
             sums[name][0] += F.cross_entropy(logits, y, reduction="sum").item()
             sums[name][1] += (logits.argmax(dim=-1) == y).sum().item()
     n = max(len(texts), 1)
@@ -180,9 +141,58 @@ def recovered_metrics(
     return out
 
 
+def _logits(classifier, batch: dict, layer: int, replace, mask: torch.Tensor) -> torch.Tensor:
+    """Logits [B, classes] with ``hidden_states[layer]`` replaced by ``replace(h)`` on the
+    ``mask`` [B, T] tokens (no replacement when ``replace`` is None)."""
+    if replace is None:
+        return classifier(**batch).logits.float()
+
+    def spliced(hidden: torch.Tensor) -> torch.Tensor:
+        new = hidden.clone()
+        new[mask] = replace(hidden[mask]).to(hidden.dtype)
+        return new
+
+    with splice_layer(classifier, layer, spliced):
+        return classifier(**batch).logits.float()
+
+
 def _recovered(ablated: float, spliced: float, clean: float) -> float:
     """(ablated − spliced) / (ablated − clean), NaN when the denominator is ~0."""
     denominator = ablated - clean
     if abs(denominator) < RECOVERY_EPS:
         return float("nan")
     return (ablated - spliced) / denominator
+
+
+@dataclass
+class FVUAccumulator:
+    """Streaming FVU over batches of activations ``x`` and reconstructions ``x_hat`` [n, d]:
+
+        FVU = Σ‖x − x̂‖² / Σ‖x − mean(x)‖²
+
+    from the sums of squared error, of x and of ‖x‖², so it is exact over any batching.
+    """
+
+    n: int = 0
+    sse: float = 0.0
+    sum_sq: float = 0.0
+    total: np.ndarray | None = field(default=None, repr=False)
+
+    def update(self, x: torch.Tensor, x_hat: torch.Tensor) -> None:
+        """Add a batch of activations ``x`` and reconstructions ``x_hat`` (same shape [n, d])."""
+        if x.shape != x_hat.shape:
+            raise ValueError(f"x {tuple(x.shape)} and x_hat {tuple(x_hat.shape)} differ in shape")
+        x64, err = x.double(), (x - x_hat).double()
+        self.n += x.shape[0]
+        self.sse += float(err.pow(2).sum())
+        self.sum_sq += float(x64.pow(2).sum())
+        batch_total = x64.sum(dim=0).cpu().numpy()
+        self.total = batch_total if self.total is None else self.total + batch_total
+
+    @property
+    def fvu(self) -> float:
+        """SSE over the total variance around the mean (NaN without tokens or variance)."""
+        if not self.n:
+            return float("nan")
+        variance = self.sum_sq - float(self.total @ self.total) / self.n
+        return self.sse / variance if variance > 0 else float("nan")

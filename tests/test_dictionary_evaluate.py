@@ -9,22 +9,23 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from layerdrift.tasks.sae.evaluate import (
+from layerdrift.tasks.dictionary import (
     DENSITY_EDGES,
+    DictionarySpec,
+    build,
     density_histogram,
     layer_module,
     reconstruction_metrics,
     recovered_metrics,
 )
-from layerdrift.tasks.sae.model import SAESpec, SparseAutoencoder
 
 TEXTS = ["good movie", "the plot was bad", "a lovely film really", "boring end", "great story"]
 LABELS = np.array([1, 0, 1, 0, 1])
 
 
-def _identity_sae(d: int) -> SparseAutoencoder:
+def _identity_sae(d: int):
     """A ReLU SAE with relu(x) − relu(−x) = x: a perfect reconstruction."""
-    model = SparseAutoencoder(SAESpec(d_in=d, d_sae=2 * d, architecture="relu"))
+    model = build(DictionarySpec(d_model=d, d_sae=2 * d, architecture="relu"))
     eye = torch.eye(d)
     with torch.no_grad():
         model.W_enc.copy_(torch.cat([eye, -eye], dim=1))
@@ -35,7 +36,7 @@ def _identity_sae(d: int) -> SparseAutoencoder:
 
 
 def test_reconstruction_metrics_match_reference(rng):
-    model = SparseAutoencoder(SAESpec(d_in=8, d_sae=24, k=3), torch.Generator().manual_seed(0))
+    model = build(DictionarySpec(d_model=8, d_sae=24, k=3), torch.Generator().manual_seed(0))
     x = torch.from_numpy(rng.normal(size=(300, 8)).astype(np.float32)) + 1.0
     model.init_from_sample(x)
     metrics, frequency = reconstruction_metrics(model, x, batch_size=64)

@@ -1,0 +1,56 @@
+"""Sparse dictionaries: SAEs and crosscoders behind one protocol, one loader, one trainer.
+
+Modules: ``model`` (the protocol, :class:`DictionarySpec` and the architecture registry),
+``topk`` (TopK, BatchTopK), ``jumprelu``, ``relu`` (the architectures), ``sparse`` (the
+sparse backward they share), ``loader`` (seeded batches from the activation store),
+``train`` (the trainer with resume), ``lifecycle`` (train, resume or load a set of
+dictionaries), ``files`` (SAELens's file layout), ``evaluate`` (metrics, recovered
+accuracy and loss), ``hooks`` (where a dictionary sits in a model), ``cluster`` (training
+on Dask). The ``sae`` and ``features`` stages use it.
+"""
+
+from layerdrift.tasks.dictionary import jumprelu, relu, topk  # noqa: F401 - registers them
+from layerdrift.tasks.dictionary.evaluate import (
+    DENSITY_EDGES,
+    FVUAccumulator,
+    density_histogram,
+    reconstruction_metrics,
+    recovered_metrics,
+)
+from layerdrift.tasks.dictionary.files import (
+    folder_current,
+    layerdrift_info,
+    load_dictionary,
+    save_dictionary,
+)
+from layerdrift.tasks.dictionary.hooks import hook_names, layer_module, splice_layer
+from layerdrift.tasks.dictionary.lifecycle import Job, make_loader, train_dictionaries
+from layerdrift.tasks.dictionary.loader import ActivationLoader
+from layerdrift.tasks.dictionary.model import ARCHITECTURES, Dictionary, DictionarySpec, build
+from layerdrift.tasks.dictionary.train import Schedule, Trainer, schedule_for
+
+__all__ = [
+    "ARCHITECTURES",
+    "DENSITY_EDGES",
+    "ActivationLoader",
+    "Dictionary",
+    "DictionarySpec",
+    "FVUAccumulator",
+    "Job",
+    "Schedule",
+    "Trainer",
+    "build",
+    "density_histogram",
+    "folder_current",
+    "hook_names",
+    "layer_module",
+    "layerdrift_info",
+    "load_dictionary",
+    "make_loader",
+    "reconstruction_metrics",
+    "recovered_metrics",
+    "save_dictionary",
+    "schedule_for",
+    "splice_layer",
+    "train_dictionaries",
+]

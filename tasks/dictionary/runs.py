@@ -1,0 +1,87 @@
+"""Run-level pieces the ``sae`` and ``features`` stages share: what a dictionary's file
+records about the model it reads (SAELens ``metadata``), and its metrics spliced into a
+checkpoint's classifier."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from layerdrift.config import RunConfig
+from layerdrift.storage.checkpoints import checkpoint_complete, local_checkpoint_path
+from layerdrift.storage.rundir import CHECKPOINTS_DIR, RunDir
+from layerdrift.tasks.dictionary.evaluate import recovered_metrics
+from layerdrift.tasks.dictionary.hooks import hook_names
+from layerdrift.tasks.dictionary.loader import ActivationLoader
+from layerdrift.tasks.dictionary.model import Dictionary
+from layerdrift.tasks.modeling import ModelNotFoundError, resolve_model
+
+logger = logging.getLogger(__name__)
+
+MEAN_SAMPLE_TOKENS = 20_000  # training tokens averaged for the mean ablation
+
+
+def model_name(run: RunDir, cfg: RunConfig, checkpoint: str) -> str:
+    """The checkpoint's hub name (the base of a hub model) or its folder in the run."""
+    if checkpoint == "base":
+        try:
+            if not Path(resolve_model(cfg.model)).exists():
+                return cfg.model  # a hub name: the base checkpoint's encoder is that model
+        except ModelNotFoundError:  # a local folder that has gone: the run's copy stays
+            pass
+    return run.checkpoint(checkpoint)
+
+
+def checkpoint_metadata(run: RunDir, cfg: RunConfig, checkpoint: str, layer: int) -> dict[str, Any]:
+    """SAELens ``metadata`` of a dictionary reading ``hidden_states[layer]`` of ``checkpoint``:
+    ``model_name``, ``hook_name``, ``hf_hook_name``, ``context_size``,
+    ``exclude_special_tokens`` (hook names stay None when the checkpoint folder is absent)."""
+    names: dict[str, str | None] = {"hook_name": None, "hf_hook_name": None}
+    if run.exists(CHECKPOINTS_DIR, checkpoint, "config.json"):
+        config = json.loads(run.read_text(CHECKPOINTS_DIR, checkpoint, "config.json"))
+        names = hook_names(config, layer)
+    else:
+        logger.info("no checkpoint folder %s in %s: hook names left empty", checkpoint, run.url)
+    return {
+        "model_name": model_name(run, cfg, checkpoint),
+        **names,
+        "context_size": cfg.data.max_length,
+        "exclude_special_tokens": cfg.sae.exclude_special,
+    }
+
+
+def spliced_metrics(
+    run: RunDir,
+    cfg: RunConfig,
+    loader: ActivationLoader,
+    model: Dictionary,
+    checkpoint: str,
+    source: int = 0,
+) -> dict[str, float]:
+    """Accuracy and loss of ``checkpoint``'s classifier with ``model`` spliced in at the
+    loader's layer, on the loader's held-out examples (:func:`.evaluate.recovered_metrics`).
+
+    The mean ablation uses the mean of the loader's source ``source`` over a training
+    sample. Returns {} (with a warning) when the run has no such checkpoint folder.
+    """
+    if not checkpoint_complete(run, checkpoint):
+        logger.warning("no checkpoint %s in %s: recovered metrics left NaN", checkpoint, run.url)
+        return {}
+    ds, layer = loader.ds, int(loader.sources[source][1])
+    mean = torch.from_numpy(loader.sample(MEAN_SAMPLE_TOKENS)[:, source].mean(axis=0))
+    held = np.flatnonzero(loader.heldout_examples)
+    return recovered_metrics(
+        local_checkpoint_path(run, checkpoint),
+        layer,
+        model,
+        mean,
+        [str(t) for t in ds["text"].values[held]],
+        np.asarray(ds["label"].values[held]),
+        max_length=cfg.data.max_length,
+        exclude_special=cfg.sae.exclude_special,
+    )
