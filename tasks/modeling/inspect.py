@@ -46,14 +46,18 @@ class ModelInfo:
 
 
 def _check_tokenizer(name: str, tokenizer, vocab_rows: int) -> int:
-    """The largest token id; raises when it has no row in the embedding matrix."""
-    top = max(tokenizer.get_vocab().values())
-    if top >= vocab_rows:
+    """The tokenizer's size (largest id + 1); raises unless it fits the embedding matrix.
+
+    Every id needs a row; and a tokenizer covering under half the rows is not this model's
+    (embedding matrices are padded by at most a few hundred rows, not by half).
+    """
+    size = max(tokenizer.get_vocab().values()) + 1
+    if size > vocab_rows or size < vocab_rows / 2:
         raise UnsupportedModelError(
-            f"the tokenizer of {name} has token ids up to {top} but the model's embedding "
-            f"matrix has {vocab_rows} rows: the tokenizer files do not belong to this model"
+            f"the tokenizer of {name} has {size} token ids but the model's embedding matrix "
+            f"has {vocab_rows} rows: the tokenizer files do not belong to this model"
         )
-    return top
+    return size
 
 
 def inspect_model(name: str, trust_remote_code: bool = False) -> ModelInfo:
@@ -73,7 +77,7 @@ def inspect_model(name: str, trust_remote_code: bool = False) -> ModelInfo:
     check_family(config, trust_remote_code)
     tokenizer = load_tokenizer(path, trust_remote_code)
     text_config = config.get_text_config()
-    top = _check_tokenizer(repr(name), tokenizer, int(text_config.vocab_size))
+    tokenizer_size = _check_tokenizer(repr(name), tokenizer, int(text_config.vocab_size))
     try:
         with quiet_transformers():
             model = load_encoder(path, torch.device("cpu"))
@@ -96,6 +100,6 @@ def inspect_model(name: str, trust_remote_code: bool = False) -> ModelInfo:
         num_layers=depth,
         hidden_size=int(text_config.hidden_size),
         vocab_size=int(text_config.vocab_size),
-        tokenizer_size=top + 1,
+        tokenizer_size=tokenizer_size,
         sites=tuple(f"{s.module}" + (f" (call {s.call})" if s.call else "") for s in sites),
     )

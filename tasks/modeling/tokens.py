@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from layerdrift.tasks.modeling.resolve import ModelNotFoundError, UnsupportedModelError, hub_offline
 
@@ -53,7 +54,23 @@ def load_tokenizer(model: str, trust_remote_code: bool = False):
             f"cannot load a tokenizer for model {model!r}{hint}: give `minilm-l6`, a local "
             f"folder with config.json and tokenizer files, or a Hugging Face name ({first})"
         ) from error
+    _check_vocabulary_files(model, tokenizer)
     return apply_padding_policy(tokenizer, repr(model))
+
+
+def _check_vocabulary_files(model: str, tokenizer) -> None:
+    """Refuse a local folder without the tokenizer's vocabulary files: transformers then
+    builds an empty tokenizer of the family's class (special tokens only) without a word."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return
+    # tokenizer.json serves every class built on the tokenizers library, listed or not.
+    names = set(getattr(tokenizer, "vocab_files_names", {}).values()) | {"tokenizer.json"}
+    if not any((folder / name).is_file() for name in names):
+        raise ModelNotFoundError(
+            f"model folder {folder} has no tokenizer files (one of {', '.join(sorted(names))}): "
+            "save the tokenizer beside the model (tokenizer.save_pretrained(folder))"
+        )
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
