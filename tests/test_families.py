@@ -106,12 +106,13 @@ def _config(folder, csv, tmp_path) -> RunConfig:
             "device": "cpu",
             "data": {
                 "dataset": f"csv:{csv}",
-                "train_size": 64,
+                "train_size": 240,
                 "val_size": 32,
-                "probe_size": 24,
+                "probe_size": 32,
                 "max_length": 24,
             },
-            "finetune": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "checkpoints": []},
+            # 60 steps: what a random post-norm encoder needs to find the cue word.
+            "finetune": {"epochs": 4, "batch_size": 16, "learning_rate": 3e-3, "checkpoints": []},
             "extract": {"token_chunk": 128, "dtype": "float32"},
             "similarity": {"probe_folds": 2},
             "sae": {
