@@ -8,9 +8,9 @@ model with a tokenizer of its real kind (tests/families.py). For each:
   batch, and a splice there changes exactly that hidden state (the final norm of GPT-2, Llama
   and ModernBERT included);
 - fine-tune → extract → similarity → SAEs (with accuracy and loss recovered) → features →
-  report runs in-process, the stored activations equal an unpadded ``output_hidden_states``
-  forward pass of each probe example, every real token is recorded, and token text is
-  readable.
+  report runs (in-process; GPT-2 through ``layerdrift run``), the stored activations equal
+  an unpadded ``output_hidden_states`` forward pass of each probe example, every real token
+  is recorded, and token text is readable.
 
 Run with ``-s`` to see the per-family table of stored-vs-direct errors.
 """
@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 from families import DECODERS, FAMILIES, make_family_model
+from tiny_runs import LAYERDRIFT, cli_env, to_toml
 
 from layerdrift.config import RunConfig
 from layerdrift.storage import save_run_config
 from layerdrift.storage.activations import open_store
+from layerdrift.storage.checkpoints import checkpoint_complete
 from layerdrift.storage.results import open_result
 from layerdrift.storage.rundir import RunDir
 from layerdrift.tasks.data import prepare_data, read_split
@@ -46,6 +49,7 @@ from layerdrift.tasks.report import build_report
 from layerdrift.tasks.sae.run import evaluate_saes_for_run, train_saes_for_run
 from layerdrift.tasks.similarity.run import compute_similarity
 
+CLI_FAMILY = "gpt2"  # one family through `layerdrift run` (the flow); the others in-process
 TEXTS = ["the movie was great", "a really boring film and a poor plot 12", "lovely"]
 MARKERS = re.compile("[Ġ▁]|^##")
 
@@ -97,36 +101,50 @@ def test_inspect_reports_the_shape_and_sites(family_dir, family):
     assert info.tokenizer_size <= info.vocab_size
 
 
-def _config(folder, csv, tmp_path) -> RunConfig:
-    return RunConfig.model_validate(
-        {
-            "name": "family",
-            "runs_root": str(tmp_path),
-            "model": str(folder),
-            "device": "cpu",
-            "data": {
-                "dataset": f"csv:{csv}",
-                "train_size": 240,
-                "val_size": 32,
-                "probe_size": 32,
-                "max_length": 24,
-            },
-            # 60 steps: what a random post-norm encoder needs to find the cue word.
-            "finetune": {"epochs": 4, "batch_size": 16, "learning_rate": 3e-3, "checkpoints": []},
-            "extract": {"token_chunk": 128, "dtype": "float32"},
-            "similarity": {"probe_folds": 2},
-            "sae": {
-                "layers": [0, 2],
-                "token_budget": 1024,
-                "batch_size": 128,
-                "expansion_factor": 2,
-                "k": 4,
-                "heldout_fraction": 0.25,
-            },
-            "features": {"token_budget": 512},
-            "report": {"token_pictures": 1},
-        }
+def _config(folder, csv, tmp_path) -> dict:
+    """The tiny run's configuration values (a TOML file for the CLI, a RunConfig in-process)."""
+    return {
+        "name": "family",
+        "runs_root": str(tmp_path),
+        "model": str(folder),
+        "device": "cpu",
+        "data": {
+            "dataset": f"csv:{csv}",
+            "train_size": 240,
+            "val_size": 32,
+            "probe_size": 32,
+            "max_length": 24,
+        },
+        # 60 steps: what a random post-norm encoder needs to find the cue word.
+        "finetune": {"epochs": 4, "batch_size": 16, "learning_rate": 3e-3, "checkpoints": []},
+        "extract": {"token_chunk": 128, "dtype": "float32"},
+        "similarity": {"probe_folds": 2},
+        "sae": {
+            "layers": [0, 2],
+            "token_budget": 1024,
+            "batch_size": 128,
+            "expansion_factor": 2,
+            "k": 4,
+            "heldout_fraction": 0.25,
+        },
+        "features": {"token_budget": 512},
+        "report": {"token_pictures": 1},
+    }
+
+
+def _run_cli(values: dict, tmp_path) -> None:
+    """``layerdrift run family.toml``: the flow, its Prefect tasks and the command line."""
+    toml = tmp_path / "family.toml"
+    toml.write_text(to_toml(values))
+    done = subprocess.run(
+        [*LAYERDRIFT, "run", str(toml)],
+        cwd=tmp_path,
+        env=cli_env(tmp_path / "prefect"),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
+    assert done.returncode == 0, done.stderr[-4000:]
 
 
 def _run_stages(run: RunDir, cfg: RunConfig) -> list[str]:
@@ -167,10 +185,14 @@ def _stored_vs_direct(run: RunDir, labels: list[str], tokenizer) -> float:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_end_to_end(family_dir, separable_csv, tmp_path, family):
-    cfg = _config(family_dir(family), separable_csv, tmp_path)
-    run = RunDir(cfg.run_url)
-    labels = _run_stages(run, cfg)
-    assert labels == ["base", "final"]
+    values = _config(family_dir(family), separable_csv, tmp_path)
+    run = RunDir(RunConfig.model_validate(values).run_url)
+    if family == CLI_FAMILY:
+        _run_cli(values, tmp_path)
+    else:
+        assert _run_stages(run, RunConfig.model_validate(values)) == ["base", "final"]
+    labels = ["base", "final"]
+    assert all(checkpoint_complete(run, label) for label in labels)
     tokenizer = load_tokenizer(run.checkpoint("final"))
 
     error = _stored_vs_direct(run, labels, tokenizer)

@@ -73,6 +73,9 @@ def test_unsupported_families_are_named(tmp_path):
     (unknown / "config.json").write_text(json.dumps({"model_type": "no-such-family"}))
     with pytest.raises(UnsupportedModelError, match="model_type this transformers does not"):
         inspect_model(str(unknown))
+    (unknown / "config.json").write_text("{not json")
+    with pytest.raises(ModelNotFoundError, match="is not a valid JSON file"):
+        inspect_model(str(unknown))
 
 
 def test_a_tokenizer_larger_than_the_embedding_matrix_is_refused(tmp_path):

@@ -51,9 +51,12 @@ def load_config(model: str | Path, trust_remote_code: bool = False):
 
     try:
         return AutoConfig.from_pretrained(str(model), trust_remote_code=trust_remote_code)
-    except OSError as error:
+    except OSError as error:  # missing, unreachable, or not valid JSON
         hint = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
-        raise ModelNotFoundError(f"cannot load the config of model {str(model)!r}{hint}") from error
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelNotFoundError(
+            f"cannot load the config of model {str(model)!r}{hint}: {first}"
+        ) from error
     except (KeyError, ValueError) as error:
         raise UnsupportedModelError(
             f"model {str(model)!r} has a model_type this transformers does not know "
