@@ -46,6 +46,7 @@ from layerdrift.tasks.modeling import (
     splice,
 )
 from layerdrift.tasks.report import build_report
+from layerdrift.tasks.sae.evaluate import RECOVERY_EPS
 from layerdrift.tasks.sae.run import evaluate_saes_for_run, train_saes_for_run
 from layerdrift.tasks.similarity.run import compute_similarity
 
@@ -110,13 +111,14 @@ def _config(folder, csv, tmp_path) -> dict:
         "device": "cpu",
         "data": {
             "dataset": f"csv:{csv}",
-            "train_size": 240,
+            "train_size": 64,
             "val_size": 32,
             "probe_size": 32,
             "max_length": 24,
         },
-        # 60 steps: what a random post-norm encoder needs to find the cue word.
-        "finetune": {"epochs": 4, "batch_size": 16, "learning_rate": 3e-3, "checkpoints": []},
+        # Four steps: enough to exercise fine-tuning. A random post-norm encoder needs about
+        # 60 at 3e-3 to find the cue word (decoders about 16), too slow for every family here.
+        "finetune": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "checkpoints": []},
         "extract": {"token_chunk": 128, "dtype": "float32"},
         "similarity": {"probe_folds": 2},
         "sae": {
@@ -211,19 +213,24 @@ def test_family_end_to_end(family_dir, separable_csv, tmp_path, family):
     if family in DECODERS:  # nothing added around the text but Llama's bos
         assert ds.is_special.values.sum() == (len(probe) if family == "llama" else 0)
 
-    metrics = open_result(run.results(), "sae_metrics")["sae_metrics"].sel(checkpoint="final")
-    recovery = open_result(run.results(), "sae_recovery")["sae_recovery"].sel(checkpoint="final")
-    for layer in (0, 2):
-        got = {str(m): float(metrics.sel(layer=layer, metric=m)) for m in metrics.metric.values}
-        clean = float(recovery.sel(layer=layer, quantity="accuracy_clean"))
-        mean = float(recovery.sel(layer=layer, quantity="accuracy_mean"))
-        print(
-            f"  layer {layer}: loss recovered {got['loss_recovered']:.3f}, accuracy recovered "
-            f"{got['accuracy_recovered']:.3f} (clean {clean:.3f}, mean-ablated {mean:.3f})"
-        )
-        assert np.isfinite(got["loss_recovered"]), f"loss recovered at layer {layer}"
-        # Accuracy recovered is defined whenever ablating the layer changes the accuracy.
-        assert np.isfinite(got["accuracy_recovered"]) or clean == mean
+    # Recovery through the splice, in each checkpoint's own classifier. The base one (a
+    # random head) always answers to its input, so its loss recovered is defined; after four
+    # steps the fine-tuned head may have collapsed to one answer, which leaves it undefined.
+    metrics = open_result(run.results(), "sae_metrics")["sae_metrics"]
+    recovery = open_result(run.results(), "sae_recovery")["sae_recovery"]
+    for checkpoint, layer in [(c, li) for c in labels for li in (0, 2)]:
+        at = {"checkpoint": checkpoint, "layer": layer}
+        q = {str(k): float(recovery.sel(**at, quantity=k)) for k in recovery.quantity.values}
+        for name in ("loss", "accuracy"):
+            got = float(metrics.sel(**at, metric=f"{name}_recovered"))
+            clean, spliced, ablated = (q[f"{name}_{m}"] for m in ("clean", "sae", "mean"))
+            print(f"  {checkpoint} layer {layer}: {name} recovered {got:.3f}")
+            if abs(ablated - clean) < RECOVERY_EPS:
+                assert np.isnan(got)
+            else:
+                assert got == pytest.approx((ablated - spliced) / (ablated - clean))
+        if checkpoint == "base":
+            assert np.isfinite(float(metrics.sel(**at, metric="loss_recovered")))
     cards = json.loads(run.read_text("features", "cards.json"))
     shown = [t for card in cards for ex in card["examples"] for t in ex["tokens"]]
     assert shown and not [t for t in shown if MARKERS.search(t)]
