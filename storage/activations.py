@@ -96,8 +96,14 @@ def _template(layout: TokenLayout, identity: StoreIdentity) -> xr.Dataset:
             "position": ("token", layout.position),
             "is_special": ("token", layout.is_special),
             "example_of_token": ("token", layout.example_of_token),
+            **_optional_coords(layout),
         },
     )
+
+
+def _optional_coords(layout: TokenLayout) -> dict:
+    """Token coordinates only some layouts carry (``token_piece``, added in schema 1)."""
+    return {} if layout.token_piece is None else {"token_piece": ("token", layout.token_piece)}
 
 
 def _clear(url: str, keep: str) -> None:

@@ -4,7 +4,8 @@ The store is a Zarr v3 group that plain ``xarray.open_zarr`` reads (see DESIGN.m
 
 - ``activations`` (checkpoint, layer, token, hidden), chunks (1, 1, token_chunk, hidden),
   crc32c-checksummed, NaN where nothing was written yet;
-- token coordinates ``token_id``, ``token_text``, ``position``, ``is_special``,
+- token coordinates ``token_id``, ``token_text`` (readable), ``token_piece`` (the raw
+  vocabulary piece; stores made before it existed lack it), ``position``, ``is_special``,
   ``example_of_token``; example variables ``text``, ``label``, ``token_start``,
   ``token_count``;
 - ``written`` (checkpoint, token_chunk): the completion manifest, one Zarr chunk per entry so
@@ -62,7 +63,8 @@ class ChunkReadError(OSError):
 class TokenLayout:
     """Every non-padding token of the probe set, example after example.
 
-    Token arrays have shape (token,), example arrays shape (example,).
+    Token arrays have shape (token,), example arrays shape (example,). ``token_text`` is
+    readable (``movie``), ``token_piece`` the tokenizer's piece (``Ġmovie``).
     """
 
     token_id: np.ndarray  # int32 (token,)
@@ -74,6 +76,7 @@ class TokenLayout:
     label: np.ndarray  # int32 (example,)
     token_start: np.ndarray  # int64 (example,)
     token_count: np.ndarray  # int32 (example,)
+    token_piece: np.ndarray | None = None  # object str (token,): the raw vocabulary piece
 
     @property
     def n_tokens(self) -> int:
@@ -84,41 +87,6 @@ class TokenLayout:
     def n_examples(self) -> int:
         """Number of probe examples."""
         return int(self.text.shape[0])
-
-
-def tokenize_probe(texts: list[str], labels: list[int], tokenizer, max_length: int) -> TokenLayout:
-    """Tokenize the probe texts once (truncated to ``max_length``, no padding).
-
-    Special tokens are kept and flagged. Raises ``ValueError`` for empty input, mismatched
-    lengths or an example with no tokens.
-    """
-    if len(texts) == 0:
-        raise ValueError("the probe set is empty: the store needs at least one example")
-    if len(texts) != len(labels):
-        raise ValueError(f"{len(texts)} texts but {len(labels)} labels: give one label per text")
-    encoded = tokenizer(
-        list(texts), truncation=True, max_length=max_length, return_special_tokens_mask=True
-    )
-    ids = [list(map(int, row)) for row in encoded["input_ids"]]
-    counts = np.array([len(row) for row in ids], dtype=np.int32)
-    if (counts == 0).any():
-        raise ValueError(f"example {int(np.argmin(counts))} has no tokens: drop empty texts")
-    flat_ids = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=counts.sum())
-    special = np.fromiter(
-        (bool(s) for row in encoded["special_tokens_mask"] for s in row), dtype=bool
-    )
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    return TokenLayout(
-        token_id=flat_ids,
-        token_text=np.array(tokenizer.convert_ids_to_tokens(flat_ids.tolist()), dtype=object),
-        position=np.concatenate([np.arange(c) for c in counts]).astype(np.int16),
-        is_special=special,
-        example_of_token=np.repeat(np.arange(len(ids), dtype=np.int32), counts),
-        text=np.array([str(t) for t in texts], dtype=object),
-        label=np.asarray(labels, dtype=np.int32),
-        token_start=starts,
-        token_count=counts,
-    )
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def test_every_layer_and_token_equals_a_direct_forward(full_store, checkpoints, 
             np.testing.assert_allclose(stored[:, tokens], expected, rtol=2e-3, atol=2e-3)
             ids = encoded["input_ids"][0].tolist()
             assert ds.token_id.values[tokens].tolist() == ids  # padding never stored
-            assert ds.token_text.values[tokens].tolist() == tokenizer.convert_ids_to_tokens(ids)
+            assert ds.token_piece.values[tokens].tolist() == tokenizer.convert_ids_to_tokens(ids)
             assert ds.position.values[tokens].tolist() == list(range(len(ids)))
             assert ds.is_special.values[tokens].tolist() == [
                 t in (tokenizer.cls_token_id, tokenizer.sep_token_id) for t in ids

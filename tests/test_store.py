@@ -38,8 +38,8 @@ from layerdrift.storage.schema import (
     StoreSchemaError,
     chunk_bounds,
     n_chunks,
-    tokenize_probe,
 )
+from layerdrift.tasks.extract import tokenize_probe
 
 TEXTS = ["good movie", "the plot was awful and boring really", "superb", "a very lovely film"]
 CHUNK = 8
@@ -137,6 +137,7 @@ def test_round_trip_on_every_backend(store_url, layout, rng):
     plain = xr.open_zarr(store_url)  # no layerdrift code
     np.testing.assert_array_equal(plain.activations.sel(checkpoint="final", layer=3), acts[1, 3])
     assert list(plain.token_text.values) == list(layout.token_text)
+    assert list(plain.token_piece.values) == list(layout.token_piece)
 
 
 def test_plain_xarray_selections_from_readme(tmp_path, layout, rng):
@@ -161,6 +162,8 @@ def test_layout_agrees_with_tokenizer(layout, tmp_path):
         ids = tokenizer(text)["input_ids"]
         tokens = slice(layout.token_start[i], layout.token_start[i] + layout.token_count[i])
         assert layout.token_id[tokens].tolist() == ids
+        assert layout.token_piece[tokens].tolist() == tokenizer.convert_ids_to_tokens(ids)
+        # Every word here is whole in the vocabulary: its readable text is its piece.
         assert layout.token_text[tokens].tolist() == tokenizer.convert_ids_to_tokens(ids)
         assert layout.position[tokens].tolist() == list(range(len(ids)))
         assert (layout.example_of_token[tokens] == i).all()

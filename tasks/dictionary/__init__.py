@@ -5,8 +5,8 @@ Modules: ``model`` (the protocol, :class:`DictionarySpec` and the architecture r
 sparse backward they share), ``loader`` (seeded batches from the activation store),
 ``train`` (the trainer with resume), ``lifecycle`` (train, resume or load a set of
 dictionaries), ``files`` (SAELens's file layout), ``evaluate`` (metrics, recovered
-accuracy and loss), ``hooks`` (where a dictionary sits in a model), ``cluster`` (training
-on Dask). The ``sae`` and ``features`` stages use it.
+accuracy and loss through the model adapter's splice), ``cluster`` (training on Dask).
+The ``sae`` and ``features`` stages use it.
 """
 
 from layerdrift.tasks.dictionary import jumprelu, relu, topk  # noqa: F401 - registers them
@@ -23,7 +23,6 @@ from layerdrift.tasks.dictionary.files import (
     load_dictionary,
     save_dictionary,
 )
-from layerdrift.tasks.dictionary.hooks import hook_names, layer_module, splice_layer
 from layerdrift.tasks.dictionary.lifecycle import Job, make_loader, train_dictionaries
 from layerdrift.tasks.dictionary.loader import ActivationLoader
 from layerdrift.tasks.dictionary.model import ARCHITECTURES, Dictionary, DictionarySpec, build
@@ -42,8 +41,6 @@ __all__ = [
     "build",
     "density_histogram",
     "folder_current",
-    "hook_names",
-    "layer_module",
     "layerdrift_info",
     "load_dictionary",
     "make_loader",
@@ -51,6 +48,5 @@ __all__ = [
     "recovered_metrics",
     "save_dictionary",
     "schedule_for",
-    "splice_layer",
     "train_dictionaries",
 ]

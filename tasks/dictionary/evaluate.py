@@ -10,15 +10,16 @@ Reconstruction (``x`` [n, d_in] held-out activations, ``x̂`` the SAE output):
   fire on the held-out tokens.
 
 Recovered (Gao et al. 2024 style, on the held-out probe examples): the layer's hidden state
-(``hidden_states[layer]``: 0 = embeddings output, l ≥ 1 = output of encoder layer l − 1) is
-replaced on the real tokens by the SAE reconstruction, or by the mean activation
-(:func:`.hooks.splice_layer`); ``loss_recovered = (L_mean − L_sae) / (L_mean − L_clean)``,
-same for accuracy.
-It is NaN when the denominator is ~0 (e.g. an untrained head where ablation changes nothing).
+(``hidden_states[layer]``: 0 = embeddings output, l ≥ 1 = output of layer l) is replaced on
+the real tokens by the SAE reconstruction, or by the mean activation, by the model adapter's
+splice at the module call that produces that hidden state (any family);
+``loss_recovered = (L_mean − L_sae) / (L_mean − L_clean)``, same for accuracy. It is NaN when
+the denominator is ~0 (e.g. an untrained head where ablation changes nothing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from layerdrift.tasks.dictionary.hooks import splice_layer
 from layerdrift.tasks.dictionary.model import Dictionary
+from layerdrift.tasks.modeling import load_classifier, load_tokenizer, splice
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +98,9 @@ def recovered_metrics(
     ``accuracy_{clean,sae,mean}``, ``loss_{clean,sae,mean}``, ``accuracy_recovered`` and
     ``loss_recovered``.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     device = model.b_dec.device
-    classifier = AutoModelForSequenceClassification.from_pretrained(classifier_dir).to(device)
-    classifier.eval()
-    tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
+    tokenizer = load_tokenizer(str(classifier_dir))
+    classifier = load_classifier(classifier_dir, tokenizer).to(device).eval()
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if labels_t.numel() and int(labels_t.max()) >= classifier.config.num_labels:
         raise ValueError(
@@ -127,7 +125,11 @@ def recovered_metrics(
         batch = {k: v.to(device) for k, v in batch.items()}
         y = labels_t[start : start + batch_size].to(device)
         for name, replace in modes.items():
-            logits = _logits(classifier, batch, layer, replace, mask)
+            spliced = contextlib.nullcontext()
+            if replace is not None:
+                spliced = splice(classifier, layer, replace, mask)
+            with spliced:
+                logits = classifier(**batch).logits.float()
             sums[name][0] += F.cross_entropy(logits, y, reduction="sum").item()
             sums[name][1] += (logits.argmax(dim=-1) == y).sum().item()
     n = max(len(texts), 1)
@@ -139,21 +141,6 @@ def recovered_metrics(
         out["accuracy_mean"], out["accuracy_sae"], out["accuracy_clean"]
     )
     return out
-
-
-def _logits(classifier, batch: dict, layer: int, replace, mask: torch.Tensor) -> torch.Tensor:
-    """Logits [B, classes] with ``hidden_states[layer]`` replaced by ``replace(h)`` on the
-    ``mask`` [B, T] tokens (no replacement when ``replace`` is None)."""
-    if replace is None:
-        return classifier(**batch).logits.float()
-
-    def spliced(hidden: torch.Tensor) -> torch.Tensor:
-        new = hidden.clone()
-        new[mask] = replace(hidden[mask]).to(hidden.dtype)
-        return new
-
-    with splice_layer(classifier, layer, spliced):
-        return classifier(**batch).logits.float()
 
 
 def _recovered(ablated: float, spliced: float, clean: float) -> float:

@@ -16,10 +16,9 @@ from layerdrift.config import RunConfig
 from layerdrift.storage.checkpoints import checkpoint_complete, local_checkpoint_path
 from layerdrift.storage.rundir import CHECKPOINTS_DIR, RunDir
 from layerdrift.tasks.dictionary.evaluate import recovered_metrics
-from layerdrift.tasks.dictionary.hooks import hook_names
 from layerdrift.tasks.dictionary.loader import ActivationLoader
 from layerdrift.tasks.dictionary.model import Dictionary
-from layerdrift.tasks.modeling import ModelNotFoundError, resolve_model
+from layerdrift.tasks.modeling import ModelNotFoundError, hook_names, resolve_model
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from layerdrift.tasks.extract.prefect_tasks import (
     extract_checkpoint_task,
     extraction_complete,
 )
-from layerdrift.tasks.extract.run import extract_checkpoint, forward_hidden_states, load_encoder
-from layerdrift.tasks.extract.store import create_activation_store, model_identity
+from layerdrift.tasks.extract.run import extract_checkpoint
+from layerdrift.tasks.extract.store import create_activation_store, model_identity, tokenize_probe
 
 __all__ = [
     "Shard",
@@ -24,9 +24,8 @@ __all__ = [
     "extract_checkpoint_for_run",
     "extract_checkpoint_task",
     "extraction_complete",
-    "forward_hidden_states",
-    "load_encoder",
     "model_identity",
     "plan_batches",
     "plan_shards",
+    "tokenize_probe",
 ]

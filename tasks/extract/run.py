@@ -1,10 +1,11 @@
 """The extract stage: every checkpoint over the probe set, all layers x all tokens, into the store.
 
 One shard is one chunk-aligned token range (one store chunk). Its examples (every one that
-overlaps the range) go through the model in length-sorted batches with
-``output_hidden_states=True``; only the shard's own tokens are kept and handed to a
-background writer through a bounded queue, so writes overlap the next forward passes. Shards
-already marked in the store's ``written`` manifest are skipped, which makes a rerun resume.
+overlaps the range) go through the model (any family, loaded by the model adapter) in
+length-sorted, right-padded batches with ``output_hidden_states=True``; only the shard's own
+tokens are kept and handed to a background writer through a bounded queue, so writes overlap
+the next forward passes. Shards already marked in the store's ``written`` manifest are
+skipped, which makes a rerun resume.
 """
 
 from __future__ import annotations
@@ -23,35 +24,15 @@ from layerdrift.storage.activations import StoreWriter, missing_chunks, read_att
 from layerdrift.storage.schema import StoreError, StoreMismatchError
 from layerdrift.tasks.extract.plan import Shard, plan_batches, plan_shards
 from layerdrift.tasks.extract.store import model_identity
-from layerdrift.tasks.modeling import load_tokenizer, select_device, tokenizer_fingerprint
+from layerdrift.tasks.modeling import (
+    forward_hidden_states,
+    load_encoder,
+    load_tokenizer,
+    select_device,
+    tokenizer_fingerprint,
+)
 
 logger = logging.getLogger(__name__)
-
-
-def load_encoder(model_dir: str | Path, device: torch.device) -> torch.nn.Module:
-    """The base encoder of a saved model, in eval mode on ``device``.
-
-    A classifier checkpoint loads without its head (``AutoModel``); its hidden states are
-    those of the classifier's encoder.
-    """
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the dropped classifier head is expected, not news
-    try:
-        model = AutoModel.from_pretrained(str(model_dir))
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    return model.to(device).eval()
-
-
-def forward_hidden_states(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """Hidden states of every layer, shape (layer = L + 1, batch, seq, hidden)."""
-    output = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-    return torch.stack(output.hidden_states)
 
 
 def _check_checkpoint(url: str, attrs: dict, checkpoint: str, model_dir: Path, tokenizer) -> None:
@@ -171,7 +152,8 @@ def extract_checkpoint(
     attrs = read_attrs(url)
     if attrs is None:
         raise StoreError(f"no activation store at {url}: create it first (create_store_task)")
-    _check_checkpoint(url, attrs, checkpoint, model_dir, load_tokenizer(str(model_dir)))
+    tokenizer = load_tokenizer(str(model_dir))
+    _check_checkpoint(url, attrs, checkpoint, model_dir, tokenizer)
     todo = missing_chunks(url, checkpoint)
     if not todo:
         logger.info("checkpoint %s: every chunk already in %s", checkpoint, url)
@@ -181,7 +163,7 @@ def extract_checkpoint(
         torch_device = select_device(device)
         model = load_encoder(model_dir, torch_device)
         tokens = tokens_of_store(url)
-        tokens["pad_id"] = model.config.pad_token_id or 0
+        tokens["pad_id"] = tokenizer.pad_token_id  # the padding policy guarantees one
         shards = plan_shards(
             tokens["token_start"], tokens["token_count"], int(attrs["token_chunk"]), todo
         )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from layerdrift.storage.activations import create_store
-from layerdrift.storage.schema import StoreIdentity, StoreMismatchError, tokenize_probe
-from layerdrift.tasks.modeling import tokenizer_fingerprint
+from layerdrift.storage.schema import StoreIdentity, StoreMismatchError, TokenLayout
+from layerdrift.tasks.modeling import model_shape, tokenize_texts, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +27,52 @@ def _weights_sha256(model_dir: Path) -> str:
 
 
 def model_identity(model_dir: str | Path) -> dict:
-    """``{model_type, num_hidden_layers, hidden_size, weights_sha256}`` of a saved model."""
+    """``{model_type, num_hidden_layers, hidden_size, weights_sha256}`` of a saved model.
+
+    Depth and width come through ``AutoConfig`` (:func:`model_shape`), whatever the family
+    calls them in its ``config.json``.
+    """
     folder = Path(model_dir)
-    config = json.loads((folder / "config.json").read_text())
+    shape = model_shape(folder)
     return {
-        "model_type": config.get("model_type"),
-        "num_hidden_layers": int(config["num_hidden_layers"]),
-        "hidden_size": int(config["hidden_size"]),
+        "model_type": shape.model_type,
+        "num_hidden_layers": shape.num_hidden_layers,
+        "hidden_size": shape.hidden_size,
         "weights_sha256": _weights_sha256(folder),
     }
+
+
+def tokenize_probe(texts: list[str], labels: list[int], tokenizer, max_length: int) -> TokenLayout:
+    """Tokenize the probe texts once (truncated to ``max_length``, no padding).
+
+    Special tokens are kept and flagged; ``token_text`` is readable and ``token_piece`` the
+    raw piece (:func:`tokenize_texts`). Raises ``ValueError`` for empty input, mismatched
+    lengths or an example with no tokens.
+    """
+    if len(texts) == 0:
+        raise ValueError("the probe set is empty: the store needs at least one example")
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels: give one label per text")
+    tokens = tokenize_texts(tokenizer, list(texts), max_length)
+    counts = np.array([len(row) for row in tokens.ids], dtype=np.int32)
+    if (counts == 0).any():
+        raise ValueError(f"example {int(np.argmin(counts))} has no tokens: drop empty texts")
+
+    def flat(rows: list[list], dtype) -> np.ndarray:
+        return np.array([value for row in rows for value in row], dtype=dtype)
+
+    return TokenLayout(
+        token_id=flat(tokens.ids, np.int32),
+        token_text=flat(tokens.text, object),
+        position=np.concatenate([np.arange(c) for c in counts]).astype(np.int16),
+        is_special=flat(tokens.special, bool),
+        example_of_token=np.repeat(np.arange(len(counts), dtype=np.int32), counts),
+        text=np.array([str(t) for t in texts], dtype=object),
+        label=np.asarray(labels, dtype=np.int32),
+        token_start=np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64),
+        token_count=counts,
+        token_piece=flat(tokens.piece, object),
+    )
 
 
 def create_activation_store(

@@ -41,7 +41,12 @@ from layerdrift.tasks.finetune.checkpointing import (
     write_checkpoint,
 )
 from layerdrift.tasks.finetune.evaluate import evaluate
-from layerdrift.tasks.modeling import load_tokenizer, resolve_model, select_device
+from layerdrift.tasks.modeling import (
+    load_classifier,
+    load_tokenizer,
+    resolve_model,
+    select_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,21 +61,6 @@ def finetune_complete(run: RunDir, cfg: RunConfig) -> bool:
         checkpoint_complete(run, label)
         and read_checkpoint_metrics(run, label).get("fingerprint") == fingerprint
         for _, label in planned_checkpoints(cfg, n_train)
-    )
-
-
-def build_model(cfg: RunConfig, source: str, names: list[str]):
-    """A float32 sequence classifier with ``len(names)`` labels loaded from ``source``."""
-    from transformers import AutoModelForSequenceClassification
-
-    return AutoModelForSequenceClassification.from_pretrained(
-        source,
-        num_labels=len(names),
-        id2label=dict(enumerate(names)),
-        label2id={name: i for i, name in enumerate(names)},
-        trust_remote_code=cfg.trust_remote_code,
-        ignore_mismatched_sizes=True,
-        dtype=torch.float32,
     )
 
 
@@ -99,7 +89,7 @@ class _Trainer:
         self.fingerprint = finetune_fingerprint(cfg)
         self.device = select_device(cfg.device)
         self.tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.trust_remote_code)
-        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.pad_id = self.tokenizer.pad_token_id  # the padding policy guarantees one
         max_length = cfg.data.max_length
         self.train_enc = encode_texts(self.tokenizer, train["text"].tolist(), max_length)
         self.val_enc = encode_texts(self.tokenizer, val["text"].tolist(), max_length)
@@ -113,7 +103,9 @@ class _Trainer:
             source = resolve_model(cfg.model)
         else:
             source = str(local_checkpoint_path(run, self.resumed_from))
-        self.model = build_model(cfg, source, self.names).to(self.device).train()
+        # Any supported family; a decoder's classifier gets the tokenizer's pad id.
+        model = load_classifier(source, self.tokenizer, self.names, cfg.trust_remote_code)
+        self.model = model.to(self.device).train()
         self.optimizer = build_optimizer(self.model, cfg)
         warmup = round(cfg.finetune.warmup_fraction * self.total)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, self.total)

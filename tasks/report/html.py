@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from layerdrift.config import BUNDLED_MODEL, FeaturesConfig
+from layerdrift.config import BUNDLED_MODEL, PAPER_MODEL, FeaturesConfig
 from layerdrift.tasks.report.load import ReportInputs
 from layerdrift.tasks.report.summary import COUNT_COLUMNS
 from layerdrift.tasks.report.tokens import Sentence, sentence_html
@@ -191,10 +191,10 @@ def render(
             f"<code>{html.escape(config.data.dataset)}</code> · config hash "
             f"<code>{config.config_hash()}</code></p>"
         )
-        if config.model == BUNDLED_MODEL:
-            from layerdrift.tasks.modeling import BUNDLED_NOTE  # imports torch: only when needed
+        if config.model in (BUNDLED_MODEL, PAPER_MODEL):
+            from layerdrift.tasks.modeling import model_note  # imports torch: only when needed
 
-            out.append(f'<p class="caveat" id="caveat">{html.escape(BUNDLED_NOTE)}</p>')
+            out.append(f'<p class="caveat" id="caveat">{html.escape(model_note(config.model))}</p>')
     out.append('<h2 id="summary">Summary</h2><ul>')
     out += [f"<li>{html.escape(line)}</li>" for line in summary] or ["<li>No results yet.</li>"]
     out.append("</ul>")

