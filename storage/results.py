@@ -13,6 +13,7 @@ import logging
 
 import xarray as xr
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,20 @@ def write_result(url: str, name: str, data: xr.DataArray | xr.Dataset, **to_zarr
     """
     dataset = data.to_dataset(name=name) if isinstance(data, xr.DataArray) else data
     dataset = _variable_length_strings(dataset)
-    dataset.to_zarr(url, group=name, mode="w", consolidated=False, zarr_format=3, **to_zarr_kwargs)
+    # Every chunk carries a CRC32C and is stored even when it equals the fill value, so that
+    # `layerdrift verify` can tell a damaged or lost chunk file from one never written.
+    encoding = {key: {"compressors": (ZstdCodec(), Crc32cCodec())} for key in dataset.variables}
+    encoding.update(to_zarr_kwargs.pop("encoding", {}))
+    dataset.to_zarr(
+        url,
+        group=name,
+        mode="w",
+        consolidated=False,
+        zarr_format=3,
+        encoding=encoding,
+        write_empty_chunks=True,
+        **to_zarr_kwargs,
+    )
     zarr.consolidate_metadata(url)
     logger.info("wrote %s to %s", name, url)
 

@@ -1,17 +1,74 @@
-"""The pipeline flow on a tiny model: every stage runs, a rerun is served from cache, and a
+"""The pipeline flow on a tiny model: every stage runs, a rerun reuses finished stages from
+their files (unpickling nothing, even a result planted where Prefect kept its cache), and a
 deleted output is rebuilt rather than trusted."""
 
 from __future__ import annotations
 
+import base64
+import inspect
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import tiny_runs
 import xarray as xr
 
 from layerdrift.config import RunConfig
+
+# Audit events of the rerun below: every global an unpickler resolved, as "module.name".
+UNPICKLED: list[str] = []
+_AUDITING = {"on": False}
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _AUDITING["on"] and event == "pickle.find_class":
+        UNPICKLED.append(f"{args[0]}.{args[1]}")
+
+
+sys.addaudithook(_audit)
+
+
+class _Exploit:
+    """A pickle that, when loaded, creates the file ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _plant_pickles(run_dir: Path, config: RunConfig, marker: Path) -> list[Path]:
+    """Prefect result records whose payload is :class:`_Exploit`, under the names the stages'
+    results had when they were cached with ``INPUTS + TASK_SOURCE`` in ``.prefect-results``."""
+    import cloudpickle
+    from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+    from layerdrift.storage import RunDir
+    from layerdrift.tasks.data import prepare_data_task
+    from layerdrift.tasks.finetune import finetune_task
+    from layerdrift.tasks.sae.run import evaluate_saes_task
+    from layerdrift.tasks.similarity.run import compute_similarity_task
+
+    folder = run_dir / ".prefect-results"
+    folder.mkdir(exist_ok=True)
+    payload = base64.b64encode(cloudpickle.dumps(_Exploit(marker))).decode()
+    planted = []
+    for stage in (prepare_data_task, finetune_task, compute_similarity_task, evaluate_saes_task):
+        inputs = inspect.signature(stage.fn).bind(RunDir(str(run_dir)), config).arguments
+        key = (INPUTS + TASK_SOURCE).compute_key(
+            task_ctx=SimpleNamespace(task=stage), inputs=dict(inputs), flow_parameters={}
+        )
+        serializer = {"type": "pickle", "picklelib": "cloudpickle", "picklelib_version": None}
+        metadata = {"storage_key": str(folder / key), "expiration": None, "serializer": serializer}
+        record = {"metadata": {**metadata, "storage_block_id": None}, "result": payload}
+        (folder / key).write_text(json.dumps(record))
+        planted.append(folder / key)
+    return planted
 
 
 @pytest.fixture
@@ -20,7 +77,9 @@ def tiny_config(tmp_path, tiny_model_dir, separable_csv) -> RunConfig:
     return RunConfig.model_validate({**values, "runs_root": str(tmp_path / "runs")})
 
 
-def test_pipeline_runs_every_stage_then_serves_a_rerun_from_cache(prefect_harness, tiny_config):
+def test_pipeline_runs_every_stage_then_reuses_them_from_disk(
+    prefect_harness, tiny_config, tmp_path
+):
     from layerdrift.flows.pipeline import pipeline
 
     first = pipeline(tiny_config)
@@ -31,11 +90,23 @@ def test_pipeline_runs_every_stage_then_serves_a_rerun_from_cache(prefect_harnes
     assert saved["config_hash"] == tiny_config.config_hash()
     similarity = xr.open_zarr(f"{run_dir}/results.zarr", group="similarity").similarity
     assert set(similarity.checkpoint.values) == set(first["checkpoints"])
+    assert not (Path(run_dir) / ".prefect-results").exists()
 
-    second = pipeline(tiny_config)
+    marker = tmp_path / "pickle-was-loaded"
+    assert _plant_pickles(Path(run_dir), tiny_config, marker)
+    _AUDITING["on"] = True
+    try:
+        second = pipeline(tiny_config)
+    finally:
+        _AUDITING["on"] = False
     assert all(state == "cached" for state in second["stages"].values()), second["stages"]
+    assert second["checkpoints"] == first["checkpoints"]
+    assert not marker.exists(), "a planted pickle was loaded"
+    # Dask copies its own in-memory task graphs through pickle; nothing else may unpickle.
+    loaded = sorted({name for name in UNPICKLED if not name.startswith("dask.")})
+    assert loaded == [], f"the rerun unpickled {loaded}"
 
-    # A deleted checkpoint folder is rebuilt, not trusted from the cache.
+    # A deleted checkpoint folder is rebuilt, not trusted.
     shutil.rmtree(f"{run_dir}/checkpoints/final")
     third = pipeline(tiny_config)
     assert third["stages"]["finetune"] == "ran"

@@ -59,6 +59,14 @@ def finetune_complete(run: RunDir, cfg: RunConfig) -> bool:
     )
 
 
+def finished_checkpoints(run: RunDir, cfg: RunConfig) -> list[str]:
+    """Labels of the scheduled checkpoints complete in ``run``, in step order."""
+    n_train = read_dataset_info(run)["split_sizes"]["train"]
+    return [
+        label for _, label in planned_checkpoints(cfg, n_train) if checkpoint_complete(run, label)
+    ]
+
+
 def build_model(cfg: RunConfig, source: str, names: list[str]):
     """A float32 sequence classifier with ``len(names)`` labels loaded from ``source``."""
     from transformers import AutoModelForSequenceClassification
@@ -226,10 +234,8 @@ def finetune(run: RunDir, cfg: RunConfig, stop_after: int | None = None) -> list
     """
     if not data_complete(run):
         raise FileNotFoundError(f"run {run.url} has no prepared data: run the data stage first")
-    n_train = read_dataset_info(run)["split_sizes"]["train"]
-    planned = planned_checkpoints(cfg, n_train)
     if finetune_complete(run, cfg):
         logger.info("fine-tuning of %s already complete", run.url)
     else:
         _Trainer(run, cfg).fit(stop_after)
-    return [label for _, label in planned if checkpoint_complete(run, label)]
+    return finished_checkpoints(run, cfg)
