@@ -146,7 +146,8 @@ class WriterLock:
             return 0.0
         return time.time() - modified.timestamp()
 
-    def _is_stale(self, lease: dict) -> bool:
+    def is_stale(self, lease: dict) -> bool:
+        """Whether ``lease`` belongs to a process that is gone (the next taker takes it over)."""
         if not lease:  # unreadable: only a crash while creating it, or not ours at all
             return self._file_age() > self.timeout_s
         if time.time() - float(lease.get("renewed", 0)) > self.timeout_s:
@@ -170,6 +171,10 @@ class WriterLock:
 
     # Public API --------------------------------------------------------------------------
 
+    def holder(self) -> dict | None:
+        """The lease on disk now ({} when unreadable), or None when nobody holds it."""
+        return self._read()
+
     def acquire(self) -> WriterLock:
         """Take the lease, or raise :attr:`error` naming the live holder's host and pid."""
         for _ in range(3):
@@ -182,7 +187,7 @@ class WriterLock:
             lease = self._read()
             if lease is None:
                 continue  # released between our two calls
-            if not self._is_stale(lease):
+            if not self.is_stale(lease):
                 raise self._locked(lease)
             if (self._read() or {}).get("token") == lease.get("token"):
                 logger.warning(
