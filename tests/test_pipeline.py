@@ -1,6 +1,7 @@
 """The pipeline flow on a tiny model: every stage runs, a rerun reuses finished stages from
-their files (unpickling nothing, even a result planted where Prefect kept its cache), and a
-deleted output is rebuilt rather than trusted."""
+their files (unpickling nothing, even a result planted where Prefect kept its cache), a
+deleted output is rebuilt rather than trusted, and chunks that verify --repair cleared are
+extracted again, alone."""
 
 from __future__ import annotations
 
@@ -112,3 +113,29 @@ def test_pipeline_runs_every_stage_then_reuses_them_from_disk(
     assert third["stages"]["finetune"] == "ran"
     assert (Path(run_dir) / "checkpoints" / "final" / "metrics.json").is_file()
     assert third["stages"]["similarity"] == "cached"
+
+    # A lost and a flipped chunk: verify --repair clears them, the next run redoes only those.
+    from layerdrift.flows.status import verify_run
+
+    store = Path(run_dir) / "activations.zarr" / "activations" / "c"
+    lost, flipped = store / "1" / "1" / "0" / "0", store / "2" / "0" / "1" / "0"
+    originals = {path: path.read_bytes() for path in (lost, flipped)}
+    lost.unlink()
+    flipped.write_bytes(
+        originals[flipped][:9] + bytes([originals[flipped][9] ^ 1]) + originals[flipped][10:]
+    )
+    damage, repaired = verify_run(run_dir)
+    assert {d.chunk[:3] for d in damage} == {(1, 1, 0), (2, 0, 1)} and repaired == []
+    damage, repaired = verify_run(run_dir, repair=True)
+    assert len(repaired) == 2
+    untouched = {
+        path: path.stat().st_mtime_ns
+        for path in store.glob("*/*/*/0")
+        if (path.parts[-4], path.parts[-2]) not in {("1", "0"), ("2", "1")}
+    }
+    fourth = pipeline(tiny_config)
+    ran = sorted(stage for stage, state in fourth["stages"].items() if state == "ran")
+    assert ran == ["extract:final", "extract:step-000005"], fourth["stages"]
+    assert {path: path.read_bytes() for path in originals} == originals
+    assert {path: path.stat().st_mtime_ns for path in untouched} == untouched
+    assert verify_run(run_dir) == ([], [])

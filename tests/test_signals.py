@@ -9,8 +9,10 @@ One tiny run folder goes through every event in turn (each a real subprocess):
    naming the first one's host and pid;
 3. SIGTERM to the first run's main process only: exit 143, its lease and temporary Prefect
    server gone;
-4. a resumed run whose temporary Prefect server is killed: exit 1 within seconds;
-5. a resumed run given SIGINT (to its process group, as Ctrl-C does): exit 130;
+4. a resumed run whose temporary Prefect server is killed once the flow runs: exit 1
+   within seconds;
+5. a resumed run given SIGINT (to its process group, as Ctrl-C does) once the flow runs:
+   exit 130;
 6. the last resume finishes the run.
 """
 
@@ -61,6 +63,18 @@ def _wait_for(process, run: Path, pattern: str, log: Path, timeout_s: float = 40
         if time.monotonic() > deadline:
             os.killpg(process.pid, signal.SIGKILL)
             raise AssertionError(f"{pattern} did not appear in {timeout_s} s:\n{tail(log)}")
+        time.sleep(0.05)
+
+
+def _wait_for_log(process, log: Path, text: str, timeout_s: float = 400) -> None:
+    """Wait until ``text`` is in the run's output (the flow logs each step it reaches)."""
+    deadline = time.monotonic() + timeout_s
+    while text not in log.read_text(errors="replace"):
+        if process.poll() is not None:
+            raise AssertionError(f"run ended before logging {text!r}:\n{tail(log)}")
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise AssertionError(f"{text!r} not logged in {timeout_s} s:\n{tail(log)}")
         time.sleep(0.05)
 
 
@@ -123,14 +137,14 @@ def events(tmp_path_factory, tiny_model_dir, separable_csv) -> dict:
         out["sigterm_lock"] = (run / "run.lock").exists()
 
         third = start("third")
-        _wait_for(third, run, "checkpoints/final/metrics.json", log("third"))
+        _wait_for_log(third, log("third"), "prefect.flow_runs: checkpoints:")
         _server_of(third, log("third")).kill()
         out["lost_server"] = _stopped(third)
         out["lost_server_log"] = log("third").read_text()
         out["lost_server_lock"] = (run / "run.lock").exists()
 
         fourth = start("fourth")
-        _wait_for(fourth, run, "activations.zarr/written/c/0/0", log("fourth"))
+        _wait_for_log(fourth, log("fourth"), "prefect.flow_runs: checkpoints:")
         os.killpg(fourth.pid, signal.SIGINT)
         out["sigint"] = _stopped(fourth)
         out["sigint_log"] = log("fourth").read_text()
