@@ -10,7 +10,6 @@ on local paths and fsspec URLs.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import uuid
@@ -25,14 +24,13 @@ from dask.base import tokenize
 from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import Crc32cCodec
 
+from layerdrift.storage.chunks import ChunkReader
 from layerdrift.storage.lock import WriterLock
 from layerdrift.storage.schema import (
     ACTIVATIONS,
     LOCK_FILE,
     SCHEMA_VERSION,
     WRITTEN,
-    ChunkMissingError,
-    ChunkReadError,
     StoreIdentity,
     StoreIncompleteError,
     StoreMismatchError,
@@ -304,77 +302,13 @@ class StoreWriter:
         self.written[index, chunk] = True
 
 
-def _chunks_touched(key: tuple, chunks: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Grid coordinates of every chunk that the selection ``key`` (ints and slices) reads."""
-    ranges = []
-    for selection, size in zip(key, chunks, strict=False):
-        if isinstance(selection, slice):
-            start, stop = selection.start or 0, selection.stop
-            last = (stop - 1) // size if stop is not None else start // size
-            ranges.append(range(start // size, last + 1))
-        else:
-            ranges.append(range(int(selection) // size, int(selection) // size + 1))
-    ranges += [range(1)] * (len(chunks) - len(ranges))
-    return [tuple(index) for index in itertools.product(*ranges)]
-
-
-class _NamedChunkReader:
-    """Array-like over the Zarr activations whose read errors name the chunk.
-
-    Zarr reads a missing chunk file as its fill value (NaN); a chunk that the manifest marks
-    written must exist, so its absence raises :class:`ChunkMissingError` instead.
-    """
-
-    def __init__(self, url: str, array: zarr.Array, attrs: dict, manifest: np.ndarray) -> None:
-        self.url, self.array, self.attrs, self.manifest = url, array, attrs, manifest
-        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
-        self.fs, root = fsspec.core.url_to_fs(url)
-        self.array_root = f"{root.rstrip('/')}/{ACTIVATIONS}"
-
-    def _check_present(self, key: tuple) -> None:
-        for index in _chunks_touched(key, self.array.chunks):
-            if not self.manifest[index[0], index[2]]:
-                continue  # never written: NaN by design (open_store(allow_partial=True))
-            path = f"{self.array_root}/{self.array.metadata.encode_chunk_key(index)}"
-            if not self.fs.exists(path):
-                raise ChunkMissingError(
-                    f"{describe_chunk(self.url, self.attrs, index)} is marked written but its "
-                    "file is missing: `layerdrift verify <run> --repair` clears its manifest "
-                    "entry so that the next `layerdrift run` extracts it again"
-                )
-
-    def __getitem__(self, key):
-        self._check_present(key if isinstance(key, tuple) else (key,))
-        try:
-            return self.array[key]
-        except Exception as error:
-            index = _chunks_touched(key if isinstance(key, tuple) else (key,), self.array.chunks)
-            raise ChunkReadError(
-                f"cannot read {describe_chunk(self.url, self.attrs, index[0])}: {error}; the "
-                "file is corrupt or unreadable: `layerdrift verify <run> --repair` clears its "
-                "manifest entry so that the next `layerdrift run` extracts it again"
-            ) from error
-
-
-def describe_chunk(url: str, attrs: dict, index: tuple[int, ...]) -> str:
-    """Name one activation chunk by file, checkpoint, layer and token range."""
-    checkpoints = attrs["checkpoints"]
-    ckpt = checkpoints[index[0]] if index[0] < len(checkpoints) else "?"
-    start, stop = chunk_bounds(index[2], int(attrs["n_tokens"]), int(attrs["token_chunk"]))
-    file = "/".join([ACTIVATIONS, "c", *map(str, index)])
-    return (
-        f"chunk {file} of {url} (checkpoint={ckpt!r}, layer={index[1]}, token chunk "
-        f"{index[2]}: tokens {start}..{stop})"
-    )
-
-
 def read_chunk(url: str, checkpoint: str, layer: int, chunk: int) -> np.ndarray:
     """One stored chunk, shape (tokens of the chunk, hidden); errors name the chunk."""
     attrs = _checked_attrs(url)
     ckpt = attrs["checkpoints"].index(checkpoint)
     arr = zarr.open_array(url, path=ACTIVATIONS, mode="r")
     start, stop = chunk_bounds(chunk, int(attrs["n_tokens"]), int(attrs["token_chunk"]))
-    reader = _NamedChunkReader(url, arr, attrs, written_manifest(url))
+    reader = ChunkReader(url, arr, attrs, written_manifest(url))
     return reader[ckpt, layer, slice(start, stop), slice(None)]
 
 
@@ -398,7 +332,7 @@ def open_store(url: str, allow_partial: bool = False) -> xr.Dataset:
         )
     ds = xr.open_zarr(url, consolidated=True)
     arr = zarr.open_array(url, path=ACTIVATIONS, mode="r")
-    reader = _NamedChunkReader(url, arr, attrs, manifest)
+    reader = ChunkReader(url, arr, attrs, manifest)
     data = da.from_array(
         reader,
         chunks=arr.chunks,

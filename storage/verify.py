@@ -28,7 +28,8 @@ import zarr
 from tqdm.auto import tqdm
 from zarr.codecs import BytesCodec, Crc32cCodec
 
-from layerdrift.storage.activations import describe_chunk, read_attrs, written_manifest
+from layerdrift.storage.activations import read_attrs, written_manifest
+from layerdrift.storage.chunks import describe_chunk
 from layerdrift.storage.schema import ACTIVATIONS, WRITTEN, chunk_bounds
 
 logger = logging.getLogger(__name__)

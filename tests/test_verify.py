@@ -4,6 +4,7 @@ and repairs exactly those."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,14 @@ from layerdrift.storage.verify import (
     repair_results,
 )
 
-# The store tests' fixtures: a token layout, and a fresh store URL on every backend.
-layout, s3_server, store_url = test_store.layout, test_store.s3_server, test_store.store_url
+layout = test_store.layout  # the store tests' fixture: the token layout of four texts
+
+
+@pytest.fixture(params=["local", "memory"])
+def store_url(request, tmp_path) -> str:
+    """A fresh store location on a local disk and on an fsspec filesystem."""
+    name = f"store-{uuid.uuid4().hex[:8]}.zarr"
+    return str(tmp_path / name) if request.param == "local" else f"memory://verify/{name}"
 
 
 class _Interrupted(Exception):
