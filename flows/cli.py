@@ -42,31 +42,27 @@ class UserError(Exception):
     """An error caused by the user's input: reported in one line, exit status 2."""
 
 
+# Errors caused by the user's input, by module: each is reported in one line, exit status 2.
+USER_ERRORS = (
+    ("pydantic", "ValidationError"),
+    ("layerdrift.storage.rundir", "RunConfigMismatchError"),
+    ("layerdrift.storage.rundir", "RunLockedError"),
+    ("layerdrift.tasks.data.sources", "DatasetError"),
+    ("layerdrift.tasks.modeling", "ModelNotFoundError"),
+    ("layerdrift.tasks.preflight", "PreflightError"),
+)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from pydantic import ValidationError
-
-    from layerdrift.storage.rundir import RunConfigMismatchError, RunLockedError
-    from layerdrift.tasks.data import DatasetError
-    from layerdrift.tasks.modeling import ModelNotFoundError
-    from layerdrift.tasks.preflight import PreflightError
-
-    return (
-        UserError,
-        ValidationError,
-        RunConfigMismatchError,
-        RunLockedError,
-        DatasetError,
-        ModelNotFoundError,
-        PreflightError,
-        FileNotFoundError,
-    )
+    """The user-error classes; only those of modules already imported (which alone could
+    have raised one), so that classifying an error never imports torch."""
+    loaded = [getattr(sys.modules[m], name) for m, name in USER_ERRORS if m in sys.modules]
+    return (UserError, FileNotFoundError, *loaded)
 
 
 def _one_line(error: BaseException) -> str:
     """The error as one line; a pydantic error lists each field as ``section.field: why``."""
-    from pydantic import ValidationError
-
-    if isinstance(error, ValidationError):
+    if type(error).__name__ == "ValidationError" and hasattr(error, "errors"):
         parts = []
         for item in error.errors():
             where = ".".join(str(part) for part in item["loc"])
