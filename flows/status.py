@@ -57,12 +57,12 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
         missing = len(missing_chunks(run.activations(), label))
         state = COMPLETE if not missing else f"{missing} chunks missing"
         if lost.get(label):
-            state = f"incomplete: {lost[label]} chunks missing or damaged (layerdrift verify)"
+            state = f"incomplete: {_chunks(lost[label])} missing or damaged (layerdrift verify)"
         rows.append(("extract", label, state))
     results_lost = len(check_results(run.results(), full=False))
     state = _state(similarity_complete(run))
     if results_lost:
-        state = f"incomplete: {results_lost} chunks missing or damaged (layerdrift verify)"
+        state = f"incomplete: {_chunks(results_lost)} missing or damaged (layerdrift verify)"
     rows.append(("similarity", "results.zarr", state))
 
     n_layers = len(attrs.get("layers", [])) or _layer_count(run)
@@ -76,6 +76,10 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
     rows.append(("features", "results", _state(feature_results_written(run))))
     rows.append(("report", REPORT_FILE, _state(run.exists(REPORT_FILE))))
     return rows
+
+
+def _chunks(count: int) -> str:
+    return f"{count} written chunk" + ("s" if count != 1 else "")
 
 
 def _holder(run: RunDir) -> str:

@@ -115,7 +115,7 @@ def test_pipeline_runs_every_stage_then_reuses_them_from_disk(
     assert third["stages"]["similarity"] == "cached"
 
     # A lost and a flipped chunk: verify --repair clears them, the next run redoes only those.
-    from layerdrift.flows.status import verify_run
+    from layerdrift.flows.status import run_status, verify_run
 
     store = Path(run_dir) / "activations.zarr" / "activations" / "c"
     lost, flipped = store / "1" / "1" / "0" / "0", store / "2" / "0" / "1" / "0"
@@ -124,6 +124,9 @@ def test_pipeline_runs_every_stage_then_reuses_them_from_disk(
     flipped.write_bytes(
         originals[flipped][:9] + bytes([originals[flipped][9] ^ 1]) + originals[flipped][10:]
     )
+    states = {(stage, piece): state for stage, piece, state in run_status(run_dir)}
+    assert states[("extract", "step-000005")].startswith("incomplete: 1 written chunk missing")
+    assert states[("extract", "final")] == "complete"  # the flip needs the checksum: verify
     damage, repaired = verify_run(run_dir)
     assert {d.chunk[:3] for d in damage} == {(1, 1, 0), (2, 0, 1)} and repaired == []
     damage, repaired = verify_run(run_dir, repair=True)
