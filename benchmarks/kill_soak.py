@@ -29,6 +29,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -147,7 +148,7 @@ def _pieces(run: Path) -> dict[str, int]:
 def _store_files(run: Path) -> dict[str, bytes]:
     files = {}
     for path in sorted((run / "activations.zarr").rglob("*")):
-        if path.is_file() and path.name != "writer.lock":
+        if path.is_file() and not path.name.startswith("writer.lock"):  # leases, not data
             data = path.read_bytes()
             if path.name == "zarr.json":
                 data = GENERATION.sub('"generation": ""', data.decode()).encode()
@@ -234,17 +235,16 @@ def main() -> None:
     rng = random.Random(args.seed)
     trials = []
     for index in range(args.trials):
-        # Stratified: trial i kills inside the i-th slice of the reference's timeline.
+        # Moments as fractions of the run: stratified, trial i kills inside the i-th slice.
         low, high = index / args.trials, (index + 1) / args.trials
-        delays = sorted(rng.uniform(low, high) * span * 0.95 for _ in range(args.kills))
         if args.kills > 1:
-            delays = sorted(rng.uniform(0, span * 0.95) for _ in range(args.kills))
-        delays = [b - a for a, b in zip([0.0, *delays], delays, strict=False)]
-        result = trial(work, f"trial-{index:02d}", delays, work / "runs" / "reference")
+            low, high = 0.0, 1.0
+        fractions = sorted(rng.uniform(low, high) for _ in range(args.kills))
+        result, span = _landed_trial(work, index, fractions, span)
         trials.append(result)
         kills = ", ".join(f"{k['at_s']:.1f}s/{k.get('stage', 'missed')}" for k in result["kills"])
         verdict = "identical" if result["identical"] else f"DIFFERS {result['differences'][:3]}"
-        print(f"trial {index:2d}: killed at {kills}: {verdict}")
+        print(f"trial {index:2d}: killed at {kills}: {verdict}", flush=True)
     report = _summary(trials, span, time.monotonic() - started, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
@@ -252,6 +252,22 @@ def main() -> None:
         f"\n{report['identical']}/{report['trials']} identical; kills landed in: {report['stages']}"
     )
     print(f"finished pieces recomputed after a kill: {report['recomputed']}; wrote {args.out}")
+
+
+def _landed_trial(work: Path, index: int, fractions: list[float], span: float) -> tuple:
+    """Trial ``index`` with kills at ``fractions`` of a run lasting ``span`` seconds after its
+    config.json. The machine's load changes how long a run takes: when the run ends before
+    a kill was due, ``span`` becomes the length just seen and the trial is run again."""
+    for attempt in range(4):
+        moments = [fraction * span * 0.95 for fraction in fractions]
+        delays = [b - a for a, b in zip([0.0, *moments], moments, strict=False)]
+        name = f"trial-{index:02d}" + (f"-{attempt}" if attempt else "")
+        result = trial(work, name, delays, work / "runs" / "reference")
+        if all(kill["landed"] for kill in result["kills"]) or attempt == 3:
+            return result, span
+        span = result["seconds_after_config"]
+        shutil.rmtree(work / "runs" / name)
+    raise AssertionError("unreachable")
 
 
 def _summary(trials: list[dict], span: float, seconds: float, args) -> dict:
