@@ -58,7 +58,7 @@ def stop_now(message: str, code: int) -> None:
     release_all()
     _stop_children()
     sys.stdout.flush()
-    sys.stderr.write(message + "\n")
+    sys.stderr.write("\n" + message + "\n")  # a progress bar may hold the current line
     sys.stderr.flush()
     os._exit(code)
 
