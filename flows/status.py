@@ -49,8 +49,9 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
     rows += [("finetune", label, _state(checkpoint_complete(run, label))) for label in labels]
 
     attrs = read_attrs(run.activations())
-    if attrs is None:
-        rows.append(("extract", "activations.zarr", MISSING))
+    if attrs is None or "schema_version" not in attrs:
+        cut = "incomplete: its creation was cut short (the next run creates it again)"
+        rows.append(("extract", "activations.zarr", MISSING if attrs is None else cut))
         return rows
     lost = _lost_chunks(check_activations(run.activations(), full=False), attrs)
     for label in labels:
