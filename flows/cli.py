@@ -2,26 +2,36 @@
 
 The environment is configured before Prefect is imported, so a user needs no Prefect setup:
 the commands below import the flow lazily.
+
+Exit codes: 0 done; 1 an unexpected failure (with its traceback), a damaged run found by
+``verify``, or a lost Prefect server; 2 a usage error or a bad input (one line naming it,
+nothing written), or a run held by another live process; 130 / 143 stopped by SIGINT /
+SIGTERM (the next run resumes).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import tomllib
 import warnings
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from layerdrift import __version__
 from layerdrift.env import configure_environment
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="How fine-tuning changes a transformer, layer by layer.",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 # Wide enough for the per-layer table when output goes to a file or a pipe.
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -32,21 +42,52 @@ class UserError(Exception):
     """An error caused by the user's input: reported in one line, exit status 2."""
 
 
+# Errors caused by the user's input, by module: each is reported in one line, exit status 2.
+USER_ERRORS = (
+    ("pydantic", "ValidationError"),
+    ("layerdrift.storage.rundir", "RunConfigMismatchError"),
+    ("layerdrift.storage.rundir", "RunLockedError"),
+    ("layerdrift.tasks.data.sources", "DatasetError"),
+    ("layerdrift.tasks.modeling", "ModelNotFoundError"),
+    ("layerdrift.tasks.preflight", "PreflightError"),
+)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from pydantic import ValidationError
+    """The user-error classes; only those of modules already imported (which alone could
+    have raised one), so that classifying an error never imports torch."""
+    loaded = [getattr(sys.modules[m], name) for m, name in USER_ERRORS if m in sys.modules]
+    return (UserError, FileNotFoundError, *loaded)
 
-    from layerdrift.storage.rundir import RunConfigMismatchError
-    from layerdrift.tasks.data import DatasetError
-    from layerdrift.tasks.modeling import ModelNotFoundError
 
-    return (
-        UserError,
-        ValidationError,
-        RunConfigMismatchError,
-        DatasetError,
-        ModelNotFoundError,
-        FileNotFoundError,
-    )
+def _one_line(error: BaseException) -> str:
+    """The error as one line; a pydantic error lists each field as ``section.field: why``."""
+    if type(error).__name__ == "ValidationError" and hasattr(error, "errors"):
+        parts = []
+        for item in error.errors():
+            where = ".".join(str(part) for part in item["loc"])
+            reason = item["msg"].removeprefix("Value error, ")
+            parts.append(f"{where}: {reason}" if where else reason)
+        text = "invalid configuration: " + "; ".join(parts)
+    else:
+        text = str(error)
+    return " ".join(text.split())
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"layerdrift {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """How fine-tuning changes a transformer, layer by layer."""
 
 
 @app.command()
@@ -77,13 +118,20 @@ def run(
         "dask_address": dask_address,
         "data": {"dataset": dataset} if dataset else None,
     }
-    config = build_config(preset, config_file, overrides)
-    from layerdrift.tasks.modeling import resolve_model
+    try:
+        config = build_config(preset, config_file, overrides)
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"config file {config_file} is not valid TOML: {error}") from error
+    from layerdrift.flows.interrupts import run_in_worker
+    from layerdrift.storage import RunDir
+    from layerdrift.storage.lock import holding
+    from layerdrift.tasks.preflight import preflight
 
-    resolve_model(config.model)  # fail before starting Prefect when the model is not there
-    from layerdrift.flows.pipeline import pipeline
+    preflight(config)  # before Prefect starts: a bad input costs seconds, and writes nothing
+    with holding(RunDir(config.run_url).lock()):  # a second live run stops here
+        from layerdrift.flows.pipeline import pipeline
 
-    outcome = pipeline(config)
+        outcome = run_in_worker(pipeline, config)
     console.print(f"[bold]run directory[/bold] {outcome['run_dir']}")
     stages = ", ".join(f"{k}={v}" for k, v in outcome["stages"].items())
     console.print(f"[bold]stages[/bold] {stages}")
@@ -172,6 +220,34 @@ def status(run_dir: Annotated[str, typer.Argument(help="A run directory or URL."
     console.print(table)
 
 
+@app.command()
+def verify(
+    run_dir: Annotated[str, typer.Argument(help="A run directory or URL.")],
+    repair: Annotated[
+        bool, typer.Option(help="Clear damaged pieces so that the next run redoes them.")
+    ] = False,
+) -> None:
+    """Check every stored chunk of activations.zarr and results.zarr (exists, size, checksum).
+
+    Exits 1 when something is damaged; with --repair, clears it (the next `layerdrift run`
+    recomputes exactly that) and exits 0.
+    """
+    from layerdrift.flows.status import verify_run
+
+    damage, repaired = verify_run(_existing_run(run_dir), repair=repair)
+    for item in damage:
+        console.print(f"[red]damaged[/red] {escape(str(item))}", soft_wrap=True)
+    for line in repaired:
+        console.print(f"[yellow]repaired[/yellow] {escape(line)}", soft_wrap=True)
+    if not damage:
+        console.print("[green]verified[/green]: every chunk exists, has its size and checksum")
+    elif repair:
+        console.print(f"run `layerdrift run` on {run_dir} again to recompute what was cleared")
+    else:
+        console.print(f"{len(damage)} damaged: `layerdrift verify {run_dir} --repair` clears them")
+        raise typer.Exit(1)
+
+
 def _existing_run(run_dir: str) -> str:
     from layerdrift.storage import RunDir
 
@@ -224,6 +300,11 @@ def _open_in_browser(path: str) -> bool:
     return webbrowser.open(Path(path).resolve().as_uri())
 
 
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
     """Entry point of the ``layerdrift`` console script."""
     configure_environment()
@@ -232,20 +313,24 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("layerdrift", "tasks", "storage", "flows"):
         logging.getLogger(name).setLevel(logging.INFO)
-    try:
-        app(standalone_mode=False)
-    except _user_errors() as error:
-        err_console.print(f"[bold red]error:[/bold red] {error}")
-        sys.exit(2)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except Exception as error:  # click's usage errors carry their own exit code
-        import click
+    from layerdrift.flows.interrupts import install_signal_handlers
 
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
+    install_signal_handlers()
+    try:
+        code = app(standalone_mode=False)  # an int when a command exits early (typer.Exit)
+    except (typer.TyperException, click.ClickException) as error:
+        # Usage errors (typer raises its bundled click's classes): usage, the reason, exit 2.
+        error.show()
+        sys.exit(error.exit_code)
+    except (typer.Exit, click.exceptions.Exit) as done:
+        sys.exit(done.exit_code)
+    except (typer.Abort, click.exceptions.Abort):
+        _fail("aborted", 130)
+    except Exception as error:
+        if isinstance(error, _user_errors()):
+            _fail(_one_line(error), 2)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

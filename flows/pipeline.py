@@ -11,9 +11,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from layerdrift.config import RunConfig
-from layerdrift.flows.stages import StageLedger
+from layerdrift.flows.stages import StageLedger, uncached
 from layerdrift.storage import RunDir, save_run_config
 from layerdrift.storage.activations import missing_chunks
+from layerdrift.storage.lock import holding
 from layerdrift.tasks.data import data_complete, prepare_data_task
 from layerdrift.tasks.extract import create_store_task, extract_checkpoint_task
 from layerdrift.tasks.extract.prefect_tasks import extract_on_dask_task
@@ -26,7 +27,8 @@ from layerdrift.tasks.features import (
     train_crosscoders_on_dask_task,
     write_features_task,
 )
-from layerdrift.tasks.finetune import finetune_complete, finetune_task
+from layerdrift.tasks.finetune import finetune_complete, finetune_task, finished_checkpoints
+from layerdrift.tasks.preflight import preflight
 from layerdrift.tasks.report import build_report_task, publish_artifacts
 from layerdrift.tasks.sae import (
     evaluate_saes_task,
@@ -45,57 +47,48 @@ def _run_name() -> str:
     return f"layerdrift-{name}"
 
 
-@flow(name="layerdrift-pipeline", flow_run_name=_run_name, validate_parameters=True)
+@flow(
+    name="layerdrift-pipeline",
+    flow_run_name=_run_name,
+    validate_parameters=True,
+    persist_result=False,
+)
 def pipeline(config: RunConfig) -> dict[str, Any]:
     """Run every stage for one configuration; a rerun resumes and reuses finished stages.
 
-    Returns the run directory, the stage outcomes (``ran``, ``cached`` or ``skipped``), the
-    checkpoint labels and the report path.
+    The inputs are checked before anything is written, and the run's lease is held
+    throughout, so a second process cannot run the same run at once. Returns the run
+    directory, the stage outcomes (``ran``, ``cached`` or ``skipped``), the checkpoint labels
+    and the report path.
     """
     logger = get_run_logger()
     run = RunDir(config.run_url)
-    save_run_config(run, config.to_json(), config.config_hash())
-    logger.info("run directory %s (config %s)", run.url, config.config_hash())
-    ledger = StageLedger(run)
-
-    ledger.call("data", prepare_data_task, run, config, done=_safe(data_complete, run))
-    labels: list[str] = ledger.call(
-        "finetune", finetune_task, run, config, done=_safe(finetune_complete, run, config)
-    )
-    logger.info("checkpoints: %s", ", ".join(labels))
-
-    create_store_task(run, config, labels)
-    store_url = run.activations()
-    if config.dask_address is not None:
-        todo = [label for label in labels if missing_chunks(store_url, label)]
-        ledger.call("extract", extract_on_dask_task, run, config, todo, done=not todo)
-    else:
-        for label in labels:
-            done = not missing_chunks(store_url, label)
-            ledger.call(f"extract:{label}", extract_checkpoint_task, run, config, label, done=done)
-
-    ledger.call(
-        "similarity",
-        compute_similarity_task,
-        run,
-        config,
-        done=_safe(similarity_complete, run),
-    )
-
-    if config.sae.enabled:
-        _train_saes(ledger, run, config)
-        ledger.call("sae-metrics", evaluate_saes_task, run, config, done=_safe(saes_evaluated, run))
-        _compare_features(ledger, run, config)
-    else:
-        ledger.skipped("sae", "sae.enabled is false")
-
-    report_path = None
-    if config.report.enabled:
-        report_path = build_report_task(run)
-        publish_artifacts(run)
-    else:
-        ledger.skipped("report", "report.enabled is false")
-
+    preflight(config)
+    with holding(run.lock()):
+        save_run_config(run, config.to_json(), config.config_hash())
+        logger.info("run directory %s (config %s)", run.url, config.config_hash())
+        ledger = StageLedger(run)
+        labels = _prepare(ledger, run, config)
+        logger.info("checkpoints: %s", ", ".join(labels))
+        _extract(ledger, run, config, labels)
+        ledger.call(
+            "similarity",
+            compute_similarity_task,
+            run,
+            config,
+            done=_safe(similarity_complete, run),
+        )
+        if config.sae.enabled:
+            _train_saes(ledger, run, config)
+            _compare_features(ledger, run, config)
+        else:
+            ledger.skipped("sae", "sae.enabled is false")
+        report_path = None
+        if config.report.enabled:
+            report_path = uncached(build_report_task)(run)
+            publish_artifacts(run)
+        else:
+            ledger.skipped("report", "report.enabled is false")
     logger.info("stages: %s", ledger.outcomes)
     return {
         "run_dir": run.url,
@@ -105,17 +98,40 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
     }
 
 
+def _prepare(ledger: StageLedger, run: RunDir, config: RunConfig) -> list[str]:
+    """Data and fine-tuning; returns the checkpoint labels, read from ``checkpoints/``."""
+    ledger.call("data", prepare_data_task, run, config, done=_safe(data_complete, run))
+    done = _safe(finetune_complete, run, config)
+    ledger.call("finetune", finetune_task, run, config, done=done)
+    return finished_checkpoints(run, config)
+
+
+def _extract(ledger: StageLedger, run: RunDir, config: RunConfig, labels: list[str]) -> None:
+    """Create the activation store (or keep the one there) and fill what is missing."""
+    uncached(create_store_task)(run, config, labels)
+    store_url = run.activations()
+    if config.dask_address is not None:
+        todo = [label for label in labels if missing_chunks(store_url, label)]
+        ledger.call("extract", extract_on_dask_task, run, config, todo, done=not todo)
+        return
+    for label in labels:
+        done = not missing_chunks(store_url, label)
+        ledger.call(f"extract:{label}", extract_checkpoint_task, run, config, label, done=done)
+
+
 def _train_saes(ledger: StageLedger, run: RunDir, config: RunConfig) -> None:
-    """One SAE per (checkpoint, layer): Prefect tasks here, or Dask tasks on the cluster."""
+    """One SAE per (checkpoint, layer) (Prefect tasks here, or Dask tasks on the cluster),
+    then their metrics."""
     targets = sae_targets(run, config)
     if config.dask_address is not None:
         todo = [t for t in targets if not sae_complete(run, *t)]
         ledger.call("sae", train_saes_on_dask_task, run, config, todo, done=not todo)
-        return
-    for checkpoint, layer in targets:
-        done = sae_complete(run, checkpoint, layer)
-        ledger.call(f"sae:{checkpoint}:{layer}", train_sae_task, run, config, checkpoint, layer,
-                    done=done)  # fmt: skip
+    else:
+        for checkpoint, layer in targets:
+            done = sae_complete(run, checkpoint, layer)
+            ledger.call(f"sae:{checkpoint}:{layer}", train_sae_task, run, config, checkpoint,
+                        layer, done=done)  # fmt: skip
+    ledger.call("sae-metrics", evaluate_saes_task, run, config, done=_safe(saes_evaluated, run))
 
 
 def _compare_features(ledger: StageLedger, run: RunDir, config: RunConfig) -> None:

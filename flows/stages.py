@@ -1,9 +1,11 @@
-"""How the pipeline flow calls a stage: resumable caching that agrees with the files on disk.
+"""How the pipeline flow calls a stage: the files on disk say what is finished.
 
-Every stage task is cached on its inputs and its source (``INPUTS + TASK_SOURCE``) with the
-result persisted beside the run, so a rerun of the same run reuses finished stages. A cache
-hit only stands for files on disk, so the flow checks those files first: when they are gone
-or incomplete, the cache is refreshed and the stage runs again.
+A stage whose outputs are complete on disk (its ``done`` check) is not run again and is
+reported ``cached``: its outputs are the cache. Nothing else is: Prefect persists no task
+result and looks none up (``NO_CACHE``, ``persist_result=False``), because Prefect's result
+files are pickles, and a pickle read back from a shared, copied or downloaded run folder
+would run whatever code it names. What a later stage needs from an earlier one is read back
+from that stage's files (the checkpoint labels from ``checkpoints/``, and so on).
 """
 
 from __future__ import annotations
@@ -12,36 +14,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import Task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import NO_CACHE
 
 from layerdrift.storage import RunDir
 
-STAGE_CACHE_POLICY = INPUTS + TASK_SOURCE
+CACHED, RAN = "cached", "ran"
+
+
+def uncached(stage: Task) -> Task:
+    """``stage`` with neither result persistence nor cache lookups."""
+    return stage.with_options(cache_policy=NO_CACHE, persist_result=False)
 
 
 @dataclass
 class StageLedger:
-    """Runs stage tasks for one run directory and records which ran and which were cached."""
+    """Runs stage tasks for one run directory and records which ran and which were reused."""
 
     run: RunDir
     outcomes: dict[str, str] = field(default_factory=dict)
 
-    def call(self, name: str, stage: Task, *args: Any, done: bool, **kwargs: Any) -> Any:
-        """Run ``stage(*args, **kwargs)`` through Prefect's cache and return its result.
+    def call(self, name: str, stage: Task, *args: Any, done: bool, **kwargs: Any) -> None:
+        """Run ``stage(*args, **kwargs)`` unless ``done`` says its files are complete.
 
-        ``done`` says whether the files the stage produces are complete on disk; when they
-        are not, a cached result is not trusted and the stage runs again.
+        Raises the stage's error when it fails (after its Prefect retries).
         """
-        configured = stage.with_options(
-            cache_policy=STAGE_CACHE_POLICY,
-            persist_result=True,
-            result_storage=self.run.prefect_results(),
-            refresh_cache=not done,
-        )
-        state = configured(*args, return_state=True, **kwargs)
-        value = state.result()
-        self.outcomes[name] = "cached" if state.name == "Cached" else "ran"
-        return value
+        if done:
+            self.outcomes[name] = CACHED
+            return
+        uncached(stage)(*args, **kwargs)
+        self.outcomes[name] = RAN
 
     def skipped(self, name: str, why: str) -> None:
         """Record a stage that the configuration switched off."""

@@ -1,12 +1,28 @@
-"""``layerdrift status``: which stages and pieces of a run are complete, read from the files."""
+"""``layerdrift status`` and ``layerdrift verify``: what of a run is complete, and intact.
+
+``status`` is cheap: it reads markers and manifests and checks that the chunk files they
+promise exist. ``verify`` also reads every chunk (sizes and checksums) and can clear what
+is damaged so that the next run redoes exactly that.
+"""
 
 from __future__ import annotations
+
+from collections import Counter
 
 from layerdrift.config import load_run_config
 from layerdrift.storage import RunDir, missing_chunks
 from layerdrift.storage.activations import read_attrs
 from layerdrift.storage.checkpoints import checkpoint_complete
-from layerdrift.storage.rundir import REPORT_FILE
+from layerdrift.storage.lock import holding
+from layerdrift.storage.rundir import REPORT_FILE, RUN_LOCK_FILE
+from layerdrift.storage.schema import ACTIVATIONS
+from layerdrift.storage.verify import (
+    Damage,
+    check_activations,
+    check_results,
+    repair_activations,
+    repair_results,
+)
 from layerdrift.tasks.data import data_complete, read_dataset_info
 from layerdrift.tasks.features import feature_results_written, features_complete
 from layerdrift.tasks.finetune import planned_checkpoints
@@ -24,7 +40,8 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
     """Rows of (stage, piece, state) for the run at ``run_url``, in pipeline order."""
     run = RunDir(run_url)
     config = load_run_config(run.read_text("config.json"))
-    rows = [("data", "splits", _state(data_complete(run)))]
+    rows = [("run", RUN_LOCK_FILE, _holder(run))]
+    rows.append(("data", "splits", _state(data_complete(run))))
     if not data_complete(run):
         return rows
     n_train = read_dataset_info(run)["split_sizes"]["train"]
@@ -32,13 +49,22 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
     rows += [("finetune", label, _state(checkpoint_complete(run, label))) for label in labels]
 
     attrs = read_attrs(run.activations())
-    if attrs is None:
-        rows.append(("extract", "activations.zarr", MISSING))
+    if attrs is None or "schema_version" not in attrs:
+        cut = "incomplete: its creation was cut short (the next run creates it again)"
+        rows.append(("extract", "activations.zarr", MISSING if attrs is None else cut))
         return rows
+    lost = _lost_chunks(check_activations(run.activations(), full=False), attrs)
     for label in labels:
         missing = len(missing_chunks(run.activations(), label))
-        rows.append(("extract", label, COMPLETE if not missing else f"{missing} chunks missing"))
-    rows.append(("similarity", "results.zarr", _state(similarity_complete(run))))
+        state = COMPLETE if not missing else f"{missing} chunks missing"
+        if lost.get(label):
+            state = f"incomplete: {_chunks(lost[label])} missing or damaged (layerdrift verify)"
+        rows.append(("extract", label, state))
+    results_lost = len(check_results(run.results(), full=False))
+    state = _state(similarity_complete(run))
+    if results_lost:
+        state = f"incomplete: {_chunks(results_lost)} missing or damaged (layerdrift verify)"
+    rows.append(("similarity", "results.zarr", state))
 
     n_layers = len(attrs.get("layers", [])) or _layer_count(run)
     layers = config.sae.layers if config.sae.layers is not None else range(n_layers)
@@ -51,6 +77,53 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
     rows.append(("features", "results", _state(feature_results_written(run))))
     rows.append(("report", REPORT_FILE, _state(run.exists(REPORT_FILE))))
     return rows
+
+
+def _chunks(count: int) -> str:
+    return f"{count} written chunk" + ("s" if count != 1 else "")
+
+
+def _holder(run: RunDir) -> str:
+    """Who holds the run's lease now."""
+    lock = run.lock()
+    lease = lock.holder()
+    if lease is None:
+        return "free"
+    stale = " (stale: the next run takes it over)" if lock.is_stale(lease) else ""
+    return f"held by pid {lease.get('pid')} on {lease.get('host')} since {lease.get('time')}{stale}"
+
+
+def _lost_chunks(damage: list[Damage], attrs: dict) -> Counter:
+    """Written activation chunks whose files are gone or cut, counted per checkpoint label."""
+    lost = {(d.chunk[0], d.chunk[2]) for d in damage if d.array == ACTIVATIONS}
+    return Counter(attrs["checkpoints"][checkpoint] for checkpoint, _ in lost)
+
+
+def verify_run(run_url: str, repair: bool = False) -> tuple[list[Damage], list[str]]:
+    """Every damaged chunk of the run's two stores; with ``repair``, clear them.
+
+    Returns the damage and one line per repair made.
+    """
+    run = RunDir(run_url)
+    if repair:  # no run may write while pieces are cleared
+        with holding(run.lock()):
+            return _verify(run, repair=True)
+    return _verify(run, repair=False)
+
+
+def _verify(run: RunDir, repair: bool) -> tuple[list[Damage], list[str]]:
+    store_damage = check_activations(run.activations())
+    results_damage = check_results(run.results())
+    repaired: list[str] = []
+    if repair and store_damage:
+        cleared = repair_activations(run.activations(), store_damage)
+        repaired += [f"activations.zarr: {label} token chunk {chunk}" for label, chunk in cleared]
+        if not cleared:
+            repaired.append("activations.zarr removed: the next run creates and fills it again")
+    if repair and results_damage:
+        repair_results(run.results())
+        repaired.append("results.zarr removed: the next run recomputes it from the stores")
+    return store_damage + results_damage, repaired
 
 
 def _layer_count(run: RunDir) -> int:

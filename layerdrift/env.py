@@ -19,6 +19,9 @@ DEFAULTS: dict[str, str] = {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "layerdrift",
     # Library code also logs outside flow runs (tests, `layerdrift report`): no warning.
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    # Prefect's cached task results are pickles: no task looks one up unless it asks to
+    # (the pipeline's stages never do; their files on disk say what is finished).
+    "PREFECT_TASKS_DEFAULT_NO_CACHE": "true",
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     # transformers logs a "LOAD REPORT" table on every checkpoint load (the classifier head

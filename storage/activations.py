@@ -24,13 +24,13 @@ from dask.base import tokenize
 from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import Crc32cCodec
 
+from layerdrift.storage.chunks import ChunkReader
 from layerdrift.storage.lock import WriterLock
 from layerdrift.storage.schema import (
     ACTIVATIONS,
     LOCK_FILE,
     SCHEMA_VERSION,
     WRITTEN,
-    ChunkReadError,
     StoreIdentity,
     StoreIncompleteError,
     StoreMismatchError,
@@ -58,11 +58,17 @@ def writer_lock(url: str, timeout_s: float = 600.0, checkpoint: str | None = Non
 
 
 def read_attrs(url: str) -> dict | None:
-    """The root attributes of the store at ``url``, or None when there is no Zarr group."""
+    """The root attributes of the store at ``url``, or None when there is no Zarr group.
+
+    A group without ``schema_version`` (``{}`` when its metadata cannot even be parsed) is a
+    creation that was interrupted: :func:`create_store` builds it again.
+    """
     try:
         return dict(zarr.open_group(url, mode="r").attrs)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         return None
+    except ValueError:  # a root zarr.json that does not parse
+        return {}
 
 
 def store_generation(url: str) -> str:
@@ -107,10 +113,20 @@ def _optional_coords(layout: TokenLayout) -> dict:
 
 
 def _clear(url: str, keep: str) -> None:
-    """Delete everything in the store folder except the file ``keep``."""
+    """Delete everything in the store folder except the file ``keep``.
+
+    The root ``zarr.json`` goes first: a clear cut short leaves no identity behind, so the
+    next run sees an interrupted creation, never an old store with missing arrays.
+    """
     fs, root = fsspec.core.url_to_fs(url)
-    for entry in fs.ls(root, detail=False):
-        if entry.rstrip("/").rsplit("/", 1)[-1] != keep:
+    if not fs.exists(root):
+        return
+    entries = fs.ls(root, detail=False)
+    names = {entry.rstrip("/").rsplit("/", 1)[-1]: entry for entry in entries}
+    if "zarr.json" in names:
+        fs.rm(names.pop("zarr.json"))
+    for name, entry in names.items():
+        if name != keep:
             fs.rm(entry, recursive=True)
 
 
@@ -129,6 +145,9 @@ def create_store(
         raise ValueError(f"layout has {layout.n_tokens} tokens, identity {identity.n_tokens}")
     with writer_lock(url):
         attrs = read_attrs(url)
+        if attrs is not None and "schema_version" not in attrs:
+            logger.warning("%s was left half-created by an interrupted run: creating it again", url)
+            attrs = None
         if attrs is not None and not overwrite:
             if attrs.get("schema_version") != SCHEMA_VERSION:
                 raise StoreMismatchError(
@@ -149,24 +168,7 @@ def create_store(
         if attrs is not None:
             logger.warning("overwriting activation store %s", url)
         _clear(url, keep=LOCK_FILE)
-        generation = uuid.uuid4().hex
-        encoding = {
-            ACTIVATIONS: {
-                "chunks": (1, 1, identity.token_chunk, identity.hidden),
-                "compressors": [Crc32cCodec()],
-                "fill_value": np.nan,
-            },
-            WRITTEN: {"chunks": (1, 1), "fill_value": False},
-        }
-        template = _template(layout, identity)
-        with warnings.catch_warnings():  # the lease file is not part of the Zarr hierarchy
-            warnings.filterwarnings("ignore", message=f"Object at {LOCK_FILE} is not")
-            template.to_zarr(
-                url, mode="a", compute=False, encoding=encoding, zarr_format=3, consolidated=False
-            )
-            group = zarr.open_group(url, mode="r+")
-            group.attrs.update({**identity.to_attrs(), "generation": generation})
-            zarr.consolidate_metadata(url)
+        generation = _write_template(url, layout, identity)
     logger.info(
         "created activation store %s: %d checkpoints x %d layers x %d tokens x %d hidden",
         url,
@@ -175,6 +177,41 @@ def create_store(
         layout.n_tokens,
         identity.hidden,
     )
+    return generation
+
+
+def _write_template(url: str, layout: TokenLayout, identity: StoreIdentity) -> str:
+    """Write every array's metadata and the coordinates, then the identity; return generation.
+
+    The identity attributes are written last, after the consolidated metadata: a store
+    without them is a creation cut short, and :func:`create_store` builds it again.
+    """
+    generation = uuid.uuid4().hex
+    encoding = {
+        ACTIVATIONS: {
+            "chunks": (1, 1, identity.token_chunk, identity.hidden),
+            "compressors": [Crc32cCodec()],
+            "fill_value": np.nan,
+        },
+        WRITTEN: {"chunks": (1, 1), "fill_value": False},
+    }
+    template = _template(layout, identity)
+    with warnings.catch_warnings():  # the lease file is not part of the Zarr hierarchy
+        warnings.filterwarnings("ignore", message=f"Object at {LOCK_FILE} is not")
+        # Every chunk of the coordinates is stored, fill values included, so that
+        # `layerdrift verify` can tell a lost chunk file from one never written.
+        template.to_zarr(
+            url,
+            mode="a",
+            compute=False,
+            encoding=encoding,
+            zarr_format=3,
+            consolidated=False,
+            write_empty_chunks=True,
+        )
+        zarr.consolidate_metadata(url)
+    # Updating the root attributes keeps the consolidated metadata written just before.
+    zarr.open_group(url, mode="r+").attrs.update({**identity.to_attrs(), "generation": generation})
     return generation
 
 
@@ -271,44 +308,13 @@ class StoreWriter:
         self.written[index, chunk] = True
 
 
-class _NamedChunkReader:
-    """Array-like over the Zarr activations whose read errors name the chunk."""
-
-    def __init__(self, url: str, array: zarr.Array, checkpoints: list[str]) -> None:
-        self.url, self.array, self.checkpoints = url, array, checkpoints
-        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
-
-    def __getitem__(self, key):
-        try:
-            return self.array[key]
-        except Exception as error:
-            where = describe_chunk(self.url, self.checkpoints, key)
-            raise ChunkReadError(f"{where}: {error}") from error
-
-
-def describe_chunk(url: str, checkpoints: list[str], key: tuple) -> str:
-    """Name the activation chunk(s) a selection (tuple of slices) touches."""
-    arr = zarr.open_array(url, path=ACTIVATIONS, mode="r")
-    parts = []
-    for selection, size in zip(key, arr.chunks, strict=False):
-        start = selection.start or 0 if isinstance(selection, slice) else int(selection)
-        parts.append(start // size)
-    ckpt = checkpoints[parts[0]] if parts and parts[0] < len(checkpoints) else "?"
-    file = "/".join([ACTIVATIONS, "c", *map(str, parts)])
-    return (
-        f"cannot read chunk {file} of {url} (checkpoint={ckpt!r}, layer={parts[1]}, "
-        f"token chunk {parts[2]}); the file is corrupt or unreadable: re-run the extract stage "
-        "after deleting it and its `written` entry"
-    )
-
-
 def read_chunk(url: str, checkpoint: str, layer: int, chunk: int) -> np.ndarray:
     """One stored chunk, shape (tokens of the chunk, hidden); errors name the chunk."""
     attrs = _checked_attrs(url)
     ckpt = attrs["checkpoints"].index(checkpoint)
     arr = zarr.open_array(url, path=ACTIVATIONS, mode="r")
     start, stop = chunk_bounds(chunk, int(attrs["n_tokens"]), int(attrs["token_chunk"]))
-    reader = _NamedChunkReader(url, arr, attrs["checkpoints"])
+    reader = ChunkReader(url, arr, attrs, written_manifest(url))
     return reader[ckpt, layer, slice(start, stop), slice(None)]
 
 
@@ -317,7 +323,8 @@ def open_store(url: str, allow_partial: bool = False) -> xr.Dataset:
 
     ``activations`` is a Dask array (checkpoint, layer, token, hidden) whose read errors
     name the failing chunk. Raises :class:`StoreIncompleteError` when chunks are missing,
-    unless ``allow_partial`` (missing chunks then read as NaN).
+    unless ``allow_partial`` (chunks not written yet then read as NaN). A chunk marked written
+    whose file is gone raises :class:`ChunkMissingError` when read, never NaN.
     """
     attrs = _checked_attrs(url)
     manifest = written_manifest(url)
@@ -331,7 +338,7 @@ def open_store(url: str, allow_partial: bool = False) -> xr.Dataset:
         )
     ds = xr.open_zarr(url, consolidated=True)
     arr = zarr.open_array(url, path=ACTIVATIONS, mode="r")
-    reader = _NamedChunkReader(url, arr, attrs["checkpoints"])
+    reader = ChunkReader(url, arr, attrs, manifest)
     data = da.from_array(
         reader,
         chunks=arr.chunks,

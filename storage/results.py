@@ -14,6 +14,7 @@ import logging
 
 import xarray as xr
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from layerdrift.storage.results_schema import result_group
 
@@ -33,7 +34,20 @@ def write_result(url: str, name: str, data: xr.DataArray | xr.Dataset, **to_zarr
         declared.validate(data if isinstance(data, xr.Dataset) else data.rename(name))
     dataset = data.to_dataset(name=name) if isinstance(data, xr.DataArray) else data
     dataset = _variable_length_strings(dataset)
-    dataset.to_zarr(url, group=name, mode="w", consolidated=False, zarr_format=3, **to_zarr_kwargs)
+    # Every chunk carries a CRC32C and is stored even when it equals the fill value, so that
+    # `layerdrift verify` can tell a damaged or lost chunk file from one never written.
+    encoding = {key: {"compressors": (ZstdCodec(), Crc32cCodec())} for key in dataset.variables}
+    encoding.update(to_zarr_kwargs.pop("encoding", {}))
+    dataset.to_zarr(
+        url,
+        group=name,
+        mode="w",
+        consolidated=False,
+        zarr_format=3,
+        encoding=encoding,
+        write_empty_chunks=True,
+        **to_zarr_kwargs,
+    )
     zarr.consolidate_metadata(url)
     logger.info("wrote %s to %s", name, url)
 

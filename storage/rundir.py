@@ -12,6 +12,9 @@ Layout (see DESIGN.md)::
     crosscoders/layer-<l>/ base/fine-tuned crosscoders
     features/layer-<l>.json, features/cards.json
     figures/*.png, report.html, explorer.html
+    run.lock               the lease of the live ``layerdrift run`` (absent when none runs)
+
+Nothing in a run directory is ever unpickled: every file is JSON, text, Zarr or safetensors.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from pathlib import Path
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from layerdrift.storage.lock import StoreLockedError, WriterLock
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +45,7 @@ CARDS_PATH = (FEATURES_DIR, "cards.json")
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.html"
 EXPLORER_FILE = "explorer.html"
-PREFECT_RESULTS_DIR = ".prefect-results"
+RUN_LOCK_FILE = "run.lock"
 SPLITS = ("train", "validation", "probe")
 
 
@@ -127,32 +132,42 @@ class RunDir:
         """URL of the crosscoder folder of ``layer``."""
         return self.child_url(CROSSCODERS_DIR, f"layer-{layer}")
 
-    def prefect_results(self) -> Path:
-        """Local folder for Prefect's persisted task results (a cache beside the run)."""
-        if self.is_local:
-            return Path(self.root) / PREFECT_RESULTS_DIR
-        # Remote runs keep Prefect's small result files locally, keyed by the URL.
-        safe = self.url.replace("://", "_").replace("/", "_")
-        return Path.cwd() / ".prefect" / "results" / safe
+    def lock(self) -> WriterLock:
+        """The run's lease: one live ``layerdrift run`` per run directory at a time."""
+        return WriterLock(
+            self.child_url(RUN_LOCK_FILE), what=f"run {self.url}", error=RunLockedError
+        )
+
+
+class RunLockedError(StoreLockedError):
+    """Another live process is running this run."""
 
 
 class RunConfigMismatchError(ValueError):
     """The run directory already holds a run made with a different configuration."""
 
 
-def save_run_config(run: RunDir, config_json: str, config_hash: str) -> None:
-    """Write ``config.json`` for a new run, or check it against the one already there.
+def check_run_config(run: RunDir, config_hash: str) -> bool:
+    """Whether ``run`` already holds this configuration's ``config.json`` (writes nothing).
 
     A run directory belongs to one configuration: its stores and checkpoints were made from
-    it. Reusing the folder with other settings would mix results, so it is refused.
+    it. Reusing the folder with other settings would mix results, so that raises
+    :class:`RunConfigMismatchError`.
     """
-    if run.exists(CONFIG_FILE):
-        existing = json.loads(run.read_text(CONFIG_FILE))
-        if existing.get("config_hash") != config_hash:
-            raise RunConfigMismatchError(
-                f"{run.url} already holds a run with config hash {existing.get('config_hash')}, "
-                f"not {config_hash}: choose another --name, or delete the folder to start over"
-            )
+    if not run.exists(CONFIG_FILE):
+        return False
+    existing = json.loads(run.read_text(CONFIG_FILE))
+    if existing.get("config_hash") != config_hash:
+        raise RunConfigMismatchError(
+            f"{run.url} already holds a run with config hash {existing.get('config_hash')}, "
+            f"not {config_hash}: choose another --name, or delete the folder to start over"
+        )
+    return True
+
+
+def save_run_config(run: RunDir, config_json: str, config_hash: str) -> None:
+    """Write ``config.json`` for a new run, or check it against the one already there."""
+    if check_run_config(run, config_hash):
         return
     run.write_text(config_json, CONFIG_FILE)
     logger.info("wrote %s", run.path(CONFIG_FILE))

@@ -59,6 +59,10 @@ class ChunkReadError(OSError):
     """One stored chunk could not be read or failed its checksum."""
 
 
+class ChunkMissingError(ChunkReadError):
+    """A chunk that the manifest marks written has no file."""
+
+
 @dataclass(frozen=True)
 class TokenLayout:
     """Every non-padding token of the probe set, example after example.

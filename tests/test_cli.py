@@ -61,6 +61,8 @@ def test_show_status_and_report_commands(quick_run):
     assert "final vs base" in show.stdout
     status = _layerdrift("status", str(quick_run), cwd=quick_run.parent)
     assert "missing" not in status.stdout and "complete" in status.stdout
+    verify = _layerdrift("verify", str(quick_run), cwd=quick_run.parent)
+    assert "verified" in verify.stdout
     before = (quick_run / "report.html").read_bytes()
     _layerdrift("report", str(quick_run), cwd=quick_run.parent)
     assert (quick_run / "report.html").read_bytes() == before
@@ -91,4 +93,43 @@ def test_readme_python_snippets_run_against_a_real_run(quick_run):
 def test_bad_input_exits_2_with_a_reason(tmp_path, args, message):
     done = _layerdrift(*args, cwd=tmp_path, check=False)
     assert done.returncode == 2, done.stderr
-    assert message in " ".join(done.stderr.split())
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_files_exit_2_in_one_line_naming_the_file(tmp_path):
+    (tmp_path / "broken.toml").write_text('name = "x"\n[data\n')
+    done = _layerdrift("run", "broken.toml", "--runs-root", "r", cwd=tmp_path, check=False)
+    assert done.returncode == 2, done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: config file broken.toml is not valid TOML: Expected ']'")
+    )
+    (tmp_path / "latin1.csv").write_bytes("text,label\ncaf\xe9,pos\n".encode("latin-1"))
+    args = ["run", "--preset", "quick", "--dataset", "csv:latin1.csv", "--runs-root", "r"]
+    done = _layerdrift(*args, cwd=tmp_path, check=False)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "CSV file latin1.csv is not UTF-8 text (byte 0xe9" in last, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "output"),
+    [
+        (["-h"], 0, "Usage:"),
+        (["run", "--help"], 0, "--dask-address"),
+        (["--version"], 0, "layerdrift 0.1.0"),
+        (["show"], 2, "Error: Missing argument"),
+        (["frobnicate"], 2, "Error: No such command 'frobnicate'"),
+        (["run", "--no-such-flag"], 2, "Error: No such option: --no-such-flag"),
+    ],
+)
+def test_usage(tmp_path, args, code, output):
+    done = _layerdrift(*args, cwd=tmp_path, check=False)
+    assert done.returncode == code, done.stdout + done.stderr
+    assert output in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr

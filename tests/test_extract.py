@@ -248,7 +248,7 @@ def test_extract_into_an_fsspec_store(checkpoints, probe, full_store):
 
 def test_retries_only_transient_errors():
     from layerdrift.storage.lock import StoreLockedError
-    from layerdrift.tasks.extract.prefect_tasks import _transient
+    from layerdrift.tasks.retry import retry_unless_bad_input as _transient
 
     class State:
         def __init__(self, error):

@@ -287,8 +287,10 @@ def test_compute_similarity_writes_every_group(tmp_path, rng):
 def test_task_retries_transient_errors_only():
     from prefect.states import Failed
 
-    from layerdrift.tasks.similarity.run import _transient, compute_similarity_task
+    from layerdrift.tasks.retry import retry_unless_bad_input as _transient
+    from layerdrift.tasks.similarity.run import compute_similarity_task
 
     assert compute_similarity_task.retries == 2
-    assert _transient(None, None, Failed(data=OSError("chunk read failed")))
+    assert compute_similarity_task.retry_condition_fn is _transient
+    assert _transient(None, None, Failed(data=OSError("connection reset")))
     assert not _transient(None, None, Failed(data=ValueError("store incomplete")))

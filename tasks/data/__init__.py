@@ -8,6 +8,7 @@ from layerdrift.tasks.data.prefect_tasks import prepare_data_task
 from layerdrift.tasks.data.sources import DatasetError, clean_texts, load_labelled_texts
 from layerdrift.tasks.data.splits import (
     DATASET_INFO,
+    check_data,
     data_complete,
     prepare_data,
     read_dataset_info,
@@ -18,6 +19,7 @@ from layerdrift.tasks.data.splits import (
 __all__ = [
     "DATASET_INFO",
     "DatasetError",
+    "check_data",
     "clean_texts",
     "data_complete",
     "load_labelled_texts",

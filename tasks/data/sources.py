@@ -68,6 +68,14 @@ def _read_csv(path_text: str, cfg: DataConfig) -> tuple[pd.DataFrame, str]:
         frame = pd.read_csv(path)
     except pd.errors.EmptyDataError as error:
         raise DatasetError(f"CSV file {path} is empty: it needs a header and rows") from error
+    except UnicodeDecodeError as error:
+        raise DatasetError(
+            f"CSV file {path} is not UTF-8 text (byte {error.object[error.start]:#04x}: "
+            f"{error.reason}): save it as UTF-8, e.g. `iconv -f latin1 -t utf-8`"
+        ) from error
+    except pd.errors.ParserError as error:
+        reason = " ".join(str(error).split())
+        raise DatasetError(f"CSV file {path} cannot be parsed as CSV ({reason})") from error
     if frame.empty:
         raise DatasetError(f"CSV file {path} has a header but no rows: add labelled rows")
     return _pick_columns(frame, cfg, f"CSV file {path}"), str(path.resolve())

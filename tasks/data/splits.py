@@ -55,6 +55,17 @@ def split_frame(frame: pd.DataFrame, cfg: DataConfig, seed: int) -> dict[str, pd
     return {k: v.reset_index(drop=True) for k, v in splits.items()}
 
 
+def check_data(cfg: RunConfig) -> dict[str, int]:
+    """Load, clean and split the configured dataset in memory, writing nothing.
+
+    Raises :class:`DatasetError` naming the problem (unreadable file, encoding, missing
+    column, fewer than 2 classes, splits larger than the data) before a run starts. Returns
+    the split sizes.
+    """
+    frame, _, _ = load_labelled_texts(cfg.data)
+    return {split: len(part) for split, part in split_frame(frame, cfg.data, cfg.seed).items()}
+
+
 def data_complete(run: RunDir) -> bool:
     """Whether the data stage finished in ``run`` (its ``dataset.json`` marker exists)."""
     return run.exists(DATA_DIR, DATASET_INFO)

@@ -10,13 +10,13 @@ from prefect import task
 from layerdrift.config import RunConfig
 from layerdrift.storage.activations import read_attrs, written_manifest
 from layerdrift.storage.checkpoints import local_checkpoint_path
-from layerdrift.storage.lock import StoreLockedError
 from layerdrift.storage.rundir import RunDir
 from layerdrift.storage.schema import SCHEMA_VERSION
 from layerdrift.tasks.data import read_dataset_info, read_split
 from layerdrift.tasks.extract.run import extract_checkpoint
 from layerdrift.tasks.extract.store import create_activation_store
 from layerdrift.tasks.modeling import load_tokenizer
+from layerdrift.tasks.retry import retry_unless_bad_input
 
 logger = logging.getLogger(__name__)
 
@@ -79,19 +79,11 @@ def extraction_complete(run: RunDir) -> bool:
     return bool(written_manifest(run.activations()).all())
 
 
-def _transient(task_, task_run, state) -> bool:
-    """Retry I/O errors and a busy writer lock, not bad input or a mismatched store."""
-    error = state.result(raise_on_failure=False)
-    if isinstance(error, StoreLockedError):
-        return True
-    return isinstance(error, OSError) and not isinstance(error, FileNotFoundError)
-
-
 @task(
     name="create-activation-store",
     retries=2,
     retry_delay_seconds=5,
-    retry_condition_fn=_transient,
+    retry_condition_fn=retry_unless_bad_input,
 )
 def create_store_task(run: RunDir, cfg: RunConfig, checkpoints: list[str]) -> str:
     """Prefect task: :func:`create_store_for_run`; returns the store's generation id."""
@@ -103,14 +95,19 @@ def create_store_task(run: RunDir, cfg: RunConfig, checkpoints: list[str]) -> st
     task_run_name="extract-{label}",
     retries=2,
     retry_delay_seconds=10,
-    retry_condition_fn=_transient,
+    retry_condition_fn=retry_unless_bad_input,
 )
 def extract_checkpoint_task(run: RunDir, cfg: RunConfig, label: str) -> int:
     """Prefect task: :func:`extract_checkpoint_for_run`; returns the chunks written now."""
     return extract_checkpoint_for_run(run, cfg, label)
 
 
-@task(name="extract-on-dask", retries=2, retry_delay_seconds=10, retry_condition_fn=_transient)
+@task(
+    name="extract-on-dask",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_unless_bad_input,
+)
 def extract_on_dask_task(run: RunDir, cfg: RunConfig, labels: list[str]) -> dict[str, int]:
     """Prefect task: :func:`extract_checkpoint_for_run` for every label, one per Dask worker.
 

@@ -3,7 +3,7 @@
 from layerdrift.tasks.finetune.batches import planned_checkpoints
 from layerdrift.tasks.finetune.checkpointing import CheckpointMismatchError, finetune_fingerprint
 from layerdrift.tasks.finetune.prefect_tasks import finetune_task
-from layerdrift.tasks.finetune.train import finetune, finetune_complete
+from layerdrift.tasks.finetune.train import finetune, finetune_complete, finished_checkpoints
 
 __all__ = [
     "CheckpointMismatchError",
@@ -11,5 +11,6 @@ __all__ = [
     "finetune_complete",
     "finetune_fingerprint",
     "finetune_task",
+    "finished_checkpoints",
     "planned_checkpoints",
 ]

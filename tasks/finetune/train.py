@@ -64,6 +64,14 @@ def finetune_complete(run: RunDir, cfg: RunConfig) -> bool:
     )
 
 
+def finished_checkpoints(run: RunDir, cfg: RunConfig) -> list[str]:
+    """Labels of the scheduled checkpoints complete in ``run``, in step order."""
+    n_train = read_dataset_info(run)["split_sizes"]["train"]
+    return [
+        label for _, label in planned_checkpoints(cfg, n_train) if checkpoint_complete(run, label)
+    ]
+
+
 def build_optimizer(model, cfg: RunConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on biases and LayerNorm weights)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -218,10 +226,8 @@ def finetune(run: RunDir, cfg: RunConfig, stop_after: int | None = None) -> list
     """
     if not data_complete(run):
         raise FileNotFoundError(f"run {run.url} has no prepared data: run the data stage first")
-    n_train = read_dataset_info(run)["split_sizes"]["train"]
-    planned = planned_checkpoints(cfg, n_train)
     if finetune_complete(run, cfg):
         logger.info("fine-tuning of %s already complete", run.url)
     else:
         _Trainer(run, cfg).fit(stop_after)
-    return [label for _, label in planned if checkpoint_complete(run, label)]
+    return finished_checkpoints(run, cfg)

@@ -24,6 +24,7 @@ from layerdrift.config import RunConfig
 from layerdrift.storage import RunDir, list_results, open_result, write_result
 from layerdrift.storage.activations import open_store, read_attrs
 from layerdrift.storage.rundir import SIMILARITY_CSV as CSV_FILE
+from layerdrift.tasks.retry import retry_unless_bad_input
 from layerdrift.tasks.similarity.accumulate import group_moments, iter_moments, token_mask
 from layerdrift.tasks.similarity.bootstrap import (
     LEVEL,
@@ -215,18 +216,9 @@ def similarity_complete(run: RunDir) -> bool:
     return set(attrs.get("groups", [])) <= present and attrs.get("store_generation") == generation
 
 
-def _transient(task_, task_run, state) -> bool:
-    """Retry unless the error is bad input or an incomplete store (ValueError subclasses)."""
-    try:
-        state.result()
-    except ValueError:
-        return False
-    except Exception:
-        return True
-    return False
-
-
-@task(name="similarity", retries=2, retry_delay_seconds=10, retry_condition_fn=_transient)
+@task(
+    name="similarity", retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_bad_input
+)
 def compute_similarity_task(run: RunDir, config: RunConfig) -> dict[str, Any]:
     """Prefect task: :func:`compute_similarity`, on ``config.dask_address`` when set."""
     if config.dask_address is None:

@@ -1,0 +1,132 @@
+"""Checks that run before a run writes anything: run folder, data, model, tokenizer, device.
+
+:func:`preflight` is called by ``layerdrift run`` (before Prefect starts) and by the flow
+(before ``config.json`` is written), so that a bad input stops the run with one line naming
+the problem and the fix, nothing is written, and the same run name works once it is fixed.
+Every check reads; none writes into the run folder.
+
+The model checks are the model adapter's (:func:`inspect_model`): they load the config, the
+tokenizer and the weights once and trace one short forward pass (a second or two for a
+110M-parameter model).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from layerdrift.config import RunConfig
+from layerdrift.storage.rundir import RunDir, check_run_config
+from layerdrift.tasks.data import check_data, data_complete
+from layerdrift.tasks.finetune.batches import planned_checkpoints
+from layerdrift.tasks.modeling import ModelInfo, inspect_model, resolve_model
+
+logger = logging.getLogger(__name__)
+
+# Files from which ``AutoTokenizer`` builds a vocabulary; a folder needs one of them.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "spm.model",
+)
+
+
+class PreflightError(ValueError):
+    """An input that would make the run fail or mislead; the message names the fix."""
+
+
+# Model checks -----------------------------------------------------------------------------
+
+
+def check_tokenizer_files(source: str, name: str) -> None:
+    """A local model folder must carry its tokenizer (else a near-empty one is made up)."""
+    folder = Path(source)
+    if folder.is_dir() and not any((folder / file).is_file() for file in TOKENIZER_FILES):
+        raise PreflightError(
+            f"model folder {folder} has no tokenizer files (none of "
+            f"{', '.join(TOKENIZER_FILES[:3])}, ...): save the tokenizer beside the model "
+            f"with tokenizer.save_pretrained('{folder}')"
+        )
+
+
+def check_model(cfg: RunConfig) -> ModelInfo:
+    """Resolve the model and check it through the model adapter (:func:`inspect_model`):
+    config, family, tokenizer against the embedding matrix, weights, hidden-state sites."""
+    source = resolve_model(cfg.model)
+    check_tokenizer_files(source, cfg.model)
+    return inspect_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+
+
+# Config values that depend on the model and the data ---------------------------------------
+
+
+def check_layers(cfg: RunConfig, n_layers: int) -> None:
+    """``sae.layers`` and ``features.layers`` index hidden states 0 (embeddings) .. n_layers."""
+    for section, layers in (("sae", cfg.sae.layers), ("features", cfg.features.layers)):
+        bad = [layer for layer in layers or () if not 0 <= layer <= n_layers]
+        if bad:
+            raise PreflightError(
+                f"{section}.layers {bad} are out of range: model {cfg.model} has layers 0 "
+                f"(embeddings) to {n_layers}; use numbers in that range"
+            )
+
+
+def check_checkpoint_labels(cfg: RunConfig) -> None:
+    """SAE and feature checkpoints must be among the checkpoints fine-tuning will write."""
+    planned = [label for _, label in planned_checkpoints(cfg, cfg.data.train_size)]
+    if cfg.sae.enabled:
+        unknown = [label for label in cfg.sae.checkpoints if label not in planned]
+        if unknown:
+            raise PreflightError(
+                f"sae.checkpoints {unknown} are not checkpoints of this run: fine-tuning "
+                f"writes {', '.join(planned)}; pick from those"
+            )
+    if cfg.sae.enabled and cfg.features.enabled:
+        for role in ("base", "finetuned"):
+            label = getattr(cfg.features, role)
+            if label not in cfg.sae.checkpoints:
+                raise PreflightError(
+                    f"features.{role} {label!r} has no SAE (sae.checkpoints is "
+                    f"{list(cfg.sae.checkpoints)}): add it there, or set features.enabled = false"
+                )
+
+
+def check_device(device: str) -> None:
+    """``cuda`` needs a GPU that torch can see."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only"
+        raise PreflightError(
+            f"--device cuda was asked for but torch sees no CUDA GPU (torch {torch.__version__},"
+            f" {build}): use --device cpu, or --device auto to use a GPU when there is one"
+        )
+
+
+def preflight(cfg: RunConfig) -> ModelInfo:
+    """Every check above, cheapest first; raises on the first problem, writes nothing.
+
+    The data are checked only while the run has not prepared them yet: a resumed run reads
+    its own ``data/`` splits, not the source file.
+    """
+    run = RunDir(cfg.run_url)
+    check_run_config(run, cfg.config_hash())
+    check_device(cfg.device)
+    check_checkpoint_labels(cfg)
+    info = check_model(cfg)
+    check_layers(cfg, info.num_layers)
+    if not data_complete(run):
+        sizes = check_data(cfg)
+        logger.info("preflight: data splits %s", sizes)
+    logger.info(
+        "preflight: model %s (%s, %d layers, %d tokens)",
+        cfg.model,
+        info.family,
+        info.num_layers,
+        info.tokenizer_size,
+    )
+    return info

@@ -1,0 +1,158 @@
+"""Validation before writing: every bad input fails in preflight with one line naming it,
+leaves no trace in the runs folder, and the same run name passes once the input is fixed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import tiny_runs
+from factories import separable_texts
+
+from layerdrift.config import RunConfig
+from layerdrift.storage import RunDir, save_run_config
+from layerdrift.storage.rundir import RunConfigMismatchError
+from layerdrift.tasks.data import DatasetError
+from layerdrift.tasks.modeling import ModelNotFoundError, UnsupportedModelError
+from layerdrift.tasks.preflight import PreflightError, preflight
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_model_dir, separable_csv) -> dict[str, Path]:
+    """Broken variants of the tiny model and the separable CSV."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    no_tokenizer = root / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / name, no_tokenizer / name)
+    unknown = root / "unknown-type"
+    shutil.copytree(tiny_model_dir, unknown)
+    config = json.loads((unknown / "config.json").read_text())
+    (unknown / "config.json").write_text(json.dumps({**config, "model_type": "frobnicator"}))
+    latin1 = root / "latin1.csv"
+    rows = "".join(f"caf\xe9 {i},{'pos' if i % 2 else 'neg'}\n" for i in range(400))
+    latin1.write_bytes(b"text,label\n" + rows.encode("latin-1"))
+    review = root / "review.csv"
+    separable_texts(600).rename(columns={"text": "review"}).to_csv(review, index=False)
+    one_class = root / "one-class.csv"
+    separable_texts(600).assign(label="pos").to_csv(one_class, index=False)
+    return {
+        "model": tiny_model_dir,
+        "csv": separable_csv,
+        "no_tokenizer": no_tokenizer,
+        "unknown": unknown,
+        "latin1": latin1,
+        "review": review,
+        "one_class": one_class,
+    }
+
+
+def _config(tmp_path: Path, inputs: dict[str, Path], **sections) -> RunConfig:
+    values = tiny_runs.tiny_config(inputs["model"], inputs["csv"], **sections)
+    return RunConfig.model_validate({**values, "runs_root": str(tmp_path / "runs")})
+
+
+BAD = {
+    "non-UTF-8 CSV": (
+        lambda i: {"data": {"dataset": f"csv:{i['latin1']}"}},
+        DatasetError,
+        r"CSV file .*latin1\.csv is not UTF-8 text \(byte 0xe9",
+    ),
+    "missing text column": (
+        lambda i: {"data": {"dataset": f"csv:{i['review']}"}},
+        DatasetError,
+        r"has no text column 'text' .*set data\.text_column",
+    ),
+    "one class": (
+        lambda i: {"data": {"dataset": f"csv:{i['one_class']}"}},
+        DatasetError,
+        r"1 class\(es\) \['pos'\]",
+    ),
+    "splits larger than the data": (
+        lambda i: {"data": {"train_size": 5000}},
+        DatasetError,
+        r"the splits ask for 5100",
+    ),
+    "model folder without tokenizer": (
+        lambda i: {"model": str(i["no_tokenizer"])},
+        PreflightError,
+        r"has no tokenizer files .*tokenizer\.save_pretrained",
+    ),
+    "unknown model_type": (
+        lambda i: {"model": str(i["unknown"])},
+        UnsupportedModelError,
+        r"has a model_type this transformers does not know .*frobnicator",
+    ),
+    "missing model folder": (
+        lambda i: {"model": str(i["model"]) + "-gone"},
+        ModelNotFoundError,
+        r"does not exist",
+    ),
+    "sae.layers out of range": (
+        lambda i: {"sae": {"layers": [0, 5]}},
+        PreflightError,
+        r"sae\.layers \[5\] are out of range: .* layers 0 \(embeddings\) to 2",
+    ),
+    "features.layers out of range": (
+        lambda i: {"features": {"layers": [-1]}},
+        PreflightError,
+        r"features\.layers \[-1\] are out of range",
+    ),
+    "unknown SAE checkpoint": (
+        lambda i: {"sae": {"checkpoints": ["base", "step-000003"]}},
+        PreflightError,
+        r"sae\.checkpoints \['step-000003'\] are not checkpoints of this run: .*step-000005",
+    ),
+    "features checkpoint without SAE": (
+        lambda i: {"features": {"finetuned": "step-000005"}},
+        PreflightError,
+        r"features\.finetuned 'step-000005' has no SAE",
+    ),
+    "cuda without a GPU": (
+        lambda i: {"device": "cuda"},
+        PreflightError,
+        r"--device cuda was asked for but torch sees no CUDA GPU",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_fails_before_anything_is_written(case, tmp_path, inputs):
+    import torch
+
+    change, error, message = BAD[case]
+    if case == "cuda without a GPU" and torch.cuda.is_available():
+        change = lambda i: {"sae": {"layers": [9]}}  # noqa: E731  (a GPU is there)
+        error, message = PreflightError, "out of range"
+    config = _config(tmp_path, inputs, **change(inputs))
+    with pytest.raises(error, match=message) as caught:
+        preflight(config)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "runs").exists()
+    # The same run name passes once the input is fixed.
+    fixed = _config(tmp_path, inputs, name=config.name)
+    assert preflight(fixed).num_layers == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_folder_of_another_config_is_refused_first(tmp_path, inputs):
+    config = _config(tmp_path, inputs)
+    save_run_config(RunDir(config.run_url), config.to_json(), config.config_hash())
+    other = _config(tmp_path, inputs, finetune={"epochs": 2})
+    with pytest.raises(RunConfigMismatchError, match="choose another --name"):
+        preflight(other)
+
+
+def test_a_resumed_run_does_not_need_its_source_data_again(tmp_path, inputs):
+    from layerdrift.tasks.data import prepare_data
+
+    csv = tmp_path / "texts.csv"
+    shutil.copy(inputs["csv"], csv)
+    config = _config(tmp_path, inputs, data={"dataset": f"csv:{csv}"})
+    run = RunDir(config.run_url)
+    save_run_config(run, config.to_json(), config.config_hash())
+    prepare_data(run, config)
+    csv.unlink()
+    assert preflight(config).family == "bert"
