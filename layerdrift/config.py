@@ -218,6 +218,12 @@ class FeaturesConfig(_DictionarySection):
     finetuned_only_above: float = Field(
         0.9, ge=0, le=1, description="Relative norm above this: fine-tuned-only."
     )
+    scaling_ratio_below: float = Field(
+        0.3,
+        gt=0,
+        description="An exclusive crosscoder latent survives Latent Scaling (Minder et al. "
+        "2025) when both its ratios nu_eps and nu_r are below this.",
+    )
     auroc_high: float = Field(0.75, gt=0.5, le=1, description="Task-specific at AUROC >= this.")
     auroc_low: float = Field(0.25, ge=0, lt=0.5, description="... or at AUROC <= this.")
     hist_bins: int = Field(20, gt=0, description="Bins of the cosine, norm and AUROC histograms.")

@@ -40,6 +40,8 @@ RESULTS_STORE = "results.zarr"
 SIMILARITY_CSV = "similarity.csv"
 SAES_DIR = "saes"
 CROSSCODERS_DIR = "crosscoders"
+# Control SAEs: the reference checkpoint again, another seed and token order.
+CONTROL_SAES_DIR = "saes-control"
 FEATURES_DIR = "features"
 CARDS_PATH = (FEATURES_DIR, "cards.json")
 FIGURES_DIR = "figures"
@@ -127,6 +129,10 @@ class RunDir:
     def sae(self, checkpoint: str, layer: int) -> str:
         """URL of one SAE folder."""
         return self.child_url(SAES_DIR, checkpoint, f"layer-{layer}")
+
+    def control_sae(self, checkpoint: str, layer: int) -> str:
+        """URL of the control SAE folder of (``checkpoint``, ``layer``)."""
+        return self.child_url(CONTROL_SAES_DIR, checkpoint, f"layer-{layer}")
 
     def crosscoder(self, layer: int) -> str:
         """URL of the crosscoder folder of ``layer``."""

@@ -92,6 +92,11 @@ def fig_features(inputs: ReportInputs) -> Plot | None:
                 if series.min() < 1
                 else "no final-SAE latent is unmatched at any layer"
             )
+            if "matched_fraction_control" in inputs.results:
+                control = inputs.results["matched_fraction_control"].to_pandas()
+                label = "control: 2nd base SAE (another seed)"
+                ax.plot(control.index, control.values, marker="x", linestyle=":", label=label)
+                ax.legend(fontsize=7, loc="center left")
             if "relative_norm_deviation" in inputs.results:
                 lean = inputs.results["relative_norm_deviation"].to_pandas()
                 label = "crosscoder lean 2·|r − ½|"
@@ -102,6 +107,10 @@ def fig_features(inputs: ReportInputs) -> Plot | None:
             sns.lineplot(
                 frame, x="layer", y="fvu", hue="direction", marker="o", errorbar=None, ax=ax
             )
+            if "transfer_fvu_control" in inputs.results:
+                control = inputs.results["transfer_fvu_control"].to_pandas()
+                label = "control: 2nd base SAE on base"
+                ax.plot(control.index, control.values, "k:", marker="x", label=label)
             ax.set(title="SAE transfer FVU (other model's tokens)", ylim=(0, None))
             outside_legend(ax, fontsize=7)
         else:
