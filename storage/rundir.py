@@ -9,6 +9,7 @@ Layout (see DESIGN.md)::
     results.zarr           similarity, probe and SAE metrics (groups: storage.results_schema)
     similarity.csv         the similarity group as a tidy table
     saes/<checkpoint>/layer-<l>/
+    saes-control/<checkpoint>/layer-<l>/   the reference's control SAE (another seed)
     crosscoders/layer-<l>/ base/fine-tuned crosscoders
     features/layer-<l>.json, features/cards.json
     figures/*.png, report.html, explorer.html
