@@ -475,3 +475,37 @@ def test_summary_claims_speak_only_of_differences_that_clear_their_intervals():
     )
     overlap = clear.assign(low=[0.0, 0.005, 0.0], high=[0.0, 0.03, 0.02])
     assert "so the peak is not a clear one" in finetuned_only_sentence(share, overlap)
+
+
+def test_feature_figure_draws_the_controls_and_bands():
+    import pandas as pd
+
+    from layerdrift.tasks.report.figures_training import fig_features
+    from layerdrift.tasks.report.load import ReportInputs
+
+    layers = {"layer": [0, 3, 6]}
+    bound = {**layers, "bound": ["low", "high"]}
+    directions = [
+        "base_on_finetuned",
+        "finetuned_on_base",
+        "base_on_base",
+        "finetuned_on_finetuned",
+    ]
+    results = {
+        "matched_fraction": xr.DataArray([0.9, 0.5, 0.1], dims="layer", coords=layers),
+        "matched_fraction_control": xr.DataArray([0.2, 0.2, 0.2], dims="layer", coords=layers),
+        "matched_fraction_ci": xr.DataArray(
+            [[0.85, 0.95], [0.45, 0.55], [0.05, 0.15]], dims=("layer", "bound"), coords=bound
+        ),
+        "transfer_fvu": xr.DataArray(
+            np.full((4, 3), 0.2), dims=("direction", "layer"),
+            coords={"direction": directions, **layers},
+        ),
+        "transfer_fvu_control": xr.DataArray([0.2, 0.21, 0.22], dims="layer", coords=layers),
+    }  # fmt: skip
+    plot = fig_features(ReportInputs(None, None, pd.DataFrame(), None, [], results, []))
+    matched_ax, fvu_ax = plot.figure.axes[:2]
+    labels = [line.get_label() for line in matched_ax.get_lines()]
+    assert "control: 2nd base SAE (another seed)" in labels
+    assert len(matched_ax.collections) == 1  # the matched fraction's band
+    assert "control: 2nd base SAE on base" in [t.get_text() for t in fvu_ax.get_legend().texts]

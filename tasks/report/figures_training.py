@@ -86,6 +86,10 @@ def fig_features(inputs: ReportInputs) -> Plot | None:
         elif name == "matched_fraction":
             series = data.to_pandas()
             ax.plot(series.index, series.values, marker="o", label="SAE latents matched")
+            for ci_name in ("matched_fraction_ci", "matched_fraction_control_ci"):
+                if ci_name in inputs.results:  # 95% over resampled latents
+                    band = inputs.results[ci_name].transpose("layer", "bound").to_pandas()
+                    ax.fill_between(band.index, band["low"], band["high"], alpha=0.2)
             ax.set(title="base↔final: SAE matches, crosscoder lean", ylim=(0, 1.05))
             parts.append(
                 f"matched fraction is lowest at layer {int(series.idxmin())} ({series.min():.1%})"
@@ -111,6 +115,7 @@ def fig_features(inputs: ReportInputs) -> Plot | None:
                 control = inputs.results["transfer_fvu_control"].to_pandas()
                 label = "control: 2nd base SAE on base"
                 ax.plot(control.index, control.values, "k:", marker="x", label=label)
+                ax.legend()  # rebuilt, so the control joins seaborn's entries
             ax.set(title="SAE transfer FVU (other model's tokens)", ylim=(0, None))
             outside_legend(ax, fontsize=7)
         else:
