@@ -468,6 +468,8 @@ def test_summary_claims_speak_only_of_differences_that_clear_their_intervals():
     assert matching_control_sentence(shrunk, None).startswith(
         "SAE matching does not discriminate at this budget"
     )
+    alike = layered.assign(matched_fraction_control=[0.0, 0.0, 0.0])  # the quick run's
+    assert "(control 0.000, final 0.100–0.990)" in matching_control_sentence(alike, None)
     share = pd.Series([0.0, 0.02, 0.01], index=[0, 3, 6])
     clear = pd.DataFrame({"low": [0.0, 0.015, 0.0], "high": [0.0, 0.03, 0.012]}, index=share.index)
     assert finetuned_only_sentence(share, clear).endswith(

@@ -244,7 +244,8 @@ def _layers(layers) -> str:
 
 
 def _span(values: pd.Series) -> str:
-    return f"{values.min():.3f}–{values.max():.3f}" if len(values) > 1 else f"{values.iloc[0]:.3f}"
+    low, high = f"{values.min():.3f}", f"{values.max():.3f}"
+    return low if low == high else f"{low}–{high}"
 
 
 def _pairs_text(pairs: pd.DataFrame) -> str:
