@@ -218,6 +218,12 @@ class FeaturesConfig(_DictionarySection):
     finetuned_only_above: float = Field(
         0.9, ge=0, le=1, description="Relative norm above this: fine-tuned-only."
     )
+    scaling_ratio_below: float = Field(
+        0.3,
+        gt=0,
+        description="An exclusive crosscoder latent survives Latent Scaling (Minder et al. "
+        "2025) when both its ratios nu_eps and nu_r are below this.",
+    )
     auroc_high: float = Field(0.75, gt=0.5, le=1, description="Task-specific at AUROC >= this.")
     auroc_low: float = Field(0.25, ge=0, lt=0.5, description="... or at AUROC <= this.")
     hist_bins: int = Field(20, gt=0, description="Bins of the cosine, norm and AUROC histograms.")
@@ -323,11 +329,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The whole pipeline in about two minutes on two cores.
     "quick": {
         "name": "quick",
-        "data": {"train_size": 400, "val_size": 200, "probe_size": 200, "max_length": 64},
+        "data": {"train_size": 600, "val_size": 200, "probe_size": 200, "max_length": 64},
+        # 76 steps at 2e-4: one epoch of 400 at 1e-4 (25 steps) left the classifier on the
+        # majority class (0.58), two epochs reached 0.62. The classification head reads
+        # [CLS], which this mean-pooling sentence model never trained, so it needs steps.
         "finetune": {
-            "epochs": 1.0,
+            "epochs": 2.0,
             "batch_size": 16,
-            "learning_rate": 1e-4,
+            "learning_rate": 2e-4,
             "checkpoints": [0.0, 0.5, 1.0],
         },
         "extract": {"token_chunk": 1024},

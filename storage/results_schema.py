@@ -235,6 +235,15 @@ _ENTRIES = (
         "live crosscoder latents per group of relative decoder norm",
         labels={"group": ("base_only", "shared", "finetuned_only")},
     ),
+    ResultGroup(
+        "crosscoder_surviving",
+        ("layer", "group"),
+        "int",
+        "features",
+        "exclusive crosscoder latents whose Latent Scaling ratios (Minder et al. 2025) are "
+        "both below features.scaling_ratio_below: the exclusives that hold up",
+        labels={"group": ("base_only", "finetuned_only")},
+    ),
     ResultGroup("crosscoder_dead", ("layer",), "int", "features", "dead crosscoder latents"),
     ResultGroup(
         "relative_norm_deviation",
@@ -256,6 +265,21 @@ _ENTRIES = (
         "float",
         "features",
         "the same with each latent's best cosine instead of the one-to-one partner",
+    ),
+    ResultGroup(
+        "matched_fraction_control",
+        ("layer",),
+        "float",
+        "features",
+        "matched_fraction of a control SAE of base (another seed and token order, same "
+        "budget) against the base SAE: what no change reads at this budget",
+    ),
+    ResultGroup(
+        "transfer_fvu_control",
+        ("layer",),
+        "float",
+        "features",
+        "FVU of the control SAE on base activations: finetuned_on_base if nothing changed",
     ),
     ResultGroup(
         "task_specific_fraction",
@@ -288,6 +312,39 @@ _ENTRIES = (
         "features",
         "crosscoder reconstruction FVU per model",
         labels={"model": ("base", "finetuned")},
+    ),
+    ResultGroup(
+        "matched_fraction_ci",
+        ("layer", "bound"),
+        "float",
+        "features",
+        "95% interval of matched_fraction over resampled fine-tuned SAE latents",
+        labels={"bound": _BOUNDS},
+    ),
+    ResultGroup(
+        "matched_fraction_control_ci",
+        ("layer", "bound"),
+        "float",
+        "features",
+        "95% interval of matched_fraction_control over resampled control SAE latents",
+        labels={"bound": _BOUNDS},
+    ),
+    ResultGroup(
+        "task_specific_fraction_ci",
+        ("source", "layer", "bound"),
+        "float",
+        "features",
+        "95% interval of task_specific_fraction over resampled live latents",
+        labels={"source": _SOURCES, "bound": _BOUNDS},
+    ),
+    ResultGroup(
+        "crosscoder_share_ci",
+        ("layer", "group", "bound"),
+        "float",
+        "features",
+        "95% interval of each group's share of live crosscoder latents (crosscoder_counts / "
+        "their sum) over resampled live latents",
+        labels={"group": ("base_only", "shared", "finetuned_only"), "bound": _BOUNDS},
     ),
     ResultGroup(
         "match_cosine_hist",

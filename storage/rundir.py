@@ -9,6 +9,7 @@ Layout (see DESIGN.md)::
     results.zarr           similarity, probe and SAE metrics (groups: storage.results_schema)
     similarity.csv         the similarity group as a tidy table
     saes/<checkpoint>/layer-<l>/
+    saes-control/<checkpoint>/layer-<l>/   the reference's control SAE (another seed)
     crosscoders/layer-<l>/ base/fine-tuned crosscoders
     features/layer-<l>.json, features/cards.json
     figures/*.png, report.html, explorer.html
@@ -40,6 +41,8 @@ RESULTS_STORE = "results.zarr"
 SIMILARITY_CSV = "similarity.csv"
 SAES_DIR = "saes"
 CROSSCODERS_DIR = "crosscoders"
+# Control SAEs: the reference checkpoint again, another seed and token order.
+CONTROL_SAES_DIR = "saes-control"
 FEATURES_DIR = "features"
 CARDS_PATH = (FEATURES_DIR, "cards.json")
 FIGURES_DIR = "figures"
@@ -127,6 +130,10 @@ class RunDir:
     def sae(self, checkpoint: str, layer: int) -> str:
         """URL of one SAE folder."""
         return self.child_url(SAES_DIR, checkpoint, f"layer-{layer}")
+
+    def control_sae(self, checkpoint: str, layer: int) -> str:
+        """URL of the control SAE folder of (``checkpoint``, ``layer``)."""
+        return self.child_url(CONTROL_SAES_DIR, checkpoint, f"layer-{layer}")
 
     def crosscoder(self, layer: int) -> str:
         """URL of the crosscoder folder of ``layer``."""

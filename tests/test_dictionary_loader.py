@@ -97,3 +97,19 @@ def test_bad_sources_and_batch_name_the_fix(tmp_path, rng):
         ActivationLoader(ds, [("base", 7)], batch_size=4)
     with pytest.raises(ValueError, match="lower the training batch_size"):
         ActivationLoader(ds, [("base", 0)], batch_size=10_000)
+
+
+def test_order_seed_reorders_the_same_training_tokens(tmp_path, rng):
+    ds = _store(tmp_path, rng)
+    one = ActivationLoader(ds, [("base", 0)], batch_size=16, seed=2)
+    other = ActivationLoader(ds, [("base", 0)], batch_size=16, seed=2, order_seed=3)
+    np.testing.assert_array_equal(one.heldout_examples, other.heldout_examples)
+    n = one.n_train_tokens // 16
+    a, b = one.batches(), other.batches()
+    first = np.concatenate([_token_ids(next(a)) for _ in range(n)])
+    second = np.concatenate([_token_ids(next(b)) for _ in range(n)])
+    # The same tokens of one epoch (each stream leaves a different remainder of < 16 out).
+    train = set(np.flatnonzero(one.train_mask).tolist())
+    assert set(first.tolist()) <= train and set(second.tolist()) <= train
+    assert len(set(first.tolist()) & set(second.tolist())) > len(first) - 16
+    assert not np.array_equal(first, second)  # in another order

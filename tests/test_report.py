@@ -431,3 +431,83 @@ def test_summaries_say_none_instead_of_an_extreme_of_zero():
         "No crosscoder latent is fine-tuned-only at any layer; no final-SAE latent is "
         "unmatched at any layer."
     )
+
+
+def test_summary_claims_speak_only_of_differences_that_clear_their_intervals():
+    import pandas as pd
+
+    from layerdrift.tasks.report.summary import (
+        cka_drop_sentence,
+        finetuned_only_sentence,
+        matching_control_sentence,
+    )
+
+    cka = pd.Series([0.99, 0.95, 0.60], index=[0, 1, 2])
+    apart = pd.DataFrame({"low": [0.98, 0.93, 0.50], "high": [1.0, 0.97, 0.70]}, index=cka.index)
+    assert "beyond both layers' 95% intervals" in cka_drop_sentence(cka, apart)
+    wide = apart.assign(low=[0.98, 0.40, 0.30], high=[1.0, 0.97, 0.90])
+    assert cka_drop_sentence(cka, wide) == (
+        "Linear CKA drops most between layers 1 and 2 (0.950 → 0.600); the layers' 95% "
+        "intervals overlap (0.400–0.970 and 0.300–0.900), so that drop is not a clear one; "
+        "it ends at 0.600."
+    )
+    layered = pd.DataFrame(
+        {"matched_fraction": [0.99, 0.40, 0.10], "matched_fraction_control": [0.01, 0.70, 0.12]},
+        index=[0, 3, 6],
+    )
+    bounds = pd.DataFrame(
+        {"low": [0.98, 0.35, 0.05], "high": [1.0, 0.45, 0.15],
+         "control_low": [0.0, 0.65, 0.08], "control_high": [0.02, 0.75, 0.16]},
+        index=[0, 3, 6],
+    )  # fmt: skip
+    assert matching_control_sentence(layered, bounds) == (
+        "Fewer final-SAE latents match base than a control SAE's at layers 3 (0.400 vs "
+        "control 0.700); at layers 0, 6 the matching does not discriminate."
+    )
+    shrunk = layered.assign(matched_fraction_control=[0.01, 0.30, 0.05])
+    assert matching_control_sentence(shrunk, None).startswith(
+        "SAE matching does not discriminate at this budget"
+    )
+    alike = layered.assign(matched_fraction_control=[0.0, 0.0, 0.0])  # the quick run's
+    assert "(control 0.000, final 0.100–0.990)" in matching_control_sentence(alike, None)
+    share = pd.Series([0.0, 0.02, 0.01], index=[0, 3, 6])
+    clear = pd.DataFrame({"low": [0.0, 0.015, 0.0], "high": [0.0, 0.03, 0.012]}, index=share.index)
+    assert finetuned_only_sentence(share, clear).endswith(
+        "(2.0% of live latents), above every other layer's 95% interval."
+    )
+    overlap = clear.assign(low=[0.0, 0.005, 0.0], high=[0.0, 0.03, 0.02])
+    assert "so the peak is not a clear one" in finetuned_only_sentence(share, overlap)
+
+
+def test_feature_figure_draws_the_controls_and_bands():
+    import pandas as pd
+
+    from layerdrift.tasks.report.figures_training import fig_features
+    from layerdrift.tasks.report.load import ReportInputs
+
+    layers = {"layer": [0, 3, 6]}
+    bound = {**layers, "bound": ["low", "high"]}
+    directions = [
+        "base_on_finetuned",
+        "finetuned_on_base",
+        "base_on_base",
+        "finetuned_on_finetuned",
+    ]
+    results = {
+        "matched_fraction": xr.DataArray([0.9, 0.5, 0.1], dims="layer", coords=layers),
+        "matched_fraction_control": xr.DataArray([0.2, 0.2, 0.2], dims="layer", coords=layers),
+        "matched_fraction_ci": xr.DataArray(
+            [[0.85, 0.95], [0.45, 0.55], [0.05, 0.15]], dims=("layer", "bound"), coords=bound
+        ),
+        "transfer_fvu": xr.DataArray(
+            np.full((4, 3), 0.2), dims=("direction", "layer"),
+            coords={"direction": directions, **layers},
+        ),
+        "transfer_fvu_control": xr.DataArray([0.2, 0.21, 0.22], dims="layer", coords=layers),
+    }  # fmt: skip
+    plot = fig_features(ReportInputs(None, None, pd.DataFrame(), None, [], results, []))
+    matched_ax, fvu_ax = plot.figure.axes[:2]
+    labels = [line.get_label() for line in matched_ax.get_lines()]
+    assert "control: 2nd base SAE (another seed)" in labels
+    assert len(matched_ax.collections) == 1  # the matched fraction's band
+    assert "control: 2nd base SAE on base" in [t.get_text() for t in fvu_ax.get_legend().texts]

@@ -62,10 +62,15 @@ class Job:
 
 
 def make_loader(
-    ds: xr.Dataset, sources: Sequence[tuple[str, int]], split: SAEConfig, batch_size: int
+    ds: xr.Dataset,
+    sources: Sequence[tuple[str, int]],
+    split: SAEConfig,
+    batch_size: int,
+    order_seed: int | None = None,
 ) -> ActivationLoader:
     """The loader of ``sources`` with the SAE section's held-out split, seed and buffer, so
-    every dictionary of a run holds out the same examples."""
+    every dictionary of a run holds out the same examples; ``order_seed`` (default: that
+    seed) shuffles the training tokens."""
     return ActivationLoader(
         ds,
         sources,
@@ -74,6 +79,7 @@ def make_loader(
         seed=split.training.seed,
         exclude_special=split.exclude_special,
         buffer_chunks=split.buffer_chunks,
+        order_seed=order_seed,
     )
 
 
@@ -139,7 +145,7 @@ def _train(
     """Steps 2-4 of the lifecycle for ``jobs``, none of them complete."""
     sources = list(dict.fromkeys(s for job in jobs for s in job.sources))
     routes = [[sources.index(s) for s in job.sources] for job in jobs]
-    loader = make_loader(ds, sources, split, training.batch_size)
+    loader = make_loader(ds, sources, split, training.batch_size, order_seed=training.seed)
     sample = torch.from_numpy(loader.sample(INIT_SAMPLE_TOKENS))
     models = []
     for job, route in zip(jobs, routes, strict=True):

@@ -71,10 +71,14 @@ class ActivationLoader:
         seed: int = 0,
         exclude_special: bool = False,
         buffer_chunks: int = 8,
+        order_seed: int | None = None,
     ) -> None:
         with _here():
             self._setup(ds, sources, batch_size, heldout_fraction, seed, exclude_special)
         self.buffer_chunks = max(1, buffer_chunks)
+        # The held-out split follows ``seed``; the token order may follow another seed, so a
+        # control dictionary sees the same training tokens in another order.
+        self.order_seed = seed if order_seed is None else order_seed
 
     def _setup(
         self,
@@ -143,7 +147,7 @@ class ActivationLoader:
 
     def _epoch_plan(self, epoch: int) -> list[tuple[list[int], np.ndarray]]:
         """Per buffer: its chunk ids and its training token indices, shuffled."""
-        rng = np.random.default_rng([self.seed, epoch])
+        rng = np.random.default_rng([self.order_seed, epoch])
         order = rng.permutation(len(self.chunks)).tolist()
         plan = []
         for g in range(0, len(order), self.buffer_chunks):

@@ -21,6 +21,7 @@ from layerdrift.tasks.features.crosscoder import (
     relative_norm_deviation,
     relative_norms,
 )
+from layerdrift.tasks.features.intervals import share_interval
 from layerdrift.tasks.features.matching import MatchResult, histogram, match_decoders
 from layerdrift.tasks.features.scan import (
     MODELS,
@@ -29,7 +30,11 @@ from layerdrift.tasks.features.scan import (
     loader_layer,
     scan_layer,
 )
-from layerdrift.tasks.features.task_latents import latent_auroc, task_specific_fraction
+from layerdrift.tasks.features.task_latents import (
+    latent_auroc,
+    task_specific_fraction,
+    task_specific_mask,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,17 +67,18 @@ def _crosscoder_groups(
     return rel, groups, counts
 
 
-def _fractions(auroc: dict, alive: dict, groups: np.ndarray, fcfg: FeaturesConfig) -> dict:
-    """Share of task-specific live latents per source of :data:`SOURCES`."""
+def _fractions(
+    auroc: dict, alive: dict, groups: np.ndarray, fcfg: FeaturesConfig
+) -> tuple[dict, dict]:
+    """Share of task-specific live latents per source of :data:`SOURCES`, and its 95%
+    interval over resampled latents."""
     hi, lo = fcfg.auroc_high, fcfg.auroc_low
-    fractions = {
-        name: task_specific_fraction(auroc[name][alive[name]], hi, lo)
-        for name in ("base_sae", "finetuned_sae")
-    }
+    values = {name: auroc[name][alive[name]] for name in ("base_sae", "finetuned_sae")}
     for i, g in enumerate(GROUPS):
-        selected = (groups == i) & alive["crosscoder"]
-        fractions[f"crosscoder_{g}"] = task_specific_fraction(auroc["crosscoder"][selected], hi, lo)
-    return fractions
+        values[f"crosscoder_{g}"] = auroc["crosscoder"][(groups == i) & alive["crosscoder"]]
+    fractions = {name: task_specific_fraction(v, hi, lo) for name, v in values.items()}
+    intervals = {name: share_interval(task_specific_mask(v, hi, lo)) for name, v in values.items()}
+    return fractions, intervals
 
 
 def _summary(
@@ -100,6 +106,31 @@ def _summary(
     }
 
 
+def _control_summary(
+    scan: LayerScan,
+    base: DictionaryView,
+    control: DictionaryView | None,
+    alive: dict,
+    threshold: float,
+) -> dict:
+    """``matched_fraction_control`` (control SAE matched to the base SAE like the fine-tuned
+    one) and ``transfer_fvu_control`` (control SAE on base activations); NaN without one."""
+    nan = float("nan")
+    if control is None:
+        return {
+            "matched_fraction_control": nan,
+            "matched_fraction_control_ci": [nan, nan],
+            "transfer_fvu_control": nan,
+        }
+    live = alive[control.source]
+    match = match_decoders(base.decoder[alive[base.source]], control.decoder[live])
+    return {
+        "matched_fraction_control": match.matched_fraction(threshold, one_to_one=True),
+        "matched_fraction_control_ci": share_interval(match.matched(threshold)),
+        "transfer_fvu_control": scan.fvu[(control.source, "base")].fvu,
+    }
+
+
 def compare_layer(
     loader: ActivationLoader,
     base: DictionaryView,
@@ -109,28 +140,38 @@ def compare_layer(
     batch_size: int = 4096,
     device="cpu",
     max_heldout_tokens: int | None = None,
+    control: DictionaryView | None = None,
 ) -> dict:
     """Every per-layer comparison as a JSON-ready dict (see :func:`tasks.features.run`).
 
     ``base``/``finetuned`` are the SAEs (``source`` names ``base_sae``/``finetuned_sae``),
-    ``crosscoder`` the pair dictionary (``crosscoder``) with decoder [d_sae, 2, d_in].
+    ``crosscoder`` the pair dictionary (``crosscoder``) with decoder [d_sae, 2, d_in];
+    ``control`` (``control_sae``, reads ``base``) a second SAE of the base activations
+    (:mod:`.control`): without it the two control entries are NaN.
     """
     layer = loader_layer(loader)
     views = [base, finetuned, crosscoder]
-    scan = scan_layer(loader, views, batch_size, device, max_heldout_tokens)
+    scan = scan_layer(loader, views + ([control] if control else []), batch_size, device,
+                      max_heldout_tokens)  # fmt: skip
     alive = {name: fires > 0 for name, fires in scan.fires.items()}
-    auroc = {name: latent_auroc(scores, scan.labels)[0] for name, scores in scan.scores.items()}
+    auroc = {v.source: latent_auroc(scan.scores[v.source], scan.labels)[0] for v in views}
     match = _matching(base, finetuned, alive)
     rel, groups, counts = _crosscoder_groups(crosscoder, alive["crosscoder"], fcfg)
+    fractions, fraction_intervals = _fractions(auroc, alive, groups, fcfg)
+    live_groups = groups[alive["crosscoder"]]
     result = {
         "layer": layer,
         "checkpoints": [c for c, _ in loader.sources],
         "n_heldout_tokens": scan.n_heldout_tokens,
         "crosscoder_counts": counts,
+        "crosscoder_share_ci": {g: share_interval(live_groups == i) for i, g in enumerate(GROUPS)},
         "matched_fraction": match.matched_fraction(fcfg.match_threshold, one_to_one=True),
+        "matched_fraction_ci": share_interval(match.matched(fcfg.match_threshold)),
         "best_match_fraction": match.matched_fraction(fcfg.match_threshold, one_to_one=False),
-        "task_specific_fraction": _fractions(auroc, alive, groups, fcfg),
+        "task_specific_fraction": fractions,
+        "task_specific_fraction_ci": fraction_intervals,
         **_summary(scan, match, rel, alive, auroc, fcfg.hist_bins),
+        **_control_summary(scan, base, control, alive, fcfg.match_threshold),
     }
     best_cos = np.full(finetuned.d_sae, np.nan)
     best_cos[alive["finetuned_sae"]] = match.best_cosine

@@ -34,10 +34,14 @@ class MatchResult:
     hungarian_cosine: np.ndarray  # [d_b] float
     hungarian_index: np.ndarray  # [d_b] int
 
+    def matched(self, threshold: float, one_to_one: bool = True) -> np.ndarray:
+        """[d_b] bool: B's latents whose (one-to-one, else best) match has cosine >= threshold."""
+        cos = self.hungarian_cosine if one_to_one else self.best_cosine
+        return np.nan_to_num(cos, nan=-np.inf) >= threshold
+
     def matched_fraction(self, threshold: float, one_to_one: bool = True) -> float:
         """Share of B's latents whose (one-to-one, else best) match has cosine >= threshold."""
-        cos = self.hungarian_cosine if one_to_one else self.best_cosine
-        return float(np.mean(np.nan_to_num(cos, nan=-np.inf) >= threshold))
+        return float(np.mean(self.matched(threshold, one_to_one)))
 
 
 def unit_rows(W_dec: np.ndarray) -> np.ndarray:

@@ -3,17 +3,27 @@
 Groups (one per variable, labelled dims; read with ``storage.results.open_result``):
 
 - ``crosscoder_counts`` (layer, group): live crosscoder latents per group
-  (``base_only``, ``shared``, ``finetuned_only``); ``crosscoder_dead`` (layer);
+  (``base_only``, ``shared``, ``finetuned_only``); ``crosscoder_surviving`` (layer, group):
+  the exclusive ones (``base_only``, ``finetuned_only``) that pass Latent Scaling (-1 for a
+  layer compared before the check existed); ``crosscoder_dead`` (layer);
   ``relative_norm_deviation`` (layer): ``2 · mean |r - 0.5|`` of the live latents' relative
   decoder norms, 0 all shared alike, 1 all exclusive;
 - ``matched_fraction`` (layer): share of live fine-tuned SAE latents whose one-to-one
   (Hungarian) partner among the live base SAE latents has decoder cosine >= the threshold;
   ``best_match_fraction`` (layer): the same with each latent's best cosine;
+  ``matched_fraction_control`` (layer): the same for a control SAE of the base model (another
+  seed and token order, same budget) against the base SAE: what "no change" reads;
+- ``transfer_fvu_control`` (layer): FVU of that control SAE on the base activations, the
+  value ``finetuned_on_base`` would have if fine-tuning changed nothing;
 - ``task_specific_fraction`` (source, layer): share of live latents with AUROC >= high or
   <= low, source in base_sae, finetuned_sae, crosscoder_{base_only,shared,finetuned_only};
 - ``transfer_fvu`` and ``transfer_accuracy_recovered`` (direction, layer), direction in
   base_on_finetuned, finetuned_on_base, base_on_base, finetuned_on_finetuned;
 - ``crosscoder_fvu`` (model, layer);
+- ``matched_fraction_ci``, ``matched_fraction_control_ci`` (layer, bound),
+  ``task_specific_fraction_ci`` (source, layer, bound) and ``crosscoder_share_ci`` (layer,
+  group, bound; the share of live latents in each group): 95% intervals over resampled
+  latents (:mod:`.intervals`), ``bound`` = ``low``, ``high``;
 - ``match_cosine_hist`` (layer, match[best, hungarian], bin), ``relative_norm_hist``
   (layer, bin) and ``auroc_hist`` (dictionary, layer, bin): counts, with ``bin`` the lower
   edge and ``bin_upper`` the upper edge of each bin on [0, 1].
@@ -31,10 +41,12 @@ from layerdrift.storage.results import write_result
 from layerdrift.storage.rundir import CARDS_PATH, RunDir
 from layerdrift.tasks.features.compare import SOURCES
 from layerdrift.tasks.features.crosscoder import GROUPS
+from layerdrift.tasks.features.latent_scaling import OWNER
 from layerdrift.tasks.features.transfer import DIRECTIONS
 
 MODELS = ("base", "finetuned")
 MATCHES = ("best", "hungarian")
+BOUNDS = ("low", "high")
 
 
 def _by_layer(per_layer: list[dict], key: str, labels: tuple[str, ...]) -> np.ndarray:
@@ -81,20 +93,62 @@ def _per_layer_groups(per_layer: list[dict], lay: dict) -> dict[str, xr.DataArra
         values = _by_layer(per_layer, key, labels)
         return xr.DataArray(values, dims=(dim, "layer"), coords={dim: list(labels), **lay})
 
+    surviving = np.array(
+        [[r.get("crosscoder_surviving", {}).get(g, -1) for g in OWNER] for r in per_layer]
+    )
     return {
         "crosscoder_counts": xr.DataArray(
             counts, dims=("layer", "group"), coords={**lay, "group": list(GROUPS)}
+        ),
+        "crosscoder_surviving": xr.DataArray(
+            surviving, dims=("layer", "group"), coords={**lay, "group": list(OWNER)}
         ),
         "crosscoder_dead": column("crosscoder_dead"),
         "relative_norm_deviation": column("relative_norm_deviation", np.nan),
         "matched_fraction": column("matched_fraction"),
         "best_match_fraction": column("best_match_fraction"),
+        "matched_fraction_control": column("matched_fraction_control", np.nan),
+        "transfer_fvu_control": column("transfer_fvu_control", np.nan),
         "task_specific_fraction": table("task_specific_fraction", "source", SOURCES),
         "transfer_fvu": table("transfer_fvu", "direction", DIRECTIONS),
         "transfer_accuracy_recovered": table(
             "transfer_accuracy_recovered", "direction", DIRECTIONS
         ),
         "crosscoder_fvu": table("crosscoder_fvu", "model", MODELS),
+    }
+
+
+def _interval(values: list, dims: tuple[str, ...], coords: dict) -> xr.DataArray:
+    """A ``*_ci`` group: ``values`` with a trailing ``bound`` dim (``low``, ``high``)."""
+    array = np.array(values, dtype=np.float64)
+    return xr.DataArray(array, dims=(*dims, "bound"), coords={**coords, "bound": list(BOUNDS)})
+
+
+def _interval_groups(per_layer: list[dict], lay: dict) -> dict[str, xr.DataArray]:
+    """95% intervals over resampled latents (:mod:`.intervals`); NaN for layers compared
+    before they existed."""
+    nan2 = [float("nan")] * 2
+
+    def per_label(key: str, labels) -> list:
+        return [[r.get(key, {}).get(lab, nan2) for r in per_layer] for lab in labels]
+
+    return {
+        "matched_fraction_ci": _interval(
+            [r.get("matched_fraction_ci", nan2) for r in per_layer], ("layer",), lay
+        ),
+        "matched_fraction_control_ci": _interval(
+            [r.get("matched_fraction_control_ci", nan2) for r in per_layer], ("layer",), lay
+        ),
+        "task_specific_fraction_ci": _interval(
+            per_label("task_specific_fraction_ci", SOURCES),
+            ("source", "layer"),
+            {"source": list(SOURCES), **lay},
+        ),
+        "crosscoder_share_ci": _interval(
+            np.swapaxes(np.array(per_label("crosscoder_share_ci", GROUPS)), 0, 1).tolist(),
+            ("layer", "group"),
+            {**lay, "group": list(GROUPS)},
+        ),
     }
 
 
@@ -122,6 +176,7 @@ def feature_datasets(per_layer: list[dict]) -> dict[str, xr.DataArray]:
     layers = [int(r["layer"]) for r in per_layer]
     lay, attrs = {"layer": layers}, _attrs(per_layer)
     out = _per_layer_groups(per_layer, lay) | _histogram_groups(per_layer, lay)
+    out |= _interval_groups(per_layer, lay)
     for name, array in out.items():
         if "layer" not in array.coords:
             array = array.assign_coords(layer=layers)

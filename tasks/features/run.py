@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 
+import torch
+
 from layerdrift.config import RunConfig
 from layerdrift.storage.activations import open_store, store_generation
 from layerdrift.storage.results import list_results, open_result
@@ -28,6 +30,8 @@ from layerdrift.tasks.dictionary import (
 )
 from layerdrift.tasks.dictionary.runs import checkpoint_metadata
 from layerdrift.tasks.features.compare import compare_layer
+from layerdrift.tasks.features.control import CONTROL_SOURCE, train_control_for_run
+from layerdrift.tasks.features.latent_scaling import surviving_counts
 from layerdrift.tasks.features.results import write_feature_results as _write_results
 from layerdrift.tasks.features.scan import DictionaryView
 from layerdrift.tasks.features.transfer import transfer_recovery
@@ -96,7 +100,10 @@ def compare_features_for_run(run: RunDir, cfg: RunConfig, layer: int) -> dict:
     Needs the activation store and the SAEs of ``features.base`` and ``features.finetuned``
     at ``layer``. The dict (also saved as ``features/layer-<l>.json``) holds
     ``crosscoder_counts`` {base_only, shared, finetuned_only}, ``crosscoder_dead``,
-    ``matched_fraction``, ``best_match_fraction``, ``task_specific_fraction`` {source},
+    ``matched_fraction``, ``best_match_fraction``, ``matched_fraction_control`` and
+    ``transfer_fvu_control`` (against a control SAE of the base model, trained here if
+    missing: :mod:`.control`), ``crosscoder_surviving`` {base_only, finetuned_only} (the
+    exclusive latents that pass :mod:`.latent_scaling`), ``task_specific_fraction`` {source},
     ``transfer_fvu`` {direction}, ``transfer_accuracy_recovered`` {direction} (details in
     ``transfer_recovery_details``), ``crosscoder_fvu`` {base, finetuned}, histograms and
     ``cards``.
@@ -107,6 +114,7 @@ def compare_features_for_run(run: RunDir, cfg: RunConfig, layer: int) -> dict:
     crosscoder = load_dictionary(train_crosscoder_for_run(run, cfg, layer), device).eval()
     base = load_dictionary(run.sae(fcfg.base, layer), device)
     finetuned = load_dictionary(run.sae(fcfg.finetuned, layer), device)
+    control = load_dictionary(train_control_for_run(run, cfg, layer), device)
     sources = [(fcfg.base, layer), (fcfg.finetuned, layer)]
     loader = make_loader(open_store(run.activations()), sources, cfg.sae, fcfg.training.batch_size)
     result = compare_layer(
@@ -118,7 +126,10 @@ def compare_features_for_run(run: RunDir, cfg: RunConfig, layer: int) -> dict:
         batch_size=cfg.sae.training.batch_size,
         device=device,
         max_heldout_tokens=cfg.sae.eval_tokens,
+        control=DictionaryView.of(control, CONTROL_SOURCE, "base"),
     )
+    heldout, _ = loader.heldout(max_tokens=cfg.sae.eval_tokens)  # [n, 2, d_in]
+    result["crosscoder_surviving"] = surviving_counts(crosscoder, torch.from_numpy(heldout), fcfg)
     recovered, details = transfer_recovery(run, cfg, loader, base, finetuned)
     result["transfer_accuracy_recovered"] = recovered
     result["transfer_recovery_details"] = details

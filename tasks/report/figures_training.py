@@ -86,12 +86,21 @@ def fig_features(inputs: ReportInputs) -> Plot | None:
         elif name == "matched_fraction":
             series = data.to_pandas()
             ax.plot(series.index, series.values, marker="o", label="SAE latents matched")
+            for ci_name in ("matched_fraction_ci", "matched_fraction_control_ci"):
+                if ci_name in inputs.results:  # 95% over resampled latents
+                    band = inputs.results[ci_name].transpose("layer", "bound").to_pandas()
+                    ax.fill_between(band.index, band["low"], band["high"], alpha=0.2)
             ax.set(title="base↔final: SAE matches, crosscoder lean", ylim=(0, 1.05))
             parts.append(
                 f"matched fraction is lowest at layer {int(series.idxmin())} ({series.min():.1%})"
                 if series.min() < 1
                 else "no final-SAE latent is unmatched at any layer"
             )
+            if "matched_fraction_control" in inputs.results:
+                control = inputs.results["matched_fraction_control"].to_pandas()
+                label = "control: 2nd base SAE (another seed)"
+                ax.plot(control.index, control.values, marker="x", linestyle=":", label=label)
+                ax.legend(fontsize=7, loc="center left")
             if "relative_norm_deviation" in inputs.results:
                 lean = inputs.results["relative_norm_deviation"].to_pandas()
                 label = "crosscoder lean 2·|r − ½|"
@@ -102,6 +111,11 @@ def fig_features(inputs: ReportInputs) -> Plot | None:
             sns.lineplot(
                 frame, x="layer", y="fvu", hue="direction", marker="o", errorbar=None, ax=ax
             )
+            if "transfer_fvu_control" in inputs.results:
+                control = inputs.results["transfer_fvu_control"].to_pandas()
+                label = "control: 2nd base SAE on base"
+                ax.plot(control.index, control.values, "k:", marker="x", label=label)
+                ax.legend()  # rebuilt, so the control joins seaborn's entries
             ax.set(title="SAE transfer FVU (other model's tokens)", ylim=(0, None))
             outside_legend(ax, fontsize=7)
         else:

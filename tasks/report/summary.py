@@ -16,9 +16,10 @@ from layerdrift.tasks.report.load import ReportInputs
 
 HIGH_SIMILARITY = 0.9
 COUNT_COLUMNS = ("crosscoder_base_only", "crosscoder_shared", "crosscoder_finetuned_only")
-# transfer_fvu directions shown per layer: the base SAE on the fine-tuned model's tokens, and
-# the fine-tuned SAE on its own (the README's feature table).
-TRANSFER_COLUMNS = ("base_on_finetuned", "finetuned_on_finetuned")
+# transfer_fvu directions shown per layer: the base SAE on the fine-tuned model's tokens, the
+# fine-tuned SAE on its own (the README's feature table) and on the base model's tokens (what
+# transfer_fvu_control, a second base SAE on those tokens, is the control of).
+TRANSFER_COLUMNS = ("base_on_finetuned", "finetuned_on_finetuned", "finetuned_on_base")
 
 
 def layer_frame(inputs: ReportInputs) -> pd.DataFrame:
@@ -63,11 +64,15 @@ def _feature_columns(res: dict) -> dict[str, pd.Series]:
     columns: dict[str, pd.Series] = {}
     if "matched_fraction" in res:
         columns["matched_fraction"] = res["matched_fraction"].to_pandas()
+    if "matched_fraction_control" in res:
+        columns["matched_fraction_control"] = res["matched_fraction_control"].to_pandas()
     if "transfer_fvu" in res:
         fvu = res["transfer_fvu"]
         for direction in TRANSFER_COLUMNS:
             if direction in fvu.direction:
                 columns[f"transfer_fvu_{direction}"] = fvu.sel(direction=direction).to_pandas()
+    if "transfer_fvu_control" in res:
+        columns["transfer_fvu_control"] = res["transfer_fvu_control"].to_pandas()
     if "crosscoder_counts" in res:
         counts = res["crosscoder_counts"].transpose("layer", "group").to_pandas()
         for name in COUNT_COLUMNS:
@@ -122,13 +127,7 @@ def summary_lines(inputs: ReportInputs, table: pd.DataFrame) -> list[str]:
         lines.append(similarity_sentence(layered["cosine"]))
         cka = layered["linear_cka"]
         if len(cka) > 1:
-            drops = -cka.diff().iloc[1:]
-            at = int(drops.idxmax())
-            before = int(cka.index[cka.index.get_loc(at) - 1])
-            lines.append(
-                f"Linear CKA drops most between layers {before} and {at} "
-                f"({cka.loc[before]:.3f} → {cka.loc[at]:.3f}); it ends at {cka.iloc[-1]:.3f}."
-            )
+            lines.append(cka_drop_sentence(cka, _similarity_bounds(inputs, "linear_cka")))
         if "probe_final" in layered:
             best = int(layered["probe_final"].idxmax())
             base = layered["probe_base"].loc[best] if "probe_base" in layered else np.nan
@@ -144,18 +143,135 @@ def summary_lines(inputs: ReportInputs, table: pd.DataFrame) -> list[str]:
                 )
             lines.append(line)
         if "finetuned_only_share" in layered:
-            lines.append(finetuned_only_sentence(layered["finetuned_only_share"]))
+            lines.append(
+                finetuned_only_sentence(layered["finetuned_only_share"], _share_bounds(inputs))
+            )
+        if "matched_fraction_control" in layered and "matched_fraction" in layered:
+            lines.append(matching_control_sentence(layered, _matching_bounds(inputs)))
     return lines
 
 
-def finetuned_only_sentence(share: pd.Series) -> str:
+def _similarity_bounds(inputs: ReportInputs, metric: str) -> pd.DataFrame | None:
+    """(low, high) columns by layer of final vs base ``metric`` from ``similarity_ci``."""
+    ci = inputs.results.get("similarity_ci")
+    if ci is None or "final" not in ci.checkpoint or metric not in ci.metric:
+        return None
+    picked = ci.sel(reference="base", checkpoint="final", metric=metric)
+    return picked.transpose("layer", "bound").to_pandas()
+
+
+def _share_bounds(inputs: ReportInputs, group: str = "finetuned_only") -> pd.DataFrame | None:
+    """(low, high) by layer of a crosscoder group's share of live latents."""
+    ci = inputs.results.get("crosscoder_share_ci")
+    if ci is None or group not in ci.group:
+        return None
+    return ci.sel(group=group).transpose("layer", "bound").to_pandas()
+
+
+def _matching_bounds(inputs: ReportInputs) -> pd.DataFrame | None:
+    """Columns ``low``, ``high``, ``control_low``, ``control_high`` by layer: the intervals
+    of ``matched_fraction`` and ``matched_fraction_control`` (None without them)."""
+    res = inputs.results
+    if "matched_fraction_ci" not in res or "matched_fraction_control_ci" not in res:
+        return None
+    own = res["matched_fraction_ci"].transpose("layer", "bound").to_pandas()
+    control = res["matched_fraction_control_ci"].transpose("layer", "bound").to_pandas()
+    return own.join(control.add_prefix("control_"))
+
+
+def cka_drop_sentence(cka: pd.Series, bounds: pd.DataFrame | None) -> str:
+    """Where linear CKA (final vs base, index = layer) drops most, and whether that drop
+    clears the 95% intervals of the two layers (``bounds``: columns low, high by layer)."""
+    drops = -cka.diff().iloc[1:]
+    at = int(drops.idxmax())
+    before = int(cka.index[cka.index.get_loc(at) - 1])
+    line = (
+        f"Linear CKA drops most between layers {before} and {at} "
+        f"({cka.loc[before]:.3f} → {cka.loc[at]:.3f})"
+    )
+    if bounds is not None and bounds.notna().all(axis=None):
+        if bounds.loc[at, "high"] < bounds.loc[before, "low"]:
+            line += ", beyond both layers' 95% intervals"
+        else:
+            line += (
+                f"; the layers' 95% intervals overlap ({_bounds(bounds, before)} and "
+                f"{_bounds(bounds, at)}), so that drop is not a clear one"
+            )
+    return line + f"; it ends at {cka.iloc[-1]:.3f}."
+
+
+def _bounds(bounds: pd.DataFrame, layer: int, prefix: str = "") -> str:
+    return f"{bounds.loc[layer, prefix + 'low']:.3f}–{bounds.loc[layer, prefix + 'high']:.3f}"
+
+
+def matching_control_sentence(layered: pd.DataFrame, bounds: pd.DataFrame | None) -> str:
+    """Whether the SAE matching tells base and final apart, per layer: the matched fraction
+    of final vs base against that of a second base SAE (another seed) vs base.
+
+    A layer discriminates when final matches base less than the control does, by more than
+    their 95% intervals (``bounds``, see :func:`_matching_bounds`; without them, by the
+    point values). Elsewhere the control is as far apart, and the matching cannot tell
+    fine-tuning from another seed at this budget.
+    """
+    pairs = layered[["matched_fraction", "matched_fraction_control"]].dropna()
+    if pairs.empty:
+        return "The SAE matching has no control at any layer (no control SAE was compared)."
+    if bounds is not None and bounds.reindex(pairs.index).notna().all(axis=None):
+        clear = bounds["high"] < bounds["control_low"]
+    else:
+        clear = pairs["matched_fraction"] < pairs["matched_fraction_control"]
+    apart = [int(layer) for layer in pairs.index if clear.get(layer, False)]
+    same = [int(layer) for layer in pairs.index if layer not in apart]
+    if not apart:
+        return (
+            "SAE matching does not discriminate at this budget: at no layer does the final "
+            "SAE match the base SAE clearly less than a second base SAE of another seed does "
+            f"(control {_span(pairs['matched_fraction_control'])}, final "
+            f"{_span(pairs['matched_fraction'])}), so the matched fraction says nothing about "
+            "fine-tuning here."
+        )
+    line = (
+        f"Fewer final-SAE latents match base than a control SAE's at layers "
+        f"{_layers(apart)} ({_pairs_text(pairs.loc[apart])})"
+    )
+    if same:
+        return line + f"; at layers {_layers(same)} the matching does not discriminate."
+    return line + "."
+
+
+def _layers(layers) -> str:
+    return ", ".join(str(int(layer)) for layer in layers)
+
+
+def _span(values: pd.Series) -> str:
+    low, high = f"{values.min():.3f}", f"{values.max():.3f}"
+    return low if low == high else f"{low}–{high}"
+
+
+def _pairs_text(pairs: pd.DataFrame) -> str:
+    return ", ".join(
+        f"{row.matched_fraction:.3f} vs control {row.matched_fraction_control:.3f}"
+        for row in pairs.itertuples()
+    )
+
+
+def finetuned_only_sentence(share: pd.Series, bounds: pd.DataFrame | None = None) -> str:
     """Where fine-tuned-only crosscoder latents (share of live latents per layer) peak.
 
-    A peak of zero is no peak: the sentence then says there are none.
+    A peak of zero is no peak: the sentence then says there are none. With ``bounds``
+    (columns low, high by layer: the share's 95% interval over latents) it says whether
+    the peak clears the other layers.
     """
     if not (share.fillna(0.0) > 0).any():
         return "No crosscoder latent is specific to the fine-tuned model at any layer."
-    return (
+    peak = int(share.idxmax())
+    line = (
         f"Crosscoder latents specific to the fine-tuned model are most common at layer "
-        f"{int(share.idxmax())} ({share.max():.1%} of live latents)."
+        f"{peak} ({share.max():.1%} of live latents)"
     )
+    if bounds is None or bounds.isna().any(axis=None) or len(share) < 2:
+        return line + "."
+    others = bounds.drop(index=peak)
+    if bounds.loc[peak, "low"] > others["high"].max():
+        return line + ", above every other layer's 95% interval."
+    return line + "; its 95% interval overlaps another layer's, so the peak is not a clear one."

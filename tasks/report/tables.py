@@ -39,6 +39,10 @@ FEATURE_COLUMNS: dict[str, str | None] = {
     "crosscoder base-only / shared / fine-tuned-only": None,
     "crosscoder lean": "relative_norm_deviation",
     "task-specific latents, final SAE": "task_specific_finetuned_sae",
+    # The controls (a second base SAE of another seed), after the columns they control.
+    "control: base SAEs matched": "matched_fraction_control",
+    "FVU final SAE on base": "transfer_fvu_finetuned_on_base",
+    "control: FVU 2nd base SAE on base": "transfer_fvu_control",
 }
 
 
