@@ -3,7 +3,9 @@
 Each k is its own run sharing one data split (same seed, same sizes): ``finetune.freeze_layers
 = k`` freezes the embeddings and the first k blocks; ``full`` freezes nothing. For each:
 final validation accuracy (from the final checkpoint's ``metrics.json``), trainable
-parameters, and the wall time of the ``finetune()`` call. Prints a table and writes
+parameters, and the wall time of the ``finetune()`` call. The unfrozen run also gets the
+importance stage's ``layer_reversion`` (accuracy per unit and variant, and its time), so
+the freeze curve and the reversion curve come from one split. Prints the tables and writes
 ``benchmarks/results/freeze_grid.json``. Times under load are pessimistic: compare the rows
 of one run, and read the load average printed with them.
 
@@ -32,6 +34,7 @@ from layerdrift.storage.checkpoints import read_checkpoint_metrics  # noqa: E402
 from layerdrift.storage.rundir import RunDir  # noqa: E402
 from layerdrift.tasks.data import prepare_data  # noqa: E402
 from layerdrift.tasks.finetune import finetune  # noqa: E402
+from layerdrift.tasks.importance import layer_reversion, recommend  # noqa: E402
 
 
 def make_config(root: str, k: int | None, args: argparse.Namespace) -> RunConfig:
@@ -39,7 +42,8 @@ def make_config(root: str, k: int | None, args: argparse.Namespace) -> RunConfig
     name = "full" if k is None else f"freeze-{k}"
     data = {"dataset": "rotten-tomatoes", "train_size": args.train, "val_size": args.val,
             "probe_size": 16, "max_length": args.max_length}  # fmt: skip
-    finetune_cfg = {"epochs": args.epochs, "checkpoints": [0.0, 1.0], "freeze_layers": k}
+    finetune_cfg = {"epochs": args.epochs, "learning_rate": args.learning_rate,
+                    "checkpoints": [0.0, 1.0], "freeze_layers": k}  # fmt: skip
     return RunConfig(name=name, runs_root=root, model="minilm-l6", device=args.device,
                      data=data, finetune=finetune_cfg)  # fmt: skip
 
@@ -53,7 +57,7 @@ def one_run(root: str, k: int | None, args: argparse.Namespace) -> dict:
     finetune(run, cfg)
     seconds = time.perf_counter() - start
     final, base = read_checkpoint_metrics(run, "final"), read_checkpoint_metrics(run, "base")
-    return {
+    row = {
         "freeze_layers": k,
         "frozen_layers": final["frozen_layers"],
         "trainable_parameters": final["trainable_parameters"],
@@ -63,6 +67,18 @@ def one_run(root: str, k: int | None, args: argparse.Namespace) -> dict:
         "val_loss": final["val_loss"],
         "finetune_seconds": seconds,
     }
+    if k is None:
+        start = time.perf_counter()
+        array = layer_reversion(run, cfg)
+        row["reversion_seconds"] = time.perf_counter() - start
+        accuracy = array.sel(quantity="accuracy").transpose("layer", "variant")
+        row["reversion_accuracy"] = {
+            str(unit): dict(zip(map(str, accuracy.variant.values), values.tolist(), strict=True))
+            for unit, values in zip(array["unit"].values, accuracy.values, strict=True)
+        }
+        found = recommend(array)
+        row["recommendation"] = None if found is None else list(found.units)
+    return row
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -74,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--val", type=int, default=500)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "freeze_grid.json"))
     args = parser.parse_args(argv)
@@ -85,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": "minilm-l6",
         "data": {"train": args.train, "validation": args.val, "max_length": args.max_length},
         "epochs": args.epochs,
+        "learning_rate": args.learning_rate,
         "rows": rows,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
@@ -96,6 +114,15 @@ def main(argv: list[str] | None = None) -> dict:
         k = "full" if row["freeze_layers"] is None else row["freeze_layers"]
         print(f"{k!s:>5} {row['trainable_parameters']:>11,} {row['val_accuracy']:>9.3f} "
               f"{row['val_loss']:>7.3f} {row['finetune_seconds']:>8.1f}")  # fmt: skip
+    for row in rows:
+        if "reversion_accuracy" in row:
+            print(f"\nlayer reversion (unfrozen run, {row['reversion_seconds']:.1f} s), accuracy:")
+            table = row["reversion_accuracy"]
+            variants = list(next(iter(table.values())))
+            print(f"{'unit':>10} " + " ".join(f"{v:>14}" for v in variants))
+            for unit, values in table.items():
+                print(f"{unit:>10} " + " ".join(f"{values[v]:>14.3f}" for v in variants))
+            print(f"recommendation: {row['recommendation']}")
     print(f"load average before {load_before}, after {result['load_average_after']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
