@@ -44,10 +44,17 @@ def _hidden(model, ids) -> list[torch.Tensor]:
     return [*out.hidden_states, out.logits]
 
 
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    """Tiny saved models of a few families, made once for this module (by name)."""
+    root = tmp_path_factory.mktemp("families")
+    return {f: make_family_model(f, root / f) for f in ("gpt2", "electra", "llama")}
+
+
 @pytest.mark.parametrize("family", ["gpt2", "electra", "llama"])
-def test_layer_parameters_own_exactly_their_hidden_state(family, tmp_path):
+def test_layer_parameters_own_exactly_their_hidden_state(family, family_dirs):
     """Perturbing layer l's parameters changes hidden_states[l] onward and nothing before."""
-    model, tokenizer = _classifier(make_family_model(family, tmp_path / family))
+    model, tokenizer = _classifier(family_dirs[family])
     layout = layer_parameters(model)
     units = layout.rows()
     named = dict(model.named_parameters())
@@ -264,3 +271,40 @@ def test_freeze_layers_are_checked_against_the_model(tiny_model_dir, separable_c
                         finetune={"freeze_layers": 2})), info)  # fmt: skip
     with pytest.raises(ValueError, match=r"freeze_layers \[-1\] are negative"):
         RunConfig.model_validate({"finetune": {"freeze_layers": [-1, 2]}})
+
+
+def test_every_variant_of_a_decoder_equals_the_model_built_by_hand(family_dirs):
+    """GPT-2: each variant's score is that of a copy of final with the same units loaded
+    from base by ``load_state_dict`` (an independent construction)."""
+    from layerdrift.tasks.importance import reverted_units
+
+    base, tokenizer = _classifier(family_dirs["gpt2"])
+    final = copy.deepcopy(base)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in final.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    frame = separable_texts(24, seed=5)
+    encoded = encode_texts(tokenizer, frame["text"].tolist(), 32)
+    labels = (frame["label"] == "pos").to_numpy(np.int64)
+
+    def score(model):
+        found = evaluate(model, encoded, labels, 8, torch.device("cpu"),
+                         tokenizer.pad_token_id, 2)  # fmt: skip
+        return found["val_accuracy"], found["val_loss"]
+
+    layout = layer_parameters(final)
+    values = reversion_values(final, base_weights(base, layout), layout, score)
+    units, state = layout.rows(), base.state_dict()
+    built, expected = copy.deepcopy(final), {}
+    for row in range(len(units)):
+        for v, variant in enumerate(VARIANTS):
+            reverted = reverted_units(variant, row, units)
+            if reverted not in expected:
+                built.load_state_dict(final.state_dict())
+                names = layout.names(reverted)
+                built.load_state_dict({n: state[n] for n in names}, strict=False)
+                expected[reverted] = score(built)
+            assert tuple(values[row, v]) == expected[reverted], (units[row], variant)
+    assert tuple(values[0, VARIANTS.index("revert_from")]) == score(base)
+    assert tuple(values[-1, VARIANTS.index("final")]) == score(final)
