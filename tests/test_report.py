@@ -237,7 +237,7 @@ def test_report_is_valid_html_with_every_figure(built):
     assert "Stages that did not run" not in text
     assert "Bands: 95% bootstrap intervals over probe examples (200 resamples" in text
     assert "The same probe on shuffled labels scores" in text
-    assert "Fine-tune block 3 (layers 3) and keep the rest at base" in text
+    assert "Fine-tune block 3 and keep the rest at base" in text
     assert "96.7% of the gain from base (0.500) to full fine-tuning (0.800)" in text
     assert "variant transplant: base with only that unit fine-tuned" in text
     assert "1 − linear_cka: 0.40, 1 − cosine: -0.20" in text

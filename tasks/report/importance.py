@@ -86,8 +86,8 @@ def recommendation_lines(inputs: ReportInputs) -> list[str]:
         return ["Fine-tuning did not raise validation accuracy, so there is no gain to recover."]
     pct = f"{found.target:.0%}"
     lines = [
-        f"Fine-tune {', '.join(found.units)} (layers {', '.join(map(str, found.layers))}) and "
-        f"keep the rest at base: that model reaches validation accuracy {found.accuracy:.3f}, "
+        f"Fine-tune {', '.join(found.units)} and keep the rest at base: that model reaches "
+        f"validation accuracy {found.accuracy:.3f}, "
         f"{found.recovered:.1%} of the gain from base ({found.base_accuracy:.3f}) to full "
         f"fine-tuning ({found.final_accuracy:.3f}); the smallest set found to recover ≥ {pct}.",
         f"Evidence: the layer-reversion curves (weights swapped in memory, one validation pass "
