@@ -1,4 +1,5 @@
-"""The layerdrift pipeline flow: data → fine-tune → extract → similarity → SAEs → report.
+"""The layerdrift pipeline flow: data → fine-tune → extract → similarity → importance → SAEs
+→ report.
 
 This module only wires stages together; every number is computed in ``tasks/``.
 """
@@ -28,6 +29,7 @@ from layerdrift.tasks.features import (
     write_features_task,
 )
 from layerdrift.tasks.finetune import finetune_complete, finetune_task, finished_checkpoints
+from layerdrift.tasks.importance import importance_complete, importance_task
 from layerdrift.tasks.preflight import preflight
 from layerdrift.tasks.report import build_report_task, publish_artifacts
 from layerdrift.tasks.sae import (
@@ -63,7 +65,7 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
     """
     logger = get_run_logger()
     run = RunDir(config.run_url)
-    preflight(config)
+    info = preflight(config)
     with holding(run.lock()):
         save_run_config(run, config.to_json(), config.config_hash())
         logger.info("run directory %s (config %s)", run.url, config.config_hash())
@@ -78,6 +80,11 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
             config,
             done=_safe(similarity_complete, run),
         )
+        if info.shared_module is None:
+            done = _safe(importance_complete, run)
+            ledger.call("importance", importance_task, run, config, done=done)
+        else:
+            ledger.skipped("importance", f"{info.shared_module} is shared between layers")
         if config.sae.enabled:
             _train_saes(ledger, run, config)
             _compare_features(ledger, run, config)

@@ -26,6 +26,7 @@ from layerdrift.storage.verify import (
 from layerdrift.tasks.data import data_complete, read_dataset_info
 from layerdrift.tasks.features import feature_results_written, features_complete
 from layerdrift.tasks.finetune import planned_checkpoints
+from layerdrift.tasks.importance import importance_complete
 from layerdrift.tasks.sae.run import sae_complete, saes_evaluated
 from layerdrift.tasks.similarity.run import similarity_complete
 
@@ -65,6 +66,7 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
     if results_lost:
         state = f"incomplete: {_chunks(results_lost)} missing or damaged (layerdrift verify)"
     rows.append(("similarity", "results.zarr", state))
+    rows.append(("importance", "layer_reversion", _state(importance_complete(run))))
 
     n_layers = len(attrs.get("layers", [])) or _layer_count(run)
     layers = config.sae.layers if config.sae.layers is not None else range(n_layers)

@@ -67,6 +67,30 @@ class FinetuneConfig(_Section):
         (0.0, 0.1, 0.25, 0.5, 1.0),
         description="Checkpoints as fractions of training; 0 (base) and 1 (final) are added.",
     )
+    freeze_layers: int | tuple[int, ...] | None = Field(
+        None,
+        description="Layers kept at base: k freezes the embeddings and the first k blocks "
+        "(layers 0 … k); a list freezes those layers (0 = embeddings); the head always trains.",
+    )
+
+    @field_validator("freeze_layers")
+    @classmethod
+    def _frozen(cls, value: int | tuple[int, ...] | None) -> int | tuple[int, ...] | None:
+        negative = [v for v in ((value,) if isinstance(value, int) else value or ()) if v < 0]
+        if negative:
+            raise ValueError(
+                f"freeze_layers {negative} are negative: give k >= 0 (layers 0 … k) or "
+                "layer indices from 0 (embeddings)"
+            )
+        return tuple(sorted(set(value))) if isinstance(value, tuple) else value
+
+    def frozen(self) -> tuple[int, ...]:
+        """The layer indices ``freeze_layers`` names (empty when unset)."""
+        if self.freeze_layers is None:
+            return ()
+        if isinstance(self.freeze_layers, int):
+            return tuple(range(self.freeze_layers + 1))
+        return self.freeze_layers
 
     @field_validator("checkpoints")
     @classmethod

@@ -371,6 +371,31 @@ _ENTRIES = (
         "live latents per bin of AUROC against the label",
         coords=_BIN,
     ),
+    # importance stage
+    ResultGroup(
+        "layer_reversion",
+        ("layer", "variant", "quantity"),
+        "float",
+        "importance",
+        "validation accuracy and loss of the final classifier with units put back to base "
+        "(layer L + 1 is the head): final, base, revert (this unit), transplant (base with "
+        "only this unit fine-tuned), revert_from (this unit and later), revert_through "
+        "(this unit and earlier)",
+        labels={
+            "variant": ("final", "base", "revert", "transplant", "revert_from", "revert_through"),
+            "quantity": ("accuracy", "loss"),
+        },
+        coords={"unit": ("layer",), "parameters": ("layer",)},
+    ),
+    ResultGroup(
+        "drift_importance",
+        ("measure",),
+        "float",
+        "importance",
+        "Spearman rho over layers between drift (1 − similarity to base) and the accuracy "
+        "lost by reverting the layer",
+        labels={"measure": ("linear_cka", "cosine")},
+    ),
     # report stage
     ResultGroup(
         "probe_predictions",

@@ -75,6 +75,26 @@ def check_layers(cfg: RunConfig, n_layers: int) -> None:
             )
 
 
+def check_frozen_layers(cfg: RunConfig, info: ModelInfo) -> None:
+    """``finetune.freeze_layers`` names layers 0 … L of a model whose layers are separable."""
+    frozen = cfg.finetune.frozen()
+    if not frozen:
+        return
+    if info.shared_module is not None:
+        raise PreflightError(
+            f"finetune.freeze_layers is set but model {cfg.model} ({info.family}) reuses "
+            f"{info.shared_module!r} at every depth, so its layers cannot be frozen one at a "
+            "time: unset finetune.freeze_layers"
+        )
+    bad = [layer for layer in frozen if layer > info.num_layers]
+    if bad:
+        raise PreflightError(
+            f"finetune.freeze_layers = {cfg.finetune.freeze_layers!r} names layers {bad}, but "
+            f"model {cfg.model} has layers 0 (embeddings) to {info.num_layers}: use k <= "
+            f"{info.num_layers} or indices in that range"
+        )
+
+
 def check_checkpoint_labels(cfg: RunConfig) -> None:
     """SAE and feature checkpoints must be among the checkpoints fine-tuning will write."""
     planned = [label for _, label in planned_checkpoints(cfg, cfg.data.train_size)]
@@ -119,6 +139,7 @@ def preflight(cfg: RunConfig) -> ModelInfo:
     check_checkpoint_labels(cfg)
     info = check_model(cfg)
     check_layers(cfg, info.num_layers)
+    check_frozen_layers(cfg, info)
     if not data_complete(run):
         sizes = check_data(cfg)
         logger.info("preflight: data splits %s", sizes)

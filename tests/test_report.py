@@ -31,6 +31,28 @@ def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
+def _reversion() -> xr.DataArray:
+    """layer_reversion of a run where only block 3 matters (base 0.5, final 0.8, as the
+    checkpoints' metrics): its transplant recovers 0.29 of the 0.3 gain."""
+    group = RESULT_GROUPS["layer_reversion"]
+    variants = list(group.labels["variant"])
+    rows = N_LAYERS + 1  # layers 0 … 3 and the head
+    values = np.zeros((rows, len(variants), 2))
+    accuracy = {
+        "final": [0.8] * rows,
+        "base": [0.5] * rows,
+        "revert": [0.8, 0.8, 0.8, 0.5, 0.8],
+        "transplant": [0.5, 0.5, 0.5, 0.79, 0.5],
+        "revert_from": [0.5, 0.5, 0.5, 0.5, 0.8],
+        "revert_through": [0.8, 0.8, 0.8, 0.5, 0.5],
+    }
+    for i, variant in enumerate(variants):
+        values[:, i, 0] = accuracy[variant]
+    names = ["embeddings", "block 1", "block 2", "block 3", "head"]
+    return group.new(values, layer=np.arange(rows), unit=("layer", names),
+                     parameters=("layer", np.full(rows, 100)))  # fmt: skip
+
+
 def make_run(
     root: Path, name: str = "synthetic", model: str = "minilm-l6", full: bool = True, seed: int = 0
 ) -> RunDir:
@@ -92,6 +114,9 @@ def make_run(
     write_result(url, "majority_rate", RESULT_GROUPS["majority_rate"].new(np.float64(0.5)))
     if not full:
         return run
+    write_result(url, "layer_reversion", _reversion())
+    rho = RESULT_GROUPS["drift_importance"].new(np.array([0.4, -0.2]))
+    write_result(url, "drift_importance", rho)
     card = {
         "layer": 2,
         "source": "crosscoder",
@@ -195,6 +220,7 @@ def test_report_is_valid_html_with_every_figure(built):
         "06-sae-metrics",
         "07-feature-composition",
         "08-finetuning-curves",
+        "09-layer-importance",
     ]
     assert figures == [f"{name}.png" for name in expected]
     for name in expected:
@@ -211,6 +237,11 @@ def test_report_is_valid_html_with_every_figure(built):
     assert "Stages that did not run" not in text
     assert "Bands: 95% bootstrap intervals over probe examples (200 resamples" in text
     assert "The same probe on shuffled labels scores" in text
+    assert "Fine-tune block 3 and keep the rest at base" in text
+    assert "96.7% of the gain from base (0.500) to full fine-tuning (0.800)" in text
+    assert "variant transplant: base with only that unit fine-tuned" in text
+    assert "1 − linear_cka: 0.40, 1 − cosine: -0.20" in text
+    assert "reversion-table" in page.ids and "recommendation" in page.ids
 
 
 def test_report_tables_equal_results(built):

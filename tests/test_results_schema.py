@@ -70,4 +70,5 @@ def test_entries_are_consistent():
     with pytest.raises(ValueError, match="give the size of dim 'layer'"):
         RESULT_GROUPS["matched_fraction"].shape({})
     for group in RESULT_GROUPS.values():
-        assert group.description and group.stage in {"similarity", "sae", "features", "report"}
+        stages = {"similarity", "importance", "sae", "features", "report"}
+        assert group.description and group.stage in stages

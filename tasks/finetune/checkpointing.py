@@ -34,13 +34,20 @@ class CheckpointMismatchError(ValueError):
 
 
 def finetune_fingerprint(cfg: RunConfig) -> str:
-    """A hash of everything that changes the fine-tuned weights (model, seed, data, finetune)."""
+    """A hash of everything that changes the fine-tuned weights (model, seed, data, finetune).
+
+    An unset ``freeze_layers`` is left out, so checkpoints made before the field existed
+    keep their fingerprint.
+    """
+    finetune = cfg.finetune.model_dump(mode="json")
+    if finetune["freeze_layers"] is None:
+        del finetune["freeze_layers"]
     payload = {
         "model": cfg.model,
         "trust_remote_code": cfg.trust_remote_code,
         "seed": cfg.seed,
         "data": cfg.data.model_dump(mode="json"),
-        "finetune": cfg.finetune.model_dump(mode="json"),
+        "finetune": finetune,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

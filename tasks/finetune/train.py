@@ -41,6 +41,7 @@ from layerdrift.tasks.finetune.checkpointing import (
     write_checkpoint,
 )
 from layerdrift.tasks.finetune.evaluate import evaluate
+from layerdrift.tasks.finetune.freeze import freeze
 from layerdrift.tasks.modeling import (
     load_classifier,
     load_tokenizer,
@@ -114,6 +115,7 @@ class _Trainer:
         # Any supported family; a decoder's classifier gets the tokenizer's pad id.
         model = load_classifier(source, self.tokenizer, self.names, cfg.trust_remote_code)
         self.model = model.to(self.device).train()
+        self.counts = freeze(self.model, cfg.finetune.frozen())
         self.optimizer = build_optimizer(self.model, cfg)
         warmup = round(cfg.finetune.warmup_fraction * self.total)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, self.total)
@@ -149,6 +151,8 @@ class _Trainer:
             "n_train": len(self.train_labels),
             "n_validation": len(self.val_labels),
             "fingerprint": self.fingerprint,
+            "frozen_layers": list(self.cfg.finetune.frozen()),
+            **self.counts,
         }
         state = {
             "step": self.step,

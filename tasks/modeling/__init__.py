@@ -1,14 +1,16 @@
 """The model adapter: the only code that knows model families.
 
 Every stage that touches a model goes through here: fine-tuning (:func:`load_classifier`,
-:func:`load_tokenizer`), extraction (:func:`load_encoder`, :func:`forward_hidden_states`,
-:func:`model_shape`, :func:`tokenize_texts`), SAE and transfer splices (:func:`splice` at
-the site of ``hidden_states[l]``) and token text for cards and pictures. The CLI's checks
-call :func:`inspect_model` before anything is written.
+:func:`load_tokenizer`, :func:`layer_parameters` for frozen layers), extraction
+(:func:`load_encoder`, :func:`forward_hidden_states`, :func:`model_shape`,
+:func:`tokenize_texts`), layer reversion (:func:`layer_parameters`), SAE and transfer
+splices (:func:`splice` at the site of ``hidden_states[l]``) and token text for cards and
+pictures. The CLI's checks call :func:`inspect_model` before anything is written.
 
 Modules: ``resolve`` (names, caches, devices, errors), ``tokens`` (padding policy, special
 tokens, readable token text), ``load`` (``AutoConfig`` shapes, family check, loading),
-``sites`` (where each hidden state is made; splicing), ``hooknames`` (the names other
+``sites`` (where each hidden state is made; splicing), ``params`` (the parameters of each
+layer and of the head: the unit of reverting and freezing), ``hooknames`` (the names other
 tools give those sites), ``inspect`` (the up-front check),
 ``assemble`` (the paper model from its PyPI parts).
 """
@@ -24,6 +26,13 @@ from layerdrift.tasks.modeling.load import (
     load_config,
     load_encoder,
     model_shape,
+)
+from layerdrift.tasks.modeling.params import (
+    HEAD,
+    LayerParameters,
+    SharedLayersError,
+    layer_parameters,
+    reused_modules,
 )
 from layerdrift.tasks.modeling.resolve import (
     BUNDLED_NOTE,
@@ -51,12 +60,15 @@ __all__ = [
     "BUNDLED_MODEL",
     "BUNDLED_NOTE",
     "BUNDLED_PACKAGE",
+    "HEAD",
     "PAPER_MODEL",
     "PAPER_NOTE",
+    "LayerParameters",
     "LayerSite",
     "ModelInfo",
     "ModelNotFoundError",
     "ModelShape",
+    "SharedLayersError",
     "SiteNotFoundError",
     "TokenizedTexts",
     "UnsupportedModelError",
@@ -68,6 +80,7 @@ __all__ = [
     "hook_names",
     "inspect_model",
     "load_classifier",
+    "layer_parameters",
     "load_config",
     "load_encoder",
     "load_tokenizer",
@@ -76,6 +89,7 @@ __all__ = [
     "model_shape",
     "paper_model_path",
     "resolve_model",
+    "reused_modules",
     "select_device",
     "splice",
     "tokenize_texts",

@@ -12,6 +12,7 @@ from layerdrift.tasks.modeling.load import (
     load_encoder,
     quiet_transformers,
 )
+from layerdrift.tasks.modeling.params import reused_modules
 from layerdrift.tasks.modeling.resolve import (
     ModelNotFoundError,
     UnsupportedModelError,
@@ -28,6 +29,8 @@ class ModelInfo:
     ``num_layers`` is L: the store holds layers 0 (embeddings output) … L, so valid layer
     indices (``sae.layers``, ``features.layers``) are ``range(num_layers + 1)``.
     ``sites[l]`` names the module call whose output is ``hidden_states[l]``.
+    ``shared_module`` names a module whose parameters run at several depths (ALBERT's one
+    layer), which makes layers impossible to revert or freeze one at a time; None for most.
     """
 
     name: str
@@ -38,6 +41,7 @@ class ModelInfo:
     vocab_size: int
     tokenizer_size: int
     sites: tuple[str, ...]
+    shared_module: str | None = None
 
     @property
     def layers(self) -> range:
@@ -102,4 +106,5 @@ def inspect_model(name: str, trust_remote_code: bool = False) -> ModelInfo:
         vocab_size=int(text_config.vocab_size),
         tokenizer_size=tokenizer_size,
         sites=tuple(f"{s.module}" + (f" (call {s.call})" if s.call else "") for s in sites),
+        shared_module=next(iter(reused_modules(model)), None),
     )

@@ -26,6 +26,7 @@ from layerdrift.tasks.report.figures import (
 )
 from layerdrift.tasks.report.figures_training import fig_features, fig_sae, fig_training
 from layerdrift.tasks.report.html import Picture, render
+from layerdrift.tasks.report.importance import fig_importance
 from layerdrift.tasks.report.load import ReportInputs, load_inputs
 from layerdrift.tasks.report.summary import layer_frame, summary_lines
 from layerdrift.tasks.report.tokens import Sentence, add_latents, choose_sentences, token_plots
@@ -45,6 +46,7 @@ def draw(inputs: ReportInputs) -> tuple[list[Plot], list[Sentence]]:
     plots = [fig_similarity(inputs), fig_evolution(inputs), fig_layer_by_layer(inputs)]
     plots += token_plots(sentences)
     plots += [fig_probes(inputs), fig_sae(inputs), fig_features(inputs), fig_training(inputs)]
+    plots.append(fig_importance(inputs))
     return [p for p in plots if p is not None], sentences
 
 

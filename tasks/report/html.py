@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from layerdrift.config import BUNDLED_MODEL, PAPER_MODEL, FeaturesConfig
+from layerdrift.tasks.report.importance import FIGURE_NAME, recommendation_lines, reversion_frame
 from layerdrift.tasks.report.load import ReportInputs
 from layerdrift.tasks.report.summary import COUNT_COLUMNS
 from layerdrift.tasks.report.tokens import Sentence, sentence_html
@@ -167,6 +168,18 @@ def card_html(card: dict, label_names: list[str], thresholds: tuple[float, float
     return f'<div class="card"><b>{html.escape(head)}</b><ul>{"".join(rows)}</ul></div>'
 
 
+def importance_section(inputs: ReportInputs, pictures: list[Picture]) -> list[str]:
+    """The "Which layers to fine-tune" section (empty without ``layer_reversion``)."""
+    if not inputs.has("layer_reversion"):
+        return []
+    out = ['<h2 id="recommendation">Which layers to fine-tune</h2><ul>']
+    out += [f"<li>{html.escape(line)}</li>" for line in recommendation_lines(inputs)]
+    out.append("</ul><h3>Validation accuracy of each reversion variant</h3>")
+    out.append(table_html(reversion_frame(inputs), "reversion-table", index=True))
+    out += [figure_html(p) for p in pictures if p.name == FIGURE_NAME]
+    return out
+
+
 def render(
     inputs: ReportInputs,
     table: pd.DataFrame,
@@ -223,8 +236,10 @@ def render(
         frame.index.name = "true \\ predicted"
         out.append("<h3>Confusion matrix (final, validation)</h3>")
         out.append(table_html(frame, "confusion-table", index=True))
+    out += importance_section(inputs, pictures)
     out.append('<h2 id="figures">Figures</h2>')
-    out += [figure_html(p) for p in pictures if not p.name.startswith("04-")]
+    own = ("04-", FIGURE_NAME)  # token pictures and the importance figure have own sections
+    out += [figure_html(p) for p in pictures if not p.name.startswith(own)]
     tokens = [p for p in pictures if p.name.startswith("04-")]
     if tokens:
         out.append('<h2 id="tokens">Token pictures</h2>')

@@ -34,6 +34,7 @@ PRODUCERS = {
     "crosscoder_counts": "features",
     "matched_fraction": "features",
     "task_specific_fraction": "features",
+    "layer_reversion": "importance",
 }
 
 # Groups read at the ``final`` checkpoint; without it they cannot be drawn.

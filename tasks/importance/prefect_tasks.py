@@ -1,0 +1,19 @@
+"""Thin Prefect wrapper over the importance stage (the flow sets caching options)."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from layerdrift.config import RunConfig
+from layerdrift.storage.rundir import RunDir
+from layerdrift.tasks.importance.run import compute_importance
+from layerdrift.tasks.retry import retry_unless_bad_input
+
+
+@task(
+    name="importance", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_bad_input
+)
+def importance_task(run: RunDir, cfg: RunConfig) -> None:
+    """Prefect task: :func:`tasks.importance.compute_importance` (reversion, then its
+    correlation with drift); a retry keeps a ``layer_reversion`` already written."""
+    compute_importance(run, cfg)

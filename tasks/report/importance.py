@@ -1,0 +1,105 @@
+"""The report's recommendation: which layers to fine-tune, with the reversion evidence.
+
+Reads ``layer_reversion``, ``drift_importance`` and ``similarity``; the recommendation itself
+is :func:`tasks.importance.recommend`'s. One figure puts the reversion curves and the
+similarity curves on one layer axis (the head as the last tick).
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from layerdrift.tasks.importance import recommend
+from layerdrift.tasks.report.figures import LAYER_AXIS, Plot, outside_legend
+from layerdrift.tasks.report.load import ReportInputs
+
+FIGURE_NAME = "09-layer-importance"
+CURVES = {
+    "revert": "final with this unit reverted",
+    "transplant": "base with only this unit fine-tuned",
+    "revert_from": "final with this unit and later reverted",
+    "revert_through": "final with this unit and earlier reverted",
+}
+EVIDENCE_WORDS = {
+    "transplant": "base with only that unit fine-tuned",
+    "revert_from": "base with the units up to it fine-tuned (the rest reverted)",
+    "revert_through": "base with the units after it fine-tuned (the rest reverted)",
+    "final": "no smaller set recovers enough: fine-tune every unit",
+}
+
+
+def reversion_frame(inputs: ReportInputs) -> pd.DataFrame:
+    """Validation accuracy per unit (rows, named) and variant (columns)."""
+    accuracy = inputs.results["layer_reversion"].sel(quantity="accuracy")
+    frame = accuracy.transpose("layer", "variant").to_pandas()
+    frame.index = [str(u) for u in accuracy["unit"].values]
+    frame.index.name = "unit"
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def fig_importance(inputs: ReportInputs) -> Plot | None:
+    """Reversion accuracy (top) and similarity of final to base (bottom) against the layer."""
+    if not inputs.has("layer_reversion"):
+        return None
+    reversion = inputs.results["layer_reversion"].sel(quantity="accuracy")
+    layers = [int(v) for v in reversion.layer.values]
+    units = [str(u) for u in reversion["unit"].values]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9.0, 6.0), sharex=True)
+    palette = sns.color_palette(n_colors=len(CURVES))
+    for color, (variant, label) in zip(palette, CURVES.items(), strict=True):
+        top.plot(layers, reversion.sel(variant=variant).values, marker="o", color=color,
+                 label=label)  # fmt: skip
+    for variant, style in (("final", "-"), ("base", ":")):
+        value = float(reversion.sel(variant=variant).isel(layer=0))
+        label = f"{variant} {value:.3f}"
+        top.axhline(value, color="0.3", linestyle=style, linewidth=1, label=label)
+    top.set_ylabel("validation accuracy")
+    top.legend()
+    outside_legend(top)
+    if inputs.has("similarity"):
+        sim = inputs.results["similarity"].sel(reference="base", checkpoint="final")
+        for metric in ("cosine", "linear_cka"):
+            bottom.plot(sim.layer.values, sim.sel(metric=metric).values, marker="s", label=metric)
+        bottom.legend()
+        outside_legend(bottom)
+    bottom.set_ylabel("similarity of final to base")
+    bottom.set_xticks(layers, [str(v) for v in layers[:-1]] + [units[-1]])
+    bottom.set_xlabel(f"{LAYER_AXIS}; the classification head last")
+    fig.tight_layout()
+    revert = reversion.sel(variant="revert").isel(layer=slice(0, -1))
+    worst = int(revert.idxmin("layer"))
+    reading = (
+        f"Reverting {units[layers.index(worst)]} alone costs the most accuracy "
+        f"({float(reversion.sel(variant='final').isel(layer=0)):.3f} → "
+        f"{float(revert.min()):.3f}) among the layers."
+    )
+    return Plot(FIGURE_NAME, "Which layers matter: reversion and similarity", fig, reading)
+
+
+def recommendation_lines(inputs: ReportInputs) -> list[str]:
+    """The recommendation and the drift-importance correlation, as sentences."""
+    found = recommend(inputs.results["layer_reversion"])
+    if found is None:
+        return ["Fine-tuning did not raise validation accuracy, so there is no gain to recover."]
+    pct = f"{found.target:.0%}"
+    lines = [
+        f"Fine-tune {', '.join(found.units)} and keep the rest at base: that model reaches "
+        f"validation accuracy {found.accuracy:.3f}, "
+        f"{found.recovered:.1%} of the gain from base ({found.base_accuracy:.3f}) to full "
+        f"fine-tuning ({found.final_accuracy:.3f}); the smallest set found to recover ≥ {pct}.",
+        f"Evidence: the layer-reversion curves (weights swapped in memory, one validation pass "
+        f"each; no freeze grid in this run), variant {found.evidence}: "
+        f"{EVIDENCE_WORDS[found.evidence]}. Sets tried: every single unit, the first k units "
+        "and the last k units.",
+    ]
+    if inputs.has("drift_importance"):
+        rho = inputs.results["drift_importance"]
+        values = ", ".join(f"1 − {m}: {float(rho.sel(measure=m)):.2f}" for m in rho.measure.values)
+        lines.append(
+            "Does drift predict importance? Spearman rank correlation over layers between "
+            f"drift and the accuracy lost by reverting the layer — {values}."
+        )
+    return lines
