@@ -19,6 +19,7 @@ import xarray as xr
 from layerdrift.config import RunConfig, load_run_config
 from layerdrift.storage.results import list_results, open_result
 from layerdrift.storage.rundir import CARDS_PATH, CHECKPOINTS_DIR, CONFIG_FILE, RunDir
+from layerdrift.tasks.data import UNLABELLED_NOTE, data_complete, probe_set_labelled
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,8 @@ def load_inputs(run: RunDir) -> ReportInputs:
     missing += [
         f"{stage}: results.zarr has no {', '.join(names)}" for stage, names in absent.items()
     ]
+    if data_complete(run) and not probe_set_labelled(run):
+        missing.insert(0, f"probes and task-specific latents: {UNLABELLED_NOTE}")
     cards: list[dict] = []
     if run.exists(*CARDS_PATH):
         cards = json.loads(run.read_text(*CARDS_PATH))
