@@ -72,7 +72,7 @@ class ProbeConfig(_Section):
     text_column: str = Field("text", description="Column holding the text (CSV and hf only).")
     label_column: str = Field(
         "label",
-        description="Column holding the label; a source without it (or \"\") gives unlabelled "
+        description='Column holding the label; a source without it (or "") gives unlabelled '
         "probes: no linear probes, no task-specific latents.",
     )
     hf_split: str = Field("train", description="Split to read from a Hugging Face dataset.")
