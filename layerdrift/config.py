@@ -362,6 +362,14 @@ class RunConfig(_Section):
         return {**values, "sae": sae, "features": features}
 
     @property
+    def final_label(self) -> str:
+        """The checkpoint compared with ``base`` as the fine-tuned one: ``final``, or the last
+        of the checkpoints given (a Trainer folder's last is ``final``)."""
+        if self.checkpoints and self.checkpoints_from is None:
+            return list(self.checkpoints)[-1]
+        return "final"
+
+    @property
     def imports_checkpoints(self) -> bool:
         """Whether the run analyses given checkpoints instead of fine-tuning its own."""
         return bool(self.checkpoints) or self.checkpoints_from is not None
@@ -369,6 +377,11 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _sae_checkpoints_exist(self) -> RunConfig:
         if self.checkpoints:
+            if self.checkpoints_from is None and set(self.checkpoints) == {REFERENCE_LABEL}:
+                raise ValueError(
+                    "checkpoints holds only the reference `base`: give at least one checkpoint "
+                    "to compare with it (LABEL=PATH), or checkpoints_from"
+                )
             known = {REFERENCE_LABEL, *self.checkpoints}
         elif self.checkpoints_from is not None:
             return self  # labels come from the folder; preflight checks them

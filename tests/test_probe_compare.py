@@ -18,7 +18,7 @@ from layerdrift.config import RunConfig
 from layerdrift.storage import RunDir
 from layerdrift.storage.results import list_results
 from layerdrift.tasks.data import UNLABELLED, load_probe_set
-from layerdrift.tasks.report import compare_runs
+from layerdrift.tasks.report import compare_runs, per_layer_table
 from layerdrift.tasks.report.compare import CROSS_RUN_CSV, linear_cka
 from layerdrift.tasks.report.crossrun import PROBE_HINT, cross_run_similarity, incomparable
 
@@ -83,6 +83,9 @@ def test_compare_runs_sharing_a_probe_set(
         runs[name] = RunDir(result["run_dir"])
     report = (tmp_path / "c" / "report.html").read_text()
     assert "the probe set has no labels, so linear probes and task-specific latents" in report
+    assert "01-similarity-by-layer" in report  # the given label `ft` is the final checkpoint
+    table = per_layer_table(runs["c"])
+    assert len(table) == 3 and table["cosine"].notna().all()
     assert "probe_accuracy" not in list_results(runs["a"].results())
     a, b = (xr.open_zarr(runs[n].activations()) for n in "ab")
     frame = cross_run_similarity(a, b)

@@ -70,6 +70,7 @@ class ReportInputs:
     results: dict[str, xr.DataArray]
     cards: list[dict]
     missing: list[str] = field(default_factory=list)
+    final: str = "final"  # the fine-tuned checkpoint (given checkpoints keep their labels)
 
     def has(self, *names: str) -> bool:
         """Whether every named results group is present."""
@@ -116,13 +117,14 @@ def load_inputs(run: RunDir) -> ReportInputs:
         missing.append("finetune: no checkpoint metrics.json found")
     results: dict[str, xr.DataArray] = {}
     present = list_results(run.results())
+    final = config.final_label
     for name in present:
         data = open_result(run.results(), name)[name]
-        if name in NEEDS_FINAL and "final" not in data.coords["checkpoint"].values:
-            missing.append(f"{PRODUCERS[name]}: `{name}` has no final checkpoint yet")
+        if name in NEEDS_FINAL and final not in data.coords["checkpoint"].values:
+            missing.append(f"{PRODUCERS[name]}: `{name}` has no {final} checkpoint yet")
             continue
         if name == "drift":  # per token: only the final checkpoint is drawn
-            data = data.sel(checkpoint=["final"])
+            data = data.sel(checkpoint=[final])
         results[name] = data.load()
     absent: dict[str, list[str]] = {}
     for name, stage in PRODUCERS.items():
@@ -140,4 +142,4 @@ def load_inputs(run: RunDir) -> ReportInputs:
         missing.append("features: no features/cards.json")
     for line in missing:
         logger.info("report: skipped, %s", line)
-    return ReportInputs(run, config, metrics, confusion, names, results, cards, missing)
+    return ReportInputs(run, config, metrics, confusion, names, results, cards, missing, final)
