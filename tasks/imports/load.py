@@ -25,6 +25,7 @@ from layerdrift.storage.checkpoints import (
     upload_folder,
 )
 from layerdrift.storage.rundir import CHECKPOINTS_DIR, RunDir
+from layerdrift.tasks.data import data_complete, read_dataset_info
 from layerdrift.tasks.imports.sources import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -77,7 +78,8 @@ def load_adapter_merged(folder: str, trust_remote_code: bool = False) -> torch.n
     check_safe_weights(folder)
     peft_config = PeftConfig.from_pretrained(folder)
     base = resolve_model(adapter_base(folder))
-    if str(peft_config.task_type) in CLASSIFIER_TASKS:
+    task_type = getattr(peft_config.task_type, "value", peft_config.task_type)
+    if task_type in CLASSIFIER_TASKS:
         model = load_classifier(base, trust_remote_code=trust_remote_code)
     else:
         model = load_encoder(base, torch.device("cpu"))
@@ -85,15 +87,31 @@ def load_adapter_merged(folder: str, trust_remote_code: bool = False) -> torch.n
     return merged.eval()
 
 
-def load_given(item: GivenCheckpoint, trust_remote_code: bool = False):
+def load_given(
+    item: GivenCheckpoint, trust_remote_code: bool = False, label_names: list[str] | None = None
+):
     """(model, tokenizer) of one given checkpoint; an adapter's tokenizer is its own when it
-    saved one, else its base's."""
+    saved one, else its base's.
+
+    With ``label_names``, a classifier head of another size (or a bare encoder's missing
+    one) is replaced by a new head with that many labels, as fine-tuning's base gets: the
+    SAE stage scores spliced classifiers on the probe labels.
+    """
     tokenizer = load_tokenizer(tokenizer_source(item), trust_remote_code)
     if item.is_adapter:
         return load_adapter_merged(item.source, trust_remote_code), tokenizer
     source = model_source(item)
     check_safe_weights(source)
-    return load_classifier(source, tokenizer, trust_remote_code=trust_remote_code), tokenizer
+    model = load_classifier(source, tokenizer, label_names, trust_remote_code)
+    return model, tokenizer
+
+
+def probe_label_names(run: RunDir) -> list[str] | None:
+    """The probe set's label names once the data stage ran (None: unknown or unlabelled)."""
+    if not data_complete(run):
+        return None
+    info = read_dataset_info(run)
+    return info.get("probe_label_names", info["label_names"]) or None
 
 
 def import_fingerprint(item: GivenCheckpoint) -> dict:
@@ -105,7 +123,7 @@ def import_checkpoint(run: RunDir, cfg: RunConfig, item: GivenCheckpoint) -> Non
     """Save one given checkpoint as ``<run>/checkpoints/<label>/`` (metrics.json last)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # the new head of a bare encoder given is seeded
-        model, tokenizer = load_given(item, cfg.trust_remote_code)
+        model, tokenizer = load_given(item, cfg.trust_remote_code, probe_label_names(run))
     metrics = {"step": item.step, **item.metrics, **import_fingerprint(item)}
     stale = run.path(CHECKPOINTS_DIR, item.label, METRICS_FILE)
     if run.fs.exists(stale):
