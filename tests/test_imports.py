@@ -186,3 +186,16 @@ def test_checkpoint_labels_are_validated(tiny_model_dir, separable_csv, tmp_path
         ("base", str(tiny_model_dir)),
         ("ft", "x"),
     ]
+
+
+def test_checkpoints_table_in_toml_keeps_its_order(tmp_path):
+    from layerdrift.config import build_config
+
+    toml = tmp_path / "study.toml"
+    toml.write_text('[checkpoints]\nbase = "minilm-l6"\nzeta = "./z"\nalpha = "./a"\n')
+    cfg = build_config("quick", toml, {"checkpoints": {"beta": "./b"}})
+    assert list(cfg.checkpoints) == ["base", "zeta", "alpha", "beta"]
+    assert cfg.final_label == "beta" and cfg.sae.checkpoints == ("base", "beta")
+    assert cfg.imports_checkpoints
+    with pytest.raises(ValueError, match="holds only the reference `base`"):
+        build_config("quick", None, {"checkpoints": {"base": "minilm-l6"}})
