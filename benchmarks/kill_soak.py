@@ -77,12 +77,15 @@ def _config(work: Path) -> Path:
     return toml
 
 
-def _run(work: Path, name: str, kill_after: list[float]) -> dict:
+def _run(work: Path, name: str, kill_after: list[float], **env: str) -> dict:
     """Run ``name``, SIGKILLing it ``len(kill_after)`` times (seconds after its config.json
-    appears), resuming after each; return the timeline and what each kill found finished."""
+    appears), resuming after each; return the timeline and what each kill found finished.
+
+    ``env`` adds variables to the runs' environment (``PREFECT_API_URL`` of a server to use
+    instead of a temporary one per run)."""
     run = work / "runs" / name
     args = ["run", str(work / "tiny.toml"), "--runs-root", str(work / "runs"), "--name", name]
-    env, log = cli_env(work / f"prefect-{name}"), work / f"{name}.log"
+    env, log = cli_env(work / f"prefect-{name}", **env), work / f"{name}.log"
     kills = []
     for delay in [*kill_after, None]:
         process = start_cli(args, work, env, log)

@@ -24,6 +24,7 @@ from typing import Any
 
 import fsspec
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
@@ -170,13 +171,18 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def save_train_state(url: str, state: TrainState) -> None:
-    """Write the training state into ``<url>/train-state/`` (``state.json`` last).
+    """Write the training state into ``<url>/train-state/`` (``state.json`` removed first,
+    written last, so it marks a complete state).
 
     The optimizer state (nested dicts of tensors, ints keys included) is stored as
     safetensors plus a JSON skeleton, so loading never unpickles anything.
     """
     fs, path = _fs(url)
     folder = f"{path}/{TRAIN_STATE_DIR}"
+    # The previous state's marker goes first: a kill while the tensors below are rewritten
+    # then leaves no state (training restarts) rather than a marker over truncated files.
+    if fs.exists(f"{folder}/{STATE_JSON}"):
+        fs.rm(f"{folder}/{STATE_JSON}")
     opt_tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state.optimizer, "opt", opt_tensors)
     model = {k: v.detach().to("cpu").contiguous() for k, v in state.model.items()}
@@ -191,16 +197,24 @@ def save_train_state(url: str, state: TrainState) -> None:
 
 
 def load_train_state(url: str) -> TrainState | None:
-    """The training state saved under ``<url>/train-state/``, or None when there is none."""
+    """The training state saved under ``<url>/train-state/``, or None when there is none.
+
+    A state that cannot be read whole (a file cut short by a kill in a version that wrote
+    ``state.json`` before its tensors) counts as none, with a warning: training restarts.
+    """
     fs, path = _fs(url)
     folder = f"{path}/{TRAIN_STATE_DIR}"
     if not fs.exists(f"{folder}/{STATE_JSON}"):
         return None
-    payload = json.loads(_read_bytes(fs, f"{folder}/{STATE_JSON}"))
-    model = load_bytes(_read_bytes(fs, f"{folder}/{STATE_MODEL}"))
-    stored = load_bytes(_read_bytes(fs, f"{folder}/{STATE_OPTIMIZER}"))
-    optimizer = _unflatten(payload["optimizer"], stored)
-    tensors = {name: stored[f"extra.{name}"] for name in payload["tensors"]}
+    try:
+        payload = json.loads(_read_bytes(fs, f"{folder}/{STATE_JSON}"))
+        model = load_bytes(_read_bytes(fs, f"{folder}/{STATE_MODEL}"))
+        stored = load_bytes(_read_bytes(fs, f"{folder}/{STATE_OPTIMIZER}"))
+        optimizer = _unflatten(payload["optimizer"], stored)
+        tensors = {name: stored[f"extra.{name}"] for name in payload["tensors"]}
+    except (OSError, ValueError, KeyError, SafetensorError) as error:
+        logger.warning("training state in %s is unreadable (%s): starting over", folder, error)
+        return None
     return TrainState(model=model, optimizer=optimizer, extra=payload["extra"], tensors=tensors)
 
 

@@ -31,6 +31,16 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="session")
+def prefect_api_url(prefect_harness) -> str:
+    """The session server's API URL, for ``layerdrift`` subprocesses whose test is not about
+    the temporary server: each such run then skips that server's start and stop (~15 s).
+    tests/test_signals.py and tests/test_cli.py keep the temporary server, as users run it."""
+    from prefect.settings import PREFECT_API_URL
+
+    return str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved 2-layer, hidden-32 BERT classifier with its WordPiece tokenizer."""
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

@@ -146,3 +146,41 @@ def test_a_folder_of_the_earlier_layout_is_not_current(tmp_path):
     cfg["metadata"]["layerdrift"]["layout"] = 1
     path.write_text(json.dumps(cfg))
     assert not folder_current(str(tmp_path / "sae"), "g")
+
+
+def test_a_training_state_cut_short_counts_as_none(tmp_path, caplog, monkeypatch):
+    """A kill while a state is rewritten never leaves ``state.json`` over truncated tensors;
+    a state cut short by an older writer is read as none (training restarts), with a
+    warning, instead of failing every resume."""
+    from layerdrift.storage.saes import (
+        STATE_JSON,
+        STATE_MODEL,
+        TRAIN_STATE_DIR,
+        TrainState,
+        load_train_state,
+        save_train_state,
+    )
+
+    url = str(tmp_path / "sae")
+    weights = torch.arange(6.0).reshape(2, 3)
+    state = TrainState({"W": weights}, {"step": 1, "m": [torch.ones(2)]}, {"step": 3}, {})
+    save_train_state(url, state)
+    folder = tmp_path / "sae" / TRAIN_STATE_DIR
+    assert torch.equal(load_train_state(url).model["W"], weights)
+
+    def killed(tensors):  # the process dies while the new tensors are being written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("layerdrift.storage.saes.save_bytes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_train_state(url, state)
+    assert not (folder / STATE_JSON).exists() and load_train_state(url) is None
+    monkeypatch.undo()
+    save_train_state(url, state)
+
+    model = folder / STATE_MODEL
+    model.write_bytes(model.read_bytes()[:5])  # state.json present, tensors cut short
+    assert (folder / STATE_JSON).is_file()
+    with caplog.at_level("WARNING"):
+        assert load_train_state(url) is None
+    assert "unreadable" in caplog.text

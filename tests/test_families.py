@@ -175,14 +175,14 @@ def _config(folder, csv, tmp_path) -> dict:
     }
 
 
-def _run_cli(values: dict, tmp_path) -> None:
+def _run_cli(values: dict, tmp_path, api_url: str) -> None:
     """``layerdrift run family.toml``: the flow, its Prefect tasks and the command line."""
     toml = tmp_path / "family.toml"
     toml.write_text(to_toml(values))
     done = subprocess.run(
         [*LAYERDRIFT, "run", str(toml)],
         cwd=tmp_path,
-        env=cli_env(tmp_path / "prefect"),
+        env=cli_env(tmp_path / "prefect", PREFECT_API_URL=api_url),
         capture_output=True,
         text=True,
         timeout=900,
@@ -227,11 +227,11 @@ def _stored_vs_direct(run: RunDir, labels: list[str], tokenizer) -> float:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_family_end_to_end(family_dir, separable_csv, tmp_path, family):
+def test_family_end_to_end(family_dir, separable_csv, tmp_path, family, prefect_api_url):
     values = _config(family_dir(family), separable_csv, tmp_path)
     run = RunDir(RunConfig.model_validate(values).run_url)
     if family == CLI_FAMILY:
-        _run_cli(values, tmp_path)
+        _run_cli(values, tmp_path, prefect_api_url)
     else:
         assert _run_stages(run, RunConfig.model_validate(values)) == ["base", "final"]
     labels = ["base", "final"]

@@ -26,15 +26,16 @@ def _kill_soak():
     return module
 
 
-def test_random_kills_then_resume_end_identical(tmp_path):
+def test_random_kills_then_resume_end_identical(tmp_path, prefect_api_url):
     soak = _kill_soak()
     soak._config(tmp_path)
-    reference = threading.Thread(target=soak._run, args=(tmp_path, "reference", []))
+    server = {"PREFECT_API_URL": prefect_api_url}
+    reference = threading.Thread(target=soak._run, args=(tmp_path, "reference", []), kwargs=server)
     reference.start()
     moments = sorted(random.Random(12).uniform(0, SPAN_S) for _ in range(KILLS))
     delays = [b - a for a, b in zip([0.0, *moments], moments, strict=False)]
     try:
-        outcome = soak._run(tmp_path, "killed", delays)
+        outcome = soak._run(tmp_path, "killed", delays, **server)
     finally:
         reference.join()
     assert (tmp_path / "runs/reference/report.html").is_file(), "the reference run failed"

@@ -83,7 +83,7 @@ BAD = {
     "unknown model_type": (
         lambda i: {"model": str(i["unknown"])},
         UnsupportedModelError,
-        r"has a model_type this transformers does not know .*frobnicator",
+        r"has model_type 'frobnicator', which transformers .* does not know",
     ),
     "missing model folder": (
         lambda i: {"model": str(i["model"]) + "-gone"},

@@ -74,7 +74,7 @@ def _kill_when(process, run: Path, trigger: str, log: Path, timeout_s: float = 3
 
 
 @pytest.fixture(scope="module")
-def resume_runs(tmp_path_factory, tiny_model_dir) -> dict:
+def resume_runs(tmp_path_factory, tiny_model_dir, prefect_api_url) -> dict:
     """One uninterrupted run and one run killed at every point of KILL_POINTS, then finished."""
     work = tmp_path_factory.mktemp("resume")
     csv = work / "texts.csv"
@@ -91,7 +91,7 @@ def resume_runs(tmp_path_factory, tiny_model_dir) -> dict:
 
     def start(kind: str):
         args = ["run", "tiny.toml", "--runs-root", str(work / kind)]
-        env = cli_env(work / f"prefect-{kind}")
+        env = cli_env(work / f"prefect-{kind}", PREFECT_API_URL=prefect_api_url)
         return start_cli(args, work, env, work / f"{kind}.log")
 
     reference = start("reference")

@@ -67,7 +67,7 @@ def dask_cluster(s3_endpoint):
 
 
 def test_run_on_s3_with_a_dask_cluster_matches_a_local_run(
-    tmp_path, tiny_model_dir, separable_csv, s3_endpoint, dask_cluster
+    tmp_path, tiny_model_dir, separable_csv, s3_endpoint, dask_cluster, prefect_api_url
 ):
     # SAEs and feature comparisons of the last layer only: each feature task on the
     # loopback S3 server costs ~25 s, and the other layers add no new code path. The
@@ -80,7 +80,7 @@ def test_run_on_s3_with_a_dask_cluster_matches_a_local_run(
     local = start_cli(
         ["run", "tiny.toml", "--runs-root", str(tmp_path / "local")],
         tmp_path,
-        cli_env(tmp_path / "prefect-local"),
+        cli_env(tmp_path / "prefect-local", PREFECT_API_URL=prefect_api_url),
         tmp_path / "local.log",
     )
     remote = start_cli(
@@ -93,7 +93,7 @@ def test_run_on_s3_with_a_dask_cluster_matches_a_local_run(
             dask_cluster.scheduler_address,
         ],
         tmp_path,
-        cli_env(tmp_path / "prefect-remote", **s3_endpoint),
+        cli_env(tmp_path / "prefect-remote", PREFECT_API_URL=prefect_api_url, **s3_endpoint),
         tmp_path / "remote.log",
     )
     try:

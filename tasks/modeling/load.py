@@ -9,6 +9,7 @@ id: it is taken from the tokenizer (its eos, by the padding policy) when the con
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +59,14 @@ def load_config(model: str | Path, trust_remote_code: bool = False):
             f"cannot load the config of model {str(model)!r}{hint}: {first}"
         ) from error
     except (KeyError, ValueError) as error:
+        import transformers
+
+        named = re.search(r"model type `([^`]*)`", str(error))
+        what = f"model_type {named.group(1)!r}" if named else "a model_type"
         raise UnsupportedModelError(
-            f"model {str(model)!r} has a model_type this transformers does not know "
-            f"({str(error).splitlines()[0]}): upgrade transformers or pass trust_remote_code"
+            f"model {str(model)!r} has {what}, which transformers {transformers.__version__} "
+            "does not know: fix model_type in its config.json, upgrade transformers, or pass "
+            "trust_remote_code for a model that ships its own code"
         ) from error
 
 
