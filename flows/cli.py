@@ -48,6 +48,7 @@ USER_ERRORS = (
     ("layerdrift.storage.rundir", "RunConfigMismatchError"),
     ("layerdrift.storage.rundir", "RunLockedError"),
     ("layerdrift.tasks.data.sources", "DatasetError"),
+    ("layerdrift.tasks.imports.sources", "CheckpointImportError"),
     ("layerdrift.tasks.modeling", "ModelNotFoundError"),
     ("layerdrift.tasks.preflight", "PreflightError"),
 )
@@ -106,6 +107,17 @@ def run(
     dask_address: Annotated[
         str | None, typer.Option(help="Dask scheduler address, e.g. tcp://host:8786.")
     ] = None,
+    checkpoint: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="LABEL=PATH_OR_NAME, repeatable: analyse these checkpoints (no fine-tuning); "
+            "`base` (the reference) first, --model when not given."
+        ),
+    ] = None,
+    checkpoints_from: Annotated[
+        str | None,
+        typer.Option(help="A Hugging Face Trainer output folder: its checkpoint-N/ in order."),
+    ] = None,
 ) -> None:
     """Run the whole pipeline; the same command again resumes and redoes nothing finished."""
     from layerdrift.config import build_config
@@ -117,6 +129,8 @@ def run(
         "device": device,
         "dask_address": dask_address,
         "data": {"dataset": dataset} if dataset else None,
+        "checkpoints": _checkpoint_options(checkpoint or []),
+        "checkpoints_from": checkpoints_from,
     }
     try:
         config = build_config(preset, config_file, overrides)
@@ -204,7 +218,22 @@ def compare(
 
     if len(run_dirs) < 2:
         raise UserError("compare needs at least two run directories")
-    path = compare_runs([RunDir(_existing_run(r)) for r in run_dirs], out)
+    import itertools
+
+    import pandas as pd
+
+    from layerdrift.tasks.report.compare import CROSS_RUN_CSV
+    from layerdrift.tasks.report.crossrun import incomparable
+
+    runs = [RunDir(_existing_run(r)) for r in run_dirs]
+    path = compare_runs(runs, out)
+    for a, b in itertools.combinations(runs, 2):
+        why = incomparable(a, b)
+        if why is not None:
+            console.print(f"no final-vs-final similarity for {a.url} ~ {b.url}: {escape(why)}")
+    if (out / CROSS_RUN_CSV).is_file():
+        frame = pd.read_csv(out / CROSS_RUN_CSV).set_index(["pair", "layer"])
+        _print_frame(frame, "final vs final, per layer", "table")
     console.print(f"[bold green]comparison[/bold green] {path}")
 
 
@@ -246,6 +275,19 @@ def verify(
     else:
         console.print(f"{len(damage)} damaged: `layerdrift verify {run_dir} --repair` clears them")
         raise typer.Exit(1)
+
+
+def _checkpoint_options(values: list[str]) -> dict[str, str] | None:
+    """``--checkpoint LABEL=PATH`` options as an ordered label -> source mapping."""
+    given: dict[str, str] = {}
+    for value in values:
+        label, sep, source = value.partition("=")
+        if not sep:
+            raise UserError(f"--checkpoint {value!r} is not LABEL=PATH_OR_NAME, e.g. ft=./model")
+        if label in given:
+            raise UserError(f"--checkpoint label {label!r} is given twice: use one per label")
+        given[label] = source
+    return given or None
 
 
 def _existing_run(run_dir: str) -> str:

@@ -16,7 +16,12 @@ from layerdrift.flows.stages import StageLedger, uncached
 from layerdrift.storage import RunDir, save_run_config
 from layerdrift.storage.activations import missing_chunks
 from layerdrift.storage.lock import holding
-from layerdrift.tasks.data import data_complete, prepare_data_task
+from layerdrift.tasks.data import (
+    UNLABELLED_NOTE,
+    data_complete,
+    prepare_data_task,
+    probe_set_labelled,
+)
 from layerdrift.tasks.extract import create_store_task, extract_checkpoint_task
 from layerdrift.tasks.extract.prefect_tasks import extract_on_dask_task
 from layerdrift.tasks.features import (
@@ -30,6 +35,7 @@ from layerdrift.tasks.features import (
 )
 from layerdrift.tasks.finetune import finetune_complete, finetune_task, finished_checkpoints
 from layerdrift.tasks.importance import importance_complete, importance_task
+from layerdrift.tasks.imports import given_checkpoints, import_checkpoints_task, imports_complete
 from layerdrift.tasks.preflight import preflight
 from layerdrift.tasks.report import build_report_task, publish_artifacts
 from layerdrift.tasks.sae import (
@@ -80,11 +86,13 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
             config,
             done=_safe(similarity_complete, run),
         )
-        if info.shared_module is None:
+        if config.imports_checkpoints:
+            ledger.skipped("importance", "checkpoints are imported, not fine-tuned here")
+        elif info.shared_module is not None:
+            ledger.skipped("importance", f"{info.shared_module} is shared between layers")
+        else:
             done = _safe(importance_complete, run)
             ledger.call("importance", importance_task, run, config, done=done)
-        else:
-            ledger.skipped("importance", f"{info.shared_module} is shared between layers")
         if config.sae.enabled:
             _train_saes(ledger, run, config)
             _compare_features(ledger, run, config)
@@ -106,8 +114,14 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
 
 
 def _prepare(ledger: StageLedger, run: RunDir, config: RunConfig) -> list[str]:
-    """Data and fine-tuning; returns the checkpoint labels, read from ``checkpoints/``."""
+    """Data and fine-tuning (or importing the given checkpoints); returns the checkpoint
+    labels, read from ``checkpoints/``."""
     ledger.call("data", prepare_data_task, run, config, done=_safe(data_complete, run))
+    if config.imports_checkpoints:
+        done = _safe(imports_complete, run, config)
+        ledger.skipped("finetune", "checkpoints are given")
+        ledger.call("import", import_checkpoints_task, run, config, done=done)
+        return [item.label for item in given_checkpoints(config)]
     done = _safe(finetune_complete, run, config)
     ledger.call("finetune", finetune_task, run, config, done=done)
     return finished_checkpoints(run, config)
@@ -145,6 +159,9 @@ def _compare_features(ledger: StageLedger, run: RunDir, config: RunConfig) -> No
     """Base vs fine-tuned features for every layer whose two SAEs exist."""
     if not config.features.enabled:
         ledger.skipped("features", "features.enabled is false")
+        return
+    if not probe_set_labelled(run):
+        ledger.skipped("features", UNLABELLED_NOTE)
         return
     layers = feature_layers(run, config)
     if not layers:

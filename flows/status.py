@@ -27,6 +27,7 @@ from layerdrift.tasks.data import data_complete, read_dataset_info
 from layerdrift.tasks.features import feature_results_written, features_complete
 from layerdrift.tasks.finetune import planned_checkpoints
 from layerdrift.tasks.importance import importance_complete
+from layerdrift.tasks.imports import given_checkpoints
 from layerdrift.tasks.sae.run import sae_complete, saes_evaluated
 from layerdrift.tasks.similarity.run import similarity_complete
 
@@ -45,9 +46,12 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
     rows.append(("data", "splits", _state(data_complete(run))))
     if not data_complete(run):
         return rows
-    n_train = read_dataset_info(run)["split_sizes"]["train"]
-    labels = [label for _, label in planned_checkpoints(config, n_train)]
-    rows += [("finetune", label, _state(checkpoint_complete(run, label))) for label in labels]
+    if config.imports_checkpoints:
+        stage, labels = "import", [item.label for item in given_checkpoints(config)]
+    else:
+        n_train = read_dataset_info(run)["split_sizes"]["train"]
+        stage, labels = "finetune", [label for _, label in planned_checkpoints(config, n_train)]
+    rows += [(stage, label, _state(checkpoint_complete(run, label))) for label in labels]
 
     attrs = read_attrs(run.activations())
     if attrs is None or "schema_version" not in attrs:

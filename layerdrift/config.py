@@ -21,6 +21,10 @@ BUNDLED_MODEL = "minilm-l6"
 PAPER_MODEL = "all-mpnet-base-v2"
 BUNDLED_DATASETS = ("rotten-tomatoes", "bbc-news")
 PresetName = Literal["quick", "default", "paper"]
+# The reference checkpoint: step 0 of a fine-tune, or the first of the checkpoints given.
+REFERENCE_LABEL = "base"
+# Checkpoint labels are folder names under checkpoints/ and coordinates of the store.
+CHECKPOINT_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class _Section(BaseModel):
@@ -51,6 +55,34 @@ class DataConfig(_Section):
             f"unknown dataset {value!r}: use one of {', '.join(BUNDLED_DATASETS)}, "
             "`csv:PATH` (a CSV with text and label columns) or `hf:NAME[:CONFIG]`"
         )
+
+
+class ProbeConfig(_Section):
+    """The probe set recorded in the store; by default a held-out split of ``data``.
+
+    With ``dataset`` set, the probe texts come from that source instead (sampled, seeded),
+    so runs of different tasks on one base share them (``layerdrift compare``).
+    """
+
+    dataset: str | None = Field(
+        None,
+        description="`rotten-tomatoes`, `bbc-news`, `csv:PATH` or `hf:NAME[:CONFIG]`; "
+        "None: a held-out split of `data.dataset`.",
+    )
+    text_column: str = Field("text", description="Column holding the text (CSV and hf only).")
+    label_column: str = Field(
+        "label",
+        description='Column holding the label; a source without it (or "") gives unlabelled '
+        "probes: no linear probes, no task-specific latents.",
+    )
+    hf_split: str = Field("train", description="Split to read from a Hugging Face dataset.")
+    size: int | None = Field(None, gt=0, description="Probe examples; None: data.probe_size.")
+    seed: int | None = Field(None, description="Seed of the probe sample; None: the run's.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str | None) -> str | None:
+        return None if value is None else DataConfig._known_dataset(value)
 
 
 class FinetuneConfig(_Section):
@@ -287,7 +319,18 @@ class RunConfig(_Section):
     seed: int = Field(0, description="Seed for splits, initialisation and data order.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="`auto` uses CUDA if any.")
     dask_address: str | None = Field(None, description="A Dask scheduler, e.g. tcp://host:8786.")
+    checkpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description="Your own checkpoints, label -> folder or hub name, in order (no "
+        "fine-tuning); `base` (the reference) first, `model` when not given.",
+    )
+    checkpoints_from: str | None = Field(
+        None,
+        description="A Hugging Face Trainer output folder: its checkpoint-N/ folders in step "
+        "order (no fine-tuning); the base is `checkpoints.base`, the one it names, or `model`.",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
@@ -315,9 +358,65 @@ class RunConfig(_Section):
             raise ValueError(f"run name {value!r} must be letters, digits, '.', '_' or '-'")
         return value
 
+    @field_validator("checkpoints")
+    @classmethod
+    def _checkpoint_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [label for label in value if not CHECKPOINT_LABEL.fullmatch(label)]
+        if bad:
+            raise ValueError(
+                f"checkpoint labels {bad} must be letters, digits, '.', '_' or '-' "
+                "(starting with a letter or digit), e.g. base, final, step-000120"
+            )
+        empty = [label for label, source in value.items() if not source.strip()]
+        if empty:
+            raise ValueError(f"checkpoints {empty} name no folder or model: give LABEL=PATH")
+        if REFERENCE_LABEL in value and next(iter(value)) != REFERENCE_LABEL:
+            raise ValueError(
+                f"checkpoint {REFERENCE_LABEL!r} is the reference and must come first, got "
+                f"{list(value)}: list it first (or leave it out to use `model`)"
+            )
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _imported_final(cls, values: Any) -> Any:
+        """With checkpoints given, SAEs and features default to the last one (not ``final``)."""
+        if not isinstance(values, dict) or not values.get("checkpoints"):
+            return values
+        last = list(values["checkpoints"])[-1]
+        if last in ("final", REFERENCE_LABEL):
+            return values
+        sae, features = _given(values.get("sae")), _given(values.get("features"))
+        sae.setdefault("checkpoints", [REFERENCE_LABEL, last])
+        features.setdefault("finetuned", last)
+        return {**values, "sae": sae, "features": features}
+
+    @property
+    def final_label(self) -> str:
+        """The checkpoint compared with ``base`` as the fine-tuned one: ``final``, or the last
+        of the checkpoints given (a Trainer folder's last is ``final``)."""
+        if self.checkpoints and self.checkpoints_from is None:
+            return list(self.checkpoints)[-1]
+        return "final"
+
+    @property
+    def imports_checkpoints(self) -> bool:
+        """Whether the run analyses given checkpoints instead of fine-tuning its own."""
+        return bool(self.checkpoints) or self.checkpoints_from is not None
+
     @model_validator(mode="after")
     def _sae_checkpoints_exist(self) -> RunConfig:
-        known = {"base", "final"}
+        if self.checkpoints:
+            if self.checkpoints_from is None and set(self.checkpoints) == {REFERENCE_LABEL}:
+                raise ValueError(
+                    "checkpoints holds only the reference `base`: give at least one checkpoint "
+                    "to compare with it (LABEL=PATH), or checkpoints_from"
+                )
+            known = {REFERENCE_LABEL, *self.checkpoints}
+        elif self.checkpoints_from is not None:
+            return self  # labels come from the folder; preflight checks them
+        else:
+            known = {REFERENCE_LABEL, "final"}
         unknown = [c for c in self.sae.checkpoints if c not in known and not c.startswith("step-")]
         if unknown:
             raise ValueError(f"sae.checkpoints {unknown} are not checkpoint labels")

@@ -19,6 +19,7 @@ from layerdrift.config import RunConfig
 from layerdrift.storage.rundir import RunDir, check_run_config
 from layerdrift.tasks.data import check_data, data_complete
 from layerdrift.tasks.finetune.batches import planned_checkpoints
+from layerdrift.tasks.imports import check_given_checkpoints, given_checkpoints
 from layerdrift.tasks.modeling import ModelInfo, inspect_model, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -55,10 +56,19 @@ def check_tokenizer_files(source: str, name: str) -> None:
 
 def check_model(cfg: RunConfig) -> ModelInfo:
     """Resolve the model and check it through the model adapter (:func:`inspect_model`):
-    config, family, tokenizer against the embedding matrix, weights, hidden-state sites."""
-    source = resolve_model(cfg.model)
-    check_tokenizer_files(source, cfg.model)
-    return inspect_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    config, family, tokenizer against the embedding matrix, weights, hidden-state sites.
+
+    With given checkpoints, the reference (``base``) is the model checked, and every other
+    checkpoint must share its tokenizer and shape (:func:`check_given_checkpoints`).
+    """
+    name = cfg.model
+    if cfg.imports_checkpoints:
+        items = given_checkpoints(cfg)
+        check_given_checkpoints(items, cfg.trust_remote_code)
+        name = items[0].source
+    source = resolve_model(name)
+    check_tokenizer_files(source, name)
+    return inspect_model(name, trust_remote_code=cfg.trust_remote_code)
 
 
 # Config values that depend on the model and the data ---------------------------------------
@@ -96,14 +106,19 @@ def check_frozen_layers(cfg: RunConfig, info: ModelInfo) -> None:
 
 
 def check_checkpoint_labels(cfg: RunConfig) -> None:
-    """SAE and feature checkpoints must be among the checkpoints fine-tuning will write."""
-    planned = [label for _, label in planned_checkpoints(cfg, cfg.data.train_size)]
+    """SAE and feature checkpoints must be among the checkpoints fine-tuning will write (or
+    among the checkpoints given)."""
+    if cfg.imports_checkpoints:
+        planned = [item.label for item in given_checkpoints(cfg)]
+    else:
+        planned = [label for _, label in planned_checkpoints(cfg, cfg.data.train_size)]
     if cfg.sae.enabled:
         unknown = [label for label in cfg.sae.checkpoints if label not in planned]
         if unknown:
+            source = "the run has" if cfg.imports_checkpoints else "fine-tuning writes"
             raise PreflightError(
-                f"sae.checkpoints {unknown} are not checkpoints of this run: fine-tuning "
-                f"writes {', '.join(planned)}; pick from those"
+                f"sae.checkpoints {unknown} are not checkpoints of this run: {source} "
+                f"{', '.join(planned)}; pick from those"
             )
     if cfg.sae.enabled and cfg.features.enabled:
         for role in ("base", "finetuned"):

@@ -60,7 +60,7 @@ def _read_bbc_news() -> tuple[pd.DataFrame, str]:
     return pd.DataFrame(rows, columns=["text", "label"]), str(root)
 
 
-def _read_csv(path_text: str, cfg: DataConfig) -> tuple[pd.DataFrame, str]:
+def _read_csv(path_text: str, cfg: DataConfig, labelled: bool) -> tuple[pd.DataFrame, str]:
     path = Path(path_text).expanduser()
     if not path.is_file():
         raise DatasetError(f"CSV file {path} does not exist: give `csv:PATH` with an existing file")
@@ -78,10 +78,10 @@ def _read_csv(path_text: str, cfg: DataConfig) -> tuple[pd.DataFrame, str]:
         raise DatasetError(f"CSV file {path} cannot be parsed as CSV ({reason})") from error
     if frame.empty:
         raise DatasetError(f"CSV file {path} has a header but no rows: add labelled rows")
-    return _pick_columns(frame, cfg, f"CSV file {path}"), str(path.resolve())
+    return _pick_columns(frame, cfg, f"CSV file {path}", labelled), str(path.resolve())
 
 
-def _read_hf(spec: str, cfg: DataConfig) -> tuple[pd.DataFrame, str]:
+def _read_hf(spec: str, cfg: DataConfig, labelled: bool) -> tuple[pd.DataFrame, str]:
     if importlib.util.find_spec("datasets") is None:
         raise DatasetError(
             f"dataset `hf:{spec}` needs the `datasets` library: `pip install datasets` "
@@ -96,10 +96,14 @@ def _read_hf(spec: str, cfg: DataConfig) -> tuple[pd.DataFrame, str]:
     if label_feature is not None and hasattr(label_feature, "int2str"):
         frame[cfg.label_column] = [label_feature.int2str(int(v)) for v in frame[cfg.label_column]]
     source = f"hf:{name}" + (f":{config_name}" if config_name else "") + f"[{cfg.hf_split}]"
-    return _pick_columns(frame, cfg, f"dataset {source}"), source
+    return _pick_columns(frame, cfg, f"dataset {source}", labelled), source
 
 
-def _pick_columns(frame: pd.DataFrame, cfg: DataConfig, where: str) -> pd.DataFrame:
+def _pick_columns(frame: pd.DataFrame, cfg: DataConfig, where: str, labelled: bool) -> pd.DataFrame:
+    """Columns ``text`` and ``label``; without ``labelled``, a missing label column gives
+    unlabelled rows (label NaN)."""
+    if not labelled and cfg.label_column not in frame.columns:
+        frame = frame.assign(**{cfg.label_column: np.nan})
     for role, column in (("text", cfg.text_column), ("label", cfg.label_column)):
         if column not in frame.columns:
             raise DatasetError(
@@ -162,12 +166,33 @@ def clean_texts(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return cleaned.reset_index(drop=True), names
 
 
-def _identity(name: str, source: str, frame: pd.DataFrame, names: list[str]) -> dict:
+def text_identity(name: str, source: str, frame: pd.DataFrame, names: list[str]) -> dict:
+    """``{name, source, rows, sha256}``, the hash over the cleaned texts and labels."""
     digest = hashlib.sha256()
     for text, label in zip(frame["text"], frame["label"], strict=True):
         digest.update(f"{label}\t{text}\n".encode())
     digest.update(json.dumps(names).encode())
     return {"name": name, "source": source, "rows": len(frame), "sha256": digest.hexdigest()}
+
+
+def read_texts(cfg: DataConfig, labelled: bool = True) -> tuple[pd.DataFrame, str]:
+    """The raw ``text`` and ``label`` columns of the dataset ``cfg.dataset`` and its source.
+
+    Without ``labelled``, a CSV or hf dataset may lack the label column (labels NaN).
+    """
+    name = cfg.dataset
+    if name == "rotten-tomatoes":
+        return _read_rotten_tomatoes()
+    if name == "bbc-news":
+        return _read_bbc_news()
+    if name.startswith("csv:"):
+        return _read_csv(name[4:], cfg, labelled)
+    if name.startswith("hf:"):
+        return _read_hf(name[3:], cfg, labelled)
+    raise DatasetError(
+        f"unknown dataset {name!r}: use `rotten-tomatoes`, `bbc-news`, `csv:PATH` "
+        "or `hf:NAME[:CONFIG]`"
+    )
 
 
 def load_labelled_texts(cfg: DataConfig) -> tuple[pd.DataFrame, list[str], dict]:
@@ -178,19 +203,7 @@ def load_labelled_texts(cfg: DataConfig) -> tuple[pd.DataFrame, list[str], dict]
     rows, sha256}`` with the hash taken over the cleaned texts and labels.
     """
     name = cfg.dataset
-    if name == "rotten-tomatoes":
-        raw, source = _read_rotten_tomatoes()
-    elif name == "bbc-news":
-        raw, source = _read_bbc_news()
-    elif name.startswith("csv:"):
-        raw, source = _read_csv(name[4:], cfg)
-    elif name.startswith("hf:"):
-        raw, source = _read_hf(name[3:], cfg)
-    else:
-        raise DatasetError(
-            f"unknown dataset {name!r}: use `rotten-tomatoes`, `bbc-news`, `csv:PATH` "
-            "or `hf:NAME[:CONFIG]`"
-        )
+    raw, source = read_texts(cfg)
     frame, names = clean_texts(raw)
     logger.info("dataset %s: %d texts, %d labels %s", name, len(frame), len(names), names)
-    return frame, names, _identity(name, source, frame, names)
+    return frame, names, text_identity(name, source, frame, names)

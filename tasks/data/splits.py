@@ -14,6 +14,7 @@ from sklearn.model_selection import train_test_split
 
 from layerdrift.config import DataConfig, RunConfig
 from layerdrift.storage.rundir import DATA_DIR, SPLITS, RunDir
+from layerdrift.tasks.data.probe import is_labelled, load_probe_set
 from layerdrift.tasks.data.sources import DatasetError, load_labelled_texts
 
 logger = logging.getLogger(__name__)
@@ -21,17 +22,23 @@ logger = logging.getLogger(__name__)
 DATASET_INFO = "dataset.json"
 
 
-def split_frame(frame: pd.DataFrame, cfg: DataConfig, seed: int) -> dict[str, pd.DataFrame]:
-    """Stratified, seeded split into ``train``, ``validation`` and ``probe`` of the asked sizes.
+def split_frame(
+    frame: pd.DataFrame, cfg: DataConfig, seed: int, with_probe: bool = True
+) -> dict[str, pd.DataFrame]:
+    """Stratified, seeded split into ``train``, ``validation`` and ``probe`` of the asked sizes
+    (without ``with_probe``: ``train`` and ``validation`` only, the probe set has its own
+    source).
 
     Each split keeps the columns of ``frame`` plus ``id`` (the row in the cleaned dataset).
-    Rows beyond the three sizes are left out.
+    Rows beyond the sizes are left out.
     """
-    asked = cfg.train_size + cfg.val_size + cfg.probe_size
+    probe_size = cfg.probe_size if with_probe else 0
+    asked = cfg.train_size + cfg.val_size + probe_size
     if len(frame) < asked:
+        probe_part = f" + probe {cfg.probe_size}" if with_probe else ""
         raise DatasetError(
             f"the dataset has {len(frame)} usable texts but the splits ask for {asked} "
-            f"(train {cfg.train_size} + validation {cfg.val_size} + probe {cfg.probe_size}): "
+            f"(train {cfg.train_size} + validation {cfg.val_size}{probe_part}): "
             "lower data.train_size, data.val_size or data.probe_size"
         )
     frame = frame.assign(id=range(len(frame)))
@@ -43,6 +50,9 @@ def split_frame(frame: pd.DataFrame, cfg: DataConfig, seed: int) -> dict[str, pd
         train, rest = train_test_split(
             frame, train_size=cfg.train_size, stratify=frame["label"], random_state=seed
         )
+        if not with_probe:
+            splits = {"train": train, "validation": rest}
+            return {k: v.reset_index(drop=True) for k, v in splits.items()}
         validation, probe = train_test_split(
             rest, train_size=cfg.val_size, stratify=rest["label"], random_state=seed + 1
         )
@@ -55,15 +65,38 @@ def split_frame(frame: pd.DataFrame, cfg: DataConfig, seed: int) -> dict[str, pd
     return {k: v.reset_index(drop=True) for k, v in splits.items()}
 
 
+def make_splits(cfg: RunConfig) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The run's splits and what ``dataset.json`` records about them (label names, identity;
+    with ``[probe]``, the probe set's label names and identity too).
+
+    With ``probe.dataset`` the probe set comes from that source; a run of given checkpoints
+    then reads no training data at all (its train and validation splits are empty).
+    """
+    if cfg.probe.dataset is None:
+        frame, names, identity = load_labelled_texts(cfg.data)
+        splits = split_frame(frame, cfg.data, cfg.seed)
+        return splits, {"label_names": names, "identity": identity}
+    probe, probe_names, probe_identity = load_probe_set(cfg)
+    about = {"probe_label_names": probe_names, "probe_identity": probe_identity}
+    if cfg.imports_checkpoints:
+        empty = probe.iloc[:0]
+        splits = {"train": empty, "validation": empty, "probe": probe}
+        return splits, {"label_names": probe_names, "identity": probe_identity, **about}
+    frame, names, identity = load_labelled_texts(cfg.data)
+    splits = split_frame(frame, cfg.data, cfg.seed, with_probe=False) | {"probe": probe}
+    return splits, {"label_names": names, "identity": identity, **about}
+
+
 def check_data(cfg: RunConfig) -> dict[str, int]:
-    """Load, clean and split the configured dataset in memory, writing nothing.
+    """Load, clean and split the configured dataset (and probe source) in memory, writing
+    nothing.
 
     Raises :class:`DatasetError` naming the problem (unreadable file, encoding, missing
     column, fewer than 2 classes, splits larger than the data) before a run starts. Returns
     the split sizes.
     """
-    frame, _, _ = load_labelled_texts(cfg.data)
-    return {split: len(part) for split, part in split_frame(frame, cfg.data, cfg.seed).items()}
+    splits, _ = make_splits(cfg)
+    return {split: len(part) for split, part in splits.items()}
 
 
 def data_complete(run: RunDir) -> bool:
@@ -92,6 +125,8 @@ def prepare_data(run: RunDir, cfg: RunConfig) -> str:
     it is; one prepared with a different data config is an error (use a new run name).
     """
     wanted = {"data_config": cfg.data.model_dump(mode="json"), "seed": cfg.seed}
+    if cfg.probe.dataset is not None:
+        wanted["probe_config"] = cfg.probe.model_dump(mode="json")
     if data_complete(run):
         info = read_dataset_info(run)
         if {k: info.get(k) for k in wanted} == wanted:
@@ -102,16 +137,15 @@ def prepare_data(run: RunDir, cfg: RunConfig) -> str:
             f"({info.get('data_config')}, seed {info.get('seed')}): use a new run name or "
             "delete the run folder"
         )
-    frame, names, identity = load_labelled_texts(cfg.data)
-    splits = split_frame(frame, cfg.data, cfg.seed)
+    splits, about = make_splits(cfg)
     for split, part in splits.items():
         run.write_text(part.to_json(orient="records", lines=True), DATA_DIR, f"{split}.jsonl")
-    info = {
-        "label_names": names,
-        "identity": identity,
-        "split_sizes": {k: len(v) for k, v in splits.items()},
-        **wanted,
-    }
+    info = {**about, "split_sizes": {k: len(v) for k, v in splits.items()}, **wanted}
     run.write_text(json.dumps(info, indent=2), DATA_DIR, DATASET_INFO)  # last: the marker
     logger.info("wrote %s splits to %s", info["split_sizes"], run.child_url(DATA_DIR))
     return run.child_url(DATA_DIR)
+
+
+def probe_set_labelled(run: RunDir) -> bool:
+    """Whether the run's probe split has labels (a probe source without them has none)."""
+    return is_labelled(read_split(run, "probe")["label"].to_numpy())

@@ -15,6 +15,7 @@ import torch
 from layerdrift.config import RunConfig
 from layerdrift.storage.checkpoints import checkpoint_complete, local_checkpoint_path
 from layerdrift.storage.rundir import CHECKPOINTS_DIR, RunDir
+from layerdrift.tasks.data.probe import UNLABELLED_NOTE, is_labelled
 from layerdrift.tasks.dictionary.evaluate import recovered_metrics
 from layerdrift.tasks.dictionary.loader import ActivationLoader
 from layerdrift.tasks.dictionary.model import Dictionary
@@ -72,6 +73,9 @@ def spliced_metrics(
         logger.warning("no checkpoint %s in %s: recovered metrics left NaN", checkpoint, run.url)
         return {}
     ds, layer = loader.ds, int(loader.sources[source][1])
+    if not is_labelled(ds["label"].values):
+        logger.info("recovered metrics left NaN: %s", UNLABELLED_NOTE)
+        return {}
     mean = torch.from_numpy(loader.sample(MEAN_SAMPLE_TOKENS)[:, source].mean(axis=0))
     held = np.flatnonzero(loader.heldout_examples)
     return recovered_metrics(

@@ -25,7 +25,8 @@ def _probe_identity(run: RunDir, texts: list[str], labels: list[int]) -> dict:
     digest = hashlib.sha256()
     for text, label in zip(texts, labels, strict=True):
         digest.update(f"{label}\t{text}\n".encode())
-    identity = dict(read_dataset_info(run).get("identity", {}))
+    info = read_dataset_info(run)
+    identity = dict(info.get("probe_identity") or info.get("identity", {}))
     probe = {"split": "probe", "probe_rows": len(texts), "probe_sha256": digest.hexdigest()}
     return {**identity, **probe}
 

@@ -1,9 +1,10 @@
-"""Compare runs: their per-layer curves in one figure, and cross-run CKA when comparable.
+"""Compare runs: their per-layer curves in one figure, and final-vs-final similarity when
+comparable.
 
 Two runs are comparable when they share the base model and the probe set (same texts and
-token ids); then the per-layer linear CKA between their *final* checkpoints says how
-differently two fine-tunes moved the same tokens (1 = same representation up to rotation
-and scale).
+token ids); then the per-layer similarity between their *final* checkpoints
+(:mod:`.crossrun`, exact and streaming) says how differently two fine-tunes moved the same
+tokens (linear CKA 1 = same representation up to rotation and scale).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import xarray as xr
 from layerdrift.config import load_run_config
 from layerdrift.storage.results import list_results, open_result
 from layerdrift.storage.rundir import CONFIG_FILE, RunDir
+from layerdrift.tasks.report.crossrun import FINAL, cross_run_similarity, incomparable
 from layerdrift.tasks.report.figures import integer_layers, outside_legend, png_bytes, theme
 from layerdrift.tasks.report.html import STYLE, Picture, figure_html, table_html
 
 logger = logging.getLogger(__name__)
 
-MAX_CKA_TOKENS = 20_000
+CROSS_RUN_CSV = "compare_similarity.csv"
 CURVES = ("cosine", "linear_cka")
 
 
@@ -59,49 +61,18 @@ def curves(runs: list[RunDir], names: list[str]) -> pd.DataFrame:
                 f"run {run.url} has no similarity results: run its similarity stage first"
             )
         sim = open_result(run.results(), "similarity")["similarity"]
-        sim = sim.sel(reference="base", checkpoint="final", metric=list(CURVES)).load()
+        labels = [str(c) for c in sim["checkpoint"].values]
+        final = FINAL if FINAL in labels else labels[-1]  # given checkpoints may lack one
+        sim = sim.sel(reference="base", checkpoint=final, metric=list(CURVES)).load()
         frame = sim.to_dataframe(name="value").reset_index()[["layer", "metric", "value"]]
         frames.append(frame.assign(run=name))
     return pd.concat(frames, ignore_index=True)
 
 
-def comparable(a: RunDir, b: RunDir) -> tuple[xr.Dataset, xr.Dataset] | None:
-    """Both activation stores when the runs share base model and probe tokens, else None."""
-    if (
-        load_run_config(a.read_text(CONFIG_FILE)).model
-        != load_run_config(b.read_text(CONFIG_FILE)).model
-    ):
-        return None
-    if not (a.exists("activations.zarr") and b.exists("activations.zarr")):
-        return None
-    sa, sb = xr.open_zarr(a.activations()), xr.open_zarr(b.activations())
-    same = (
-        sa.sizes.get("token") == sb.sizes.get("token")
-        and sa.sizes.get("layer") == sb.sizes.get("layer")
-        and np.array_equal(sa.token_id.values, sb.token_id.values)
-        and np.array_equal(sa.text.values, sb.text.values)
-        and "final" in sa.checkpoint
-        and "final" in sb.checkpoint
-    )
-    return (sa, sb) if same else None
-
-
-def cross_run_cka(sa: xr.Dataset, sb: xr.Dataset, max_tokens: int = MAX_CKA_TOKENS) -> pd.Series:
-    """Per-layer linear CKA between the final checkpoints of two stores (first tokens only)."""
-    n = min(sa.sizes["token"], max_tokens)
-    values = {}
-    for layer in sa.layer.values:
-        pick = {"checkpoint": "final", "layer": layer}
-        x = sa.activations.sel(pick).isel(token=slice(0, n)).values
-        y = sb.activations.sel(pick).isel(token=slice(0, n)).values
-        values[int(layer)] = linear_cka(x, y)
-    return pd.Series(values, name="linear_cka").rename_axis("layer")
-
-
 def comparison_page(
     names: list[str],
     runs: list[RunDir],
-    skipped: list[str],
+    skipped: dict[str, str],
     picture: Picture,
     table: pd.DataFrame,
 ) -> str:
@@ -111,9 +82,8 @@ def comparison_page(
         for n, r in zip(names, runs, strict=True)
     ]
     notes = [
-        f"<p>No final-vs-final CKA for {html.escape(pair)}: the runs differ in base model or "
-        "probe set, or a store has no final checkpoint.</p>"
-        for pair in skipped
+        f"<p>No final-vs-final CKA for {html.escape(pair)}: {html.escape(why)}.</p>"
+        for pair, why in skipped.items()
     ]
     head = '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
     head += f'<link rel="icon" href="data:,"><title>layerdrift comparison</title><style>{STYLE}'
@@ -124,10 +94,12 @@ def comparison_page(
 
 
 def compare_runs(runs: list[RunDir], out: Path) -> Path:
-    """Write ``out/compare.png`` and ``out/compare.html``; return the HTML path.
+    """Write ``out/compare.png``, ``out/compare.html`` and, for comparable pairs,
+    ``out/compare_similarity.csv`` (pair, layer, every metric); return the HTML path.
 
     Panels: cosine and linear CKA of final vs base per layer, one line per run, and, for
     every pair that shares base model and probe set, their final-vs-final CKA per layer.
+    A pair that is not comparable gets a note saying why (and what would make it so).
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -138,13 +110,14 @@ def compare_runs(runs: list[RunDir], out: Path) -> Path:
     if len(set(names)) < len(names):
         names = [f"{n} ({r.url})" for n, r in zip(names, runs, strict=True)]
     long = curves(runs, names)
-    pairs, skipped = {}, []
+    pairs, skipped = {}, {}
     for (i, a), (j, b) in itertools.combinations(enumerate(runs), 2):
-        stores = comparable(a, b)
-        if stores is not None:
-            pairs[f"{names[i]} ~ {names[j]}"] = cross_run_cka(*stores)
+        label, why = f"{names[i]} ~ {names[j]}", incomparable(a, b)
+        if why is None:
+            stores = xr.open_zarr(a.activations()), xr.open_zarr(b.activations())
+            pairs[label] = cross_run_similarity(*stores)
         else:
-            skipped.append(f"{names[i]} ~ {names[j]}")
+            skipped[label] = why
     theme()
     n_panels = len(CURVES) + bool(pairs)
     fig, axes = plt.subplots(1, n_panels, figsize=(4.6 * n_panels, 3.8), squeeze=False)
@@ -164,8 +137,8 @@ def compare_runs(runs: list[RunDir], out: Path) -> Path:
             ax.get_legend().remove()
     if pairs:
         ax = axes[0, -1]
-        for label, series in pairs.items():
-            ax.plot(series.index, series.values, marker="o", label=label)
+        for label, frame in pairs.items():
+            ax.plot(frame.index, frame["linear_cka"], marker="o", label=label)
         ax.set(title="linear CKA: final vs final", xlabel="layer", ylim=(0, 1.05))
         integer_layers(ax, long.layer.unique())
         ax.legend(fontsize=8, loc="lower left")
@@ -176,13 +149,16 @@ def compare_runs(runs: list[RunDir], out: Path) -> Path:
     (out / "compare.png").write_bytes(png)
     table = long.pivot_table(index="layer", columns=["metric", "run"], values="value")
     table.columns = [f"{m} · {r}" for m, r in table.columns]
-    for label, series in pairs.items():
-        table[f"final CKA · {label}"] = series
+    for label, frame in pairs.items():
+        table[f"final CKA · {label}"] = frame["linear_cka"]
     reading = "Final-vs-base similarity per layer for each run" + (
         "; the last panel compares the fine-tuned runs with each other." if pairs else "."
     )
     picture = Picture("compare", "Runs compared", png, reading)
     page = comparison_page(names, runs, skipped, picture, table)
     (out / "compare.html").write_text(page)
+    if pairs:
+        cross = pd.concat(pairs, names=["pair"]).reset_index()
+        cross.to_csv(out / CROSS_RUN_CSV, index=False)
     logger.info("comparison of %d runs written to %s", len(runs), out)
     return out / "compare.html"

@@ -70,7 +70,7 @@ def ordered(labels) -> list[str]:
 
 def final_vs_base(inputs: ReportInputs) -> pd.DataFrame:
     """Similarity of ``final`` to ``base`` per layer: frame [layer × metric]."""
-    sim = inputs.results["similarity"].sel(reference="base", checkpoint="final")
+    sim = inputs.results["similarity"].sel(reference="base", checkpoint=inputs.final)
     frame = sim.transpose("layer", "metric").to_pandas()
     frame.columns = [str(c) for c in frame.columns]
     return frame
@@ -143,7 +143,7 @@ def interval_bands(inputs: ReportInputs) -> dict[str, tuple[pd.Series, pd.Series
     curves' scale (Procrustes as 1 − d/2); empty when the run has no intervals."""
     if not inputs.has("similarity_ci"):
         return {}
-    ci = inputs.results["similarity_ci"].sel(reference="base", checkpoint="final")
+    ci = inputs.results["similarity_ci"].sel(reference="base", checkpoint=inputs.final)
     bands = {}
     for metric in SIMILARITY_CURVES:
         if metric not in ci.metric:
@@ -253,7 +253,9 @@ def fig_probes(inputs: ReportInputs) -> Plot | None:
     outside_legend(ax)
     pooling = "mean" if "mean" in acc.pooling else str(acc.pooling.values[0])
     per = {
-        c: acc.sel(checkpoint=c, pooling=pooling) for c in ("base", "final") if c in acc.checkpoint
+        c: acc.sel(checkpoint=c, pooling=pooling)
+        for c in ("base", inputs.final)
+        if c in acc.checkpoint
     }
     parts = [f"{c} peaks at {float(a.max()):.3f} (layer {int(a.idxmax())})" for c, a in per.items()]
     reading = f"With {pooling} pooling, " + " and ".join(parts) + "."

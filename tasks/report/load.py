@@ -19,6 +19,7 @@ import xarray as xr
 from layerdrift.config import RunConfig, load_run_config
 from layerdrift.storage.results import list_results, open_result
 from layerdrift.storage.rundir import CARDS_PATH, CHECKPOINTS_DIR, CONFIG_FILE, RunDir
+from layerdrift.tasks.data import UNLABELLED_NOTE, data_complete, probe_set_labelled
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class ReportInputs:
     results: dict[str, xr.DataArray]
     cards: list[dict]
     missing: list[str] = field(default_factory=list)
+    final: str = "final"  # the fine-tuned checkpoint (given checkpoints keep their labels)
 
     def has(self, *names: str) -> bool:
         """Whether every named results group is present."""
@@ -116,13 +118,14 @@ def load_inputs(run: RunDir) -> ReportInputs:
         missing.append("finetune: no checkpoint metrics.json found")
     results: dict[str, xr.DataArray] = {}
     present = list_results(run.results())
+    final = config.final_label
     for name in present:
         data = open_result(run.results(), name)[name]
-        if name in NEEDS_FINAL and "final" not in data.coords["checkpoint"].values:
-            missing.append(f"{PRODUCERS[name]}: `{name}` has no final checkpoint yet")
+        if name in NEEDS_FINAL and final not in data.coords["checkpoint"].values:
+            missing.append(f"{PRODUCERS[name]}: `{name}` has no {final} checkpoint yet")
             continue
         if name == "drift":  # per token: only the final checkpoint is drawn
-            data = data.sel(checkpoint=["final"])
+            data = data.sel(checkpoint=[final])
         results[name] = data.load()
     absent: dict[str, list[str]] = {}
     for name, stage in PRODUCERS.items():
@@ -131,6 +134,8 @@ def load_inputs(run: RunDir) -> ReportInputs:
     missing += [
         f"{stage}: results.zarr has no {', '.join(names)}" for stage, names in absent.items()
     ]
+    if data_complete(run) and not probe_set_labelled(run):
+        missing.insert(0, f"probes and task-specific latents: {UNLABELLED_NOTE}")
     cards: list[dict] = []
     if run.exists(*CARDS_PATH):
         cards = json.loads(run.read_text(*CARDS_PATH))
@@ -138,4 +143,4 @@ def load_inputs(run: RunDir) -> ReportInputs:
         missing.append("features: no features/cards.json")
     for line in missing:
         logger.info("report: skipped, %s", line)
-    return ReportInputs(run, config, metrics, confusion, names, results, cards, missing)
+    return ReportInputs(run, config, metrics, confusion, names, results, cards, missing, final)

@@ -26,32 +26,33 @@ def layer_frame(inputs: ReportInputs) -> pd.DataFrame:
     """Per-layer table [layer × column] from loaded inputs (empty without similarity)."""
     if not inputs.has("similarity"):
         return pd.DataFrame()
-    sim = inputs.results["similarity"].sel(reference="base", checkpoint="final")
+    final = inputs.final
+    sim = inputs.results["similarity"].sel(reference="base", checkpoint=final)
     frame = sim.transpose("layer", "metric").to_pandas()
     frame.columns = [str(c) for c in frame.columns]
     columns: dict[str, pd.Series] = dict(frame.items())
     res = inputs.results
-    if "drift" in res and "final" in res["drift"].checkpoint:
-        drift = res["drift"].sel(checkpoint="final").mean("token", dtype=np.float64)
+    if "drift" in res and final in res["drift"].checkpoint:
+        drift = res["drift"].sel(checkpoint=final).mean("token", dtype=np.float64)
         columns["drift_mean"] = drift.to_pandas().clip(lower=0.0)  # 1 − cos ≥ 0 up to rounding
     if "probe_accuracy" in res:
         acc = res["probe_accuracy"]
         pooling = "mean" if "mean" in acc.pooling else str(acc.pooling.values[0])
-        for label in ("base", "final"):
+        for name, label in (("base", "base"), ("final", final)):
             if label in acc.checkpoint:
-                columns[f"probe_{label}"] = acc.sel(checkpoint=label, pooling=pooling).to_pandas()
-        if "probe_control_accuracy" in res and "final" in acc.checkpoint:
-            control = res["probe_control_accuracy"].sel(checkpoint="final", pooling=pooling)
+                columns[f"probe_{name}"] = acc.sel(checkpoint=label, pooling=pooling).to_pandas()
+        if "probe_control_accuracy" in res and final in acc.checkpoint:
+            control = res["probe_control_accuracy"].sel(checkpoint=final, pooling=pooling)
             columns["probe_control_final"] = control.to_pandas()
         if "majority_rate" in res:
             columns["probe_majority"] = pd.Series(float(res["majority_rate"]), index=acc.layer)
     if "sae_metrics" in res:
         sae = res["sae_metrics"]
         for metric in ("fvu", "l0"):
-            for label in ("base", "final"):
+            for name, label in (("base", "base"), ("final", final)):
                 if metric in sae.metric and label in sae.checkpoint:
                     series = sae.sel(checkpoint=label, metric=metric).to_pandas()
-                    columns[f"sae_{metric}_{label}"] = series
+                    columns[f"sae_{metric}_{name}"] = series
     columns |= _feature_columns(res)
     table = pd.DataFrame(columns).astype("float64")
     table.index = table.index.astype(int)

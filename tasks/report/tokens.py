@@ -65,9 +65,9 @@ def pick_order(n_labels: int, n: int) -> list[tuple[int, str]]:
 
 def choose_sentences(inputs: ReportInputs, n: int) -> list[Sentence]:
     """Up to ``n`` sentences with the highest and lowest mean final drift, per label."""
-    if n <= 0 or not inputs.has("drift") or "final" not in inputs.results["drift"].checkpoint:
+    if n <= 0 or not inputs.has("drift") or inputs.final not in inputs.results["drift"].checkpoint:
         return []
-    drift = inputs.results["drift"].sel(checkpoint="final")
+    drift = inputs.results["drift"].sel(checkpoint=inputs.final)
     example_of_token = drift.example_of_token.values
     per_token = drift.mean("layer").values
     means = pd.Series(per_token).groupby(example_of_token).mean()
@@ -123,12 +123,12 @@ def add_latents(inputs: ReportInputs, sentences: list[Sentence]) -> bool:
         return False
     found = False
     for layer in [int(v) for v in store.layer.values]:
-        url = inputs.run.sae("final", layer)
+        url = inputs.run.sae(inputs.final, layer)
         if not sae_exists(url):
             continue
         sae, found = load_dictionary(url).eval(), True
         for s in sentences:
-            x = store.activations.sel(checkpoint="final", layer=layer)
+            x = store.activations.sel(checkpoint=inputs.final, layer=layer)
             x_TD = np.asarray(x.isel(token=s.example_tokens()), np.float32)
             with torch.no_grad():
                 codes_TF = sae.encode(torch.from_numpy(x_TD)).numpy()

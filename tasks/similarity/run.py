@@ -24,6 +24,7 @@ from layerdrift.config import RunConfig
 from layerdrift.storage import RunDir, list_results, open_result, write_result
 from layerdrift.storage.activations import open_store, read_attrs
 from layerdrift.storage.rundir import SIMILARITY_CSV as CSV_FILE
+from layerdrift.tasks.data.probe import UNLABELLED_NOTE, is_labelled
 from layerdrift.tasks.retry import retry_unless_bad_input
 from layerdrift.tasks.similarity.accumulate import group_moments, iter_moments, token_mask
 from layerdrift.tasks.similarity.bootstrap import (
@@ -110,9 +111,12 @@ def _compute_similarity(run: RunDir, cfg: RunConfig, client: Any) -> dict[str, A
             write_result(results, "similarity_ci", ci)
             groups.append("similarity_ci")
         probes = None
-        if cfg.similarity.probes:
+        if cfg.similarity.probes and is_labelled(ds["label"].values):
             probes = _write_probes(ds, cfg, results, attrs)
             groups += list(PROBE_GROUPS)
+        elif cfg.similarity.probes:
+            attrs = {**attrs, "probes_skipped": UNLABELLED_NOTE}
+            logger.info("probes skipped: %s", UNLABELLED_NOTE)
     sim = similarity_table(checkpoints, layers, values)
     sim = sim.assign_attrs({**attrs, "groups": [*groups, "similarity"], "base": BASE})
     write_result(results, "similarity", sim)
