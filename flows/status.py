@@ -70,7 +70,10 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
     if results_lost:
         state = f"incomplete: {_chunks(results_lost)} missing or damaged (layerdrift verify)"
     rows.append(("similarity", "results.zarr", state))
-    rows.append(("importance", "layer_reversion", _state(importance_complete(run))))
+    importance = _state(importance_complete(run))
+    if config.imports_checkpoints:
+        importance = "skipped (checkpoints are imported, not fine-tuned here)"
+    rows.append(("importance", "layer_reversion", importance))
 
     n_layers = len(attrs.get("layers", [])) or _layer_count(run)
     layers = config.sae.layers if config.sae.layers is not None else range(n_layers)

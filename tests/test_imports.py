@@ -75,6 +75,11 @@ def test_imported_checkpoints_match_the_run_that_finetuned_them(tiny_run, tmp_pa
     with tiny_runs.one_thread():
         again = pipeline(RunConfig.model_validate(values))
     assert again["stages"]["import"] == "cached"
+    assert again["stages"]["importance"].startswith("skipped (checkpoints are imported")
+    from layerdrift.flows.status import run_status
+
+    states = {(stage, piece): state for stage, piece, state in run_status(mine.url)}
+    assert states[("importance", "layer_reversion")].startswith("skipped")
 
 
 def _trainer_folder(root: Path, base: Path) -> Path:
