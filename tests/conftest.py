@@ -1,4 +1,10 @@
-"""Shared test setup: the process environment, a session-wide Prefect server, tiny models."""
+"""Shared test setup: the process environment, a session-wide Prefect server, tiny models.
+
+``make test`` runs the suite on two pytest-xdist workers with ``--dist loadfile``: every test
+file runs whole, in order, in one worker, so module fixtures are built once and tests that
+change a shared run (test_features_run's store rebuild) keep their order. Session fixtures
+(the Prefect server, ``tiny_run``) are built once per worker.
+"""
 
 from __future__ import annotations
 
