@@ -21,6 +21,8 @@ import httpx
 import pytest
 from tiny_runs import ROOT, cli_env, tail, tiny_config
 
+from layerdrift.config import RunConfig
+
 PREFECT = [str(Path(sys.executable).parent / "prefect"), "--no-prompt"]
 POOL = "layerdrift-process"
 
@@ -95,8 +97,12 @@ def test_deploy_all_then_a_worker_runs_nightly_quick(tmp_path, tiny_model_dir, s
         assert "nightly-quick" in deployed, deployed
         processes.append(_background(["worker", "start", "--pool", POOL], env, logs[1]))
 
-        config = tiny_config(tiny_model_dir, separable_csv)
-        config |= {"name": "nightly-quick", "runs_root": str(tmp_path / "r")}
+        values = tiny_config(tiny_model_dir, separable_csv)
+        values |= {"name": "nightly-quick", "runs_root": str(tmp_path / "r")}
+        # The server checks parameters against RunConfig's JSON schema, which knows only the
+        # nested [sae.dictionary]/[sae.training] form; the flat TOML spellings are accepted
+        # by RunConfig's own validation, so send the validated config.
+        config = RunConfig.model_validate(values).model_dump(mode="json")
         out = _prefect(
             "deployment",
             "run",
