@@ -35,7 +35,9 @@ def _files(run: Path, *patterns: str) -> dict[str, int]:
     found = {}
     for pattern in patterns:
         for path in run.glob(pattern):
-            if path.is_file():
+            # Zarr's local store writes a chunk to ``<key>.<uuid>.partial`` and renames it;
+            # a kill between the two leaves that temporary file, never read as a chunk.
+            if path.is_file() and path.suffix != ".partial":
                 found[str(path.relative_to(run))] = path.stat().st_mtime_ns
     return found
 
