@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tiny_runs
 import torch
 import xarray as xr
 from factories import make_activation_store
@@ -34,11 +35,9 @@ SPLIT = SAEConfig(buffer_chunks=2)
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def single_thread():
+    with tiny_runs.one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

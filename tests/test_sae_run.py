@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import tiny_runs
 import torch
 import zarr
 from factories import (
@@ -31,11 +32,9 @@ from layerdrift.tasks.sae import (
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def single_thread():
+    with tiny_runs.one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
