@@ -23,7 +23,11 @@ from layerdrift.tasks.data import (
     probe_set_labelled,
 )
 from layerdrift.tasks.extract import create_store_task, extract_checkpoint_task
-from layerdrift.tasks.extract.prefect_tasks import extract_on_dask_task
+from layerdrift.tasks.extract.prefect_tasks import (
+    extract_on_dask_task,
+    extract_random_task,
+    random_reference_complete,
+)
 from layerdrift.tasks.features import (
     compare_features_task,
     crosscoder_complete,
@@ -128,8 +132,18 @@ def _prepare(ledger: StageLedger, run: RunDir, config: RunConfig) -> list[str]:
 
 
 def _extract(ledger: StageLedger, run: RunDir, config: RunConfig, labels: list[str]) -> None:
-    """Create the activation store (or keep the one there) and fill what is missing."""
+    """Create the activation store (or keep the one there) and fill what is missing; then
+    the random reference's store when ``similarity.random_floor``."""
     uncached(create_store_task)(run, config, labels)
+    _extract_checkpoints(ledger, run, config, labels)
+    if config.similarity.random_floor:
+        done = _safe(random_reference_complete, run)
+        ledger.call("extract:random", extract_random_task, run, config, done=done)
+
+
+def _extract_checkpoints(
+    ledger: StageLedger, run: RunDir, config: RunConfig, labels: list[str]
+) -> None:
     store_url = run.activations()
     if config.dask_address is not None:
         todo = [label for label in labels if missing_chunks(store_url, label)]

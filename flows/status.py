@@ -24,6 +24,7 @@ from layerdrift.storage.verify import (
     repair_results,
 )
 from layerdrift.tasks.data import data_complete, read_dataset_info
+from layerdrift.tasks.extract.prefect_tasks import random_reference_complete
 from layerdrift.tasks.features import feature_results_written, features_complete
 from layerdrift.tasks.finetune import planned_checkpoints
 from layerdrift.tasks.importance import importance_complete
@@ -65,6 +66,8 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
         if lost.get(label):
             state = f"incomplete: {_chunks(lost[label])} missing or damaged (layerdrift verify)"
         rows.append(("extract", label, state))
+    if config.similarity.random_floor:
+        rows.append(("extract", "random", _state(random_reference_complete(run))))
     results_lost = len(check_results(run.results(), full=False))
     state = _state(similarity_complete(run))
     if results_lost:

@@ -155,6 +155,13 @@ class SimilarityConfig(_Section):
     bootstrap_groups: int = Field(
         20, ge=2, description="Groups of probe examples the bootstrap resamples (its unit)."
     )
+    random_floor: bool = Field(
+        False,
+        description="Also extract the probe set through a seeded random copy of the base "
+        "model's architecture (random.zarr) and measure every checkpoint against it: the "
+        "`random` reference of `similarity`, the floor that similarity to base sits above "
+        "(on in the presets).",
+    )
 
 
 ARCHITECTURE_NAMES = ("topk", "batchtopk", "jumprelu", "relu")
@@ -465,7 +472,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "extract": {"token_chunk": 1024},
         # Each resample costs about the point estimates' eigendecompositions again: 20 keep
         # the stage short and give coarse intervals (the default preset draws 100).
-        "similarity": {"bootstrap_resamples": 20},
+        "similarity": {"bootstrap_resamples": 20, "random_floor": True},
         # SAEs on three layers keep the smoke run short; the default preset does every layer.
         "sae": {
             "layers": [0, 3, 6],
@@ -489,6 +496,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # matching needs; at 147 steps of 2,048 the SAEs of both models still sat on their
         # shared initialisation and matched 100% at every layer.
         "sae": {"training": {"token_budget": 150_000, "batch_size": 256, "learning_rate": 2e-3}},
+        "similarity": {"random_floor": True},
         "features": {"dictionary": L1_CROSSCODER, "training": {"token_budget": 100_000}},
     },
     # The reference study's scale (12 layers, hidden 768) offline: all-mpnet-base-v2 on
@@ -507,6 +515,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "checkpoints": [0.0, 0.5, 1.0],
         },
         "extract": {"token_chunk": 2048, "batch_size": 16},
+        "similarity": {"random_floor": True},
         "sae": {
             "layers": [3, 6, 9, 12],
             "expansion_factor": 2,

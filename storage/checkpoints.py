@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from layerdrift.storage.rundir import CHECKPOINTS_DIR, RunDir
+from layerdrift.storage.rundir import CHECKPOINTS_DIR, RANDOM_MODEL_DIR, RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,18 @@ def local_checkpoint_path(run: RunDir, label: str) -> Path:
     marker.write_text(remote_metrics)  # last: the cached copy is complete
     logger.info("downloaded checkpoint %s of %s to %s", label, run.url, local)
     return local
+
+
+def local_random_model_path(run: RunDir) -> Path:
+    """The local folder of the run's random reference model (it may not exist yet).
+
+    Local runs keep it in ``<run>/random-init``; remote runs in the local cache (see
+    :func:`local_checkpoint_path`): the model is seeded, so it is rebuilt identically
+    wherever it is needed, and the activation store's recorded weights hash checks that.
+    """
+    if run.is_local:
+        return Path(run.path(RANDOM_MODEL_DIR))
+    return _cache_root() / hashlib.sha256(run.url.encode()).hexdigest()[:16] / RANDOM_MODEL_DIR
 
 
 def upload_folder(run: RunDir, local: Path, *parts: str) -> None:

@@ -150,8 +150,9 @@ _ENTRIES = (
         ("reference", "checkpoint", "layer", "metric"),
         "float",
         "similarity",
-        "similarity of each checkpoint to a reference (base, previous) per layer; "
-        "procrustes is a distance (0 = equal up to rotation)",
+        "similarity of each checkpoint to a reference (base, previous; random, a seeded "
+        "random copy of the model, with similarity.random_floor) per layer; procrustes is a "
+        "distance (0 = equal up to rotation)",
         labels={"reference": ("base", "previous"), "metric": _SIM_METRICS},
     ),
     ResultGroup(

@@ -6,6 +6,8 @@ Layout (see DESIGN.md)::
     data/<split>.jsonl     the cleaned, split dataset (train, validation, probe)
     checkpoints/<label>/   save_pretrained folders (safetensors) and metrics.json
     activations.zarr       the activation store
+    random.zarr            the same probe set through a random copy of the model (optional)
+    random-init/           that copy (save_pretrained, seeded), rebuilt identically on demand
     results.zarr           similarity, probe and SAE metrics (groups: storage.results_schema)
     similarity.csv         the similarity group as a tidy table
     saes/<checkpoint>/layer-<l>/
@@ -38,6 +40,8 @@ DATA_DIR = "data"
 CHECKPOINTS_DIR = "checkpoints"
 ACTIVATIONS_STORE = "activations.zarr"
 RESULTS_STORE = "results.zarr"
+RANDOM_STORE = "random.zarr"
+RANDOM_MODEL_DIR = "random-init"
 SIMILARITY_CSV = "similarity.csv"
 SAES_DIR = "saes"
 CROSSCODERS_DIR = "crosscoders"
@@ -122,6 +126,10 @@ class RunDir:
     def activations(self) -> str:
         """URL of the activation store."""
         return self.child_url(ACTIVATIONS_STORE)
+
+    def random_activations(self) -> str:
+        """URL of the random reference's activation store (the similarity floor)."""
+        return self.child_url(RANDOM_STORE)
 
     def results(self) -> str:
         """URL of the results store."""

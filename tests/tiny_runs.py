@@ -39,7 +39,7 @@ def tiny_config(model_dir: Path, csv: Path, **sections: dict[str, Any]) -> dict[
             "checkpoints": [0.0, 0.5, 1.0],
         },
         "extract": {"token_chunk": 128},
-        "similarity": {"probe_folds": 2},
+        "similarity": {"probe_folds": 2, "random_floor": True},
         "sae": {"token_budget": 2048, "batch_size": 256, "expansion_factor": 2, "k": 4},
         "report": {"token_pictures": 1},
     }

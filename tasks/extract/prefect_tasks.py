@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 
 from prefect import task
 
-from layerdrift.config import RunConfig
+from layerdrift.config import REFERENCE_LABEL, RunConfig
 from layerdrift.storage.activations import read_attrs, written_manifest
-from layerdrift.storage.checkpoints import local_checkpoint_path
+from layerdrift.storage.checkpoints import local_checkpoint_path, local_random_model_path
 from layerdrift.storage.rundir import RunDir
 from layerdrift.storage.schema import SCHEMA_VERSION
 from layerdrift.tasks.data import read_dataset_info, read_split
 from layerdrift.tasks.extract.run import extract_checkpoint
 from layerdrift.tasks.extract.store import create_activation_store
-from layerdrift.tasks.modeling import load_tokenizer
+from layerdrift.tasks.modeling import load_tokenizer, save_random_encoder
 from layerdrift.tasks.retry import retry_unless_bad_input
 
 logger = logging.getLogger(__name__)
+
+RANDOM_LABEL = "random"  # the random reference's checkpoint label in random.zarr
 
 
 def _probe_identity(run: RunDir, texts: list[str], labels: list[int]) -> dict:
@@ -39,14 +42,20 @@ def create_store_for_run(
     The tokenizer is the first checkpoint's. Idempotent: an identical store is kept. Returns
     the store's generation id (use it in cache keys: it changes whenever the store is rebuilt).
     """
-    probe = read_split(run, "probe")
-    texts, labels = probe["text"].tolist(), [int(v) for v in probe["label"]]
     folders = {label: local_checkpoint_path(run, label) for label in checkpoints}
     if not folders:
         raise ValueError(f"run {run.url} has no checkpoints to extract: run fine-tuning first")
-    tokenizer = load_tokenizer(str(folders[checkpoints[0]]))
+    return _create_store(run, cfg, run.activations(), folders, overwrite)
+
+
+def _create_store(
+    run: RunDir, cfg: RunConfig, url: str, folders: dict[str, Path], overwrite: bool
+) -> str:
+    probe = read_split(run, "probe")
+    texts, labels = probe["text"].tolist(), [int(v) for v in probe["label"]]
+    tokenizer = load_tokenizer(str(next(iter(folders.values()))))
     return create_activation_store(
-        run.activations(),
+        url,
         texts,
         labels,
         tokenizer,
@@ -70,6 +79,35 @@ def extract_checkpoint_for_run(run: RunDir, cfg: RunConfig, label: str) -> int:
         device=cfg.device,
         write_queue=cfg.extract.write_queue,
     )
+
+
+def extract_random_for_run(run: RunDir, cfg: RunConfig) -> int:
+    """The similarity floor: build the run's random reference model (:func:`save_random_encoder`
+    of the base checkpoint's architecture, seeded with ``cfg.seed``) unless it is there,
+    create ``<run>/random.zarr`` (checkpoint ``random``, the same tokens as the activation
+    store) and fill what is missing. Returns the chunks written now (0 on a finished rerun).
+    """
+    folder = save_random_encoder(
+        local_checkpoint_path(run, REFERENCE_LABEL), cfg.seed, local_random_model_path(run)
+    )
+    url = run.random_activations()
+    _create_store(run, cfg, url, {RANDOM_LABEL: folder}, overwrite=False)
+    return extract_checkpoint(
+        url,
+        RANDOM_LABEL,
+        folder,
+        batch_size=cfg.extract.batch_size,
+        device=cfg.device,
+        write_queue=cfg.extract.write_queue,
+    )
+
+
+def random_reference_complete(run: RunDir) -> bool:
+    """Whether the run's random reference store exists with every chunk written."""
+    attrs = read_attrs(run.random_activations())
+    if attrs is None or attrs.get("schema_version") != SCHEMA_VERSION:
+        return False
+    return bool(written_manifest(run.random_activations()).all())
 
 
 def extraction_complete(run: RunDir) -> bool:
@@ -101,6 +139,17 @@ def create_store_task(run: RunDir, cfg: RunConfig, checkpoints: list[str]) -> st
 def extract_checkpoint_task(run: RunDir, cfg: RunConfig, label: str) -> int:
     """Prefect task: :func:`extract_checkpoint_for_run`; returns the chunks written now."""
     return extract_checkpoint_for_run(run, cfg, label)
+
+
+@task(
+    name="extract-random",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_unless_bad_input,
+)
+def extract_random_task(run: RunDir, cfg: RunConfig) -> int:
+    """Prefect task: :func:`extract_random_for_run`; returns the chunks written now."""
+    return extract_random_for_run(run, cfg)
 
 
 @task(

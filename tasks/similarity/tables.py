@@ -16,20 +16,36 @@ from layerdrift.tasks.similarity.metrics import METRICS, all_metrics, metrics_bo
 from layerdrift.tasks.similarity.moments import CrossMoments, SelfMoments, self_as_cross
 
 REFERENCES = ("base", "previous")
+RANDOM = "random"  # the reference of a seeded random copy of the model (the floor)
 BOUNDS = ("low", "high")
 T = TypeVar("T")
 U = TypeVar("U")
 
 
-def checkpoint_pairs(n_checkpoints: int, layer: int) -> list[Pair]:
+def checkpoint_pairs(n_checkpoints: int, layer: int, random: int | None = None) -> list[Pair]:
     """The pairs of the ``similarity`` table at one layer: every checkpoint against
-    checkpoint 0 (base) and against the previous one; ``(a, a)`` asks only for self moments."""
+    checkpoint 0 (base), against the previous one and, when ``random`` (the random
+    reference's index along the checkpoint axis) is given, against it; ``(a, a)`` asks only
+    for self moments."""
     pairs: list[Pair] = []
     for c in range(n_checkpoints):
-        pairs.append(((0, layer), (c, layer)))
-        if c >= 1:
-            pairs.append(((c - 1, layer), (c, layer)))
+        pairs += [key for key in reference_keys(c, layer, random) if key is not None]
     return list(dict.fromkeys(pairs))
+
+
+def references(random: int | None) -> tuple[str, ...]:
+    """The ``reference`` labels of the ``similarity`` tables."""
+    return REFERENCES if random is None else (*REFERENCES, RANDOM)
+
+
+def reference_keys(c: int, layer: int, random: int | None) -> list[Pair | None]:
+    """Per label of :func:`references`, the pair (X = reference, Y = checkpoint ``c``) at
+    ``layer``; None where there is none (the first checkpoint has no previous)."""
+    keys: list[Pair | None] = [((0, layer), (c, layer))]
+    keys.append(((c - 1, layer), (c, layer)) if c >= 1 else None)
+    if random is not None:
+        keys.append(((random, layer), (c, layer)))
+    return keys
 
 
 def layer_pairs(n_layers: int, layer: int, layer_checkpoints: list[int]) -> list[Pair]:
@@ -97,23 +113,28 @@ def self_metrics(selves: dict[Rep, SelfMoments]) -> dict[Pair, np.ndarray]:
 
 
 def similarity_table(
-    checkpoints: list[str], layers: np.ndarray, values: dict[Pair, np.ndarray]
+    checkpoints: list[str],
+    layers: np.ndarray,
+    values: dict[Pair, np.ndarray],
+    random: int | None = None,
 ) -> xr.DataArray:
     """``similarity`` (reference, checkpoint, layer, metric); ``previous`` of the first is NaN.
 
-    ``values`` maps ((checkpoint, layer) of X, of Y) to the metrics of that pair.
+    ``values`` maps ((checkpoint, layer) of X, of Y) to the metrics of that pair; ``random``
+    is the random reference's checkpoint index (its row is then ``random``).
     """
-    out = np.full((2, len(checkpoints), len(layers), len(METRICS)), np.nan)
+    names = references(random)
+    out = np.full((len(names), len(checkpoints), len(layers), len(METRICS)), np.nan)
     for c in range(len(checkpoints)):
         for li in range(len(layers)):
-            out[0, c, li] = values[((0, li), (c, li))]
-            if c >= 1:
-                out[1, c, li] = values[((c - 1, li), (c, li))]
+            for ref, key in enumerate(reference_keys(c, li, random)):
+                if key is not None:
+                    out[ref, c, li] = values[key]
     return xr.DataArray(
         out,
         dims=("reference", "checkpoint", "layer", "metric"),
         coords={
-            "reference": np.array(REFERENCES, dtype=object),
+            "reference": np.array(names, dtype=object),
             "checkpoint": np.array(checkpoints, dtype=object),
             "layer": layers,
             "metric": np.array(METRICS, dtype=object),
@@ -154,21 +175,24 @@ def similarity_interval_table(
     values: dict[Pair, np.ndarray],
     intervals: dict[Pair, np.ndarray],
     attrs: dict,
+    random: int | None = None,
 ) -> xr.DataArray:
     """``similarity_ci`` (reference, checkpoint, layer, metric, bound): the ``similarity``
     table's intervals; a checkpoint against itself gets its value as both bounds."""
-    out = np.full((2, len(checkpoints), len(layers), len(METRICS), len(BOUNDS)), np.nan)
+    names = references(random)
+    out = np.full((len(names), len(checkpoints), len(layers), len(METRICS), len(BOUNDS)), np.nan)
     for c in range(len(checkpoints)):
         for li in range(len(layers)):
-            keys = [((0, li), (c, li))] + ([((c - 1, li), (c, li))] if c >= 1 else [])
-            for ref, key in enumerate(keys):
+            for ref, key in enumerate(reference_keys(c, li, random)):
+                if key is None:
+                    continue
                 same = key[0] == key[1]
                 out[ref, c, li] = np.stack([values[key]] * 2, -1) if same else intervals[key].T
     return xr.DataArray(
         out,
         dims=("reference", "checkpoint", "layer", "metric", "bound"),
         coords={
-            "reference": np.array(REFERENCES, dtype=object),
+            "reference": np.array(names, dtype=object),
             "checkpoint": np.array(checkpoints, dtype=object),
             "layer": layers,
             "metric": np.array(METRICS, dtype=object),
