@@ -348,6 +348,22 @@ _ENTRIES = (
         labels={"group": ("base_only", "shared", "finetuned_only"), "bound": _BOUNDS},
     ),
     ResultGroup(
+        "transfer_fvu_ci",
+        ("direction", "layer", "bound"),
+        "float",
+        "features",
+        "95% interval of transfer_fvu over resampled held-out probe examples",
+        labels={"direction": _DIRECTIONS, "bound": _BOUNDS},
+    ),
+    ResultGroup(
+        "transfer_fvu_control_ci",
+        ("layer", "bound"),
+        "float",
+        "features",
+        "95% interval of transfer_fvu_control over resampled held-out probe examples",
+        labels={"bound": _BOUNDS},
+    ),
+    ResultGroup(
         "match_cosine_hist",
         ("layer", "match", "bin"),
         "int",

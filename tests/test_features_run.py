@@ -159,6 +159,14 @@ def test_write_feature_results(trained_run):
     assert float(fvu.sel(direction="base_on_base", layer=1)) == pytest.approx(
         result["transfer_fvu"]["base_on_base"]
     )
+    ci = open_result(run.results(), "transfer_fvu_ci")["transfer_fvu_ci"]
+    assert ci.dims == ("direction", "layer", "bound")
+    for direction in fvu["direction"].values:  # every interval covers its point estimate
+        low, high = ci.sel(direction=direction, layer=1).values
+        assert low <= float(fvu.sel(direction=direction, layer=1)) <= high, direction
+    control = open_result(run.results(), "transfer_fvu_control_ci")["transfer_fvu_control_ci"]
+    low, high = control.sel(layer=1).values
+    assert low <= result["transfer_fvu_control"] <= high
     assert open_result(run.results(), "matched_fraction")["matched_fraction"].dims == ("layer",)
     deviation = open_result(run.results(), "relative_norm_deviation")["relative_norm_deviation"]
     assert float(deviation.sel(layer=1)) == pytest.approx(result["relative_norm_deviation"])

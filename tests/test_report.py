@@ -535,6 +535,14 @@ def test_feature_figure_draws_the_controls_and_bands():
             coords={"direction": directions, **layers},
         ),
         "transfer_fvu_control": xr.DataArray([0.2, 0.21, 0.22], dims="layer", coords=layers),
+        "transfer_fvu_ci": xr.DataArray(
+            np.stack([np.full((4, 3), 0.15), np.full((4, 3), 0.25)], -1),
+            dims=("direction", "layer", "bound"),
+            coords={"direction": directions, **bound},
+        ),
+        "transfer_fvu_control_ci": xr.DataArray(
+            [[0.1, 0.3]] * 3, dims=("layer", "bound"), coords=bound
+        ),
     }  # fmt: skip
     plot = fig_features(ReportInputs(None, None, pd.DataFrame(), None, [], results, []))
     matched_ax, fvu_ax = plot.figure.axes[:2]
@@ -542,3 +550,4 @@ def test_feature_figure_draws_the_controls_and_bands():
     assert "control: 2nd base SAE (another seed)" in labels
     assert len(matched_ax.collections) == 1  # the matched fraction's band
     assert "control: 2nd base SAE on base" in [t.get_text() for t in fvu_ax.get_legend().texts]
+    assert len(fvu_ax.collections) == 5  # a band per direction and the control's

@@ -94,6 +94,11 @@ def _summary(
             for sae in MODELS
             for model in MODELS
         },
+        "transfer_fvu_ci": {
+            f"{sae}_on_{model}": scan.fvu_examples[(f"{sae}_sae", model)].interval()
+            for sae in MODELS
+            for model in MODELS
+        },
         "crosscoder_fvu": {m: scan.fvu[("crosscoder", m)].fvu for m in MODELS},
         "match_cosine_hist": {
             "best": _hist(match.best_cosine, bins),
@@ -121,6 +126,7 @@ def _control_summary(
             "matched_fraction_control": nan,
             "matched_fraction_control_ci": [nan, nan],
             "transfer_fvu_control": nan,
+            "transfer_fvu_control_ci": [nan, nan],
         }
     live = alive[control.source]
     match = match_decoders(base.decoder[alive[base.source]], control.decoder[live])
@@ -128,6 +134,7 @@ def _control_summary(
         "matched_fraction_control": match.matched_fraction(threshold, one_to_one=True),
         "matched_fraction_control_ci": share_interval(match.matched(threshold)),
         "transfer_fvu_control": scan.fvu[(control.source, "base")].fvu,
+        "transfer_fvu_control_ci": scan.fvu_examples[(control.source, "base")].interval(),
     }
 
 

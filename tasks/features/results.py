@@ -24,6 +24,8 @@ Groups (one per variable, labelled dims; read with ``storage.results.open_result
   ``task_specific_fraction_ci`` (source, layer, bound) and ``crosscoder_share_ci`` (layer,
   group, bound; the share of live latents in each group): 95% intervals over resampled
   latents (:mod:`.intervals`), ``bound`` = ``low``, ``high``;
+- ``transfer_fvu_ci`` (direction, layer, bound) and ``transfer_fvu_control_ci`` (layer,
+  bound): 95% intervals of the FVUs over resampled held-out probe examples;
 - ``match_cosine_hist`` (layer, match[best, hungarian], bin), ``relative_norm_hist``
   (layer, bin) and ``auroc_hist`` (dictionary, layer, bin): counts, with ``bin`` the lower
   edge and ``bin_upper`` the upper edge of each bin on [0, 1].
@@ -125,8 +127,8 @@ def _interval(values: list, dims: tuple[str, ...], coords: dict) -> xr.DataArray
 
 
 def _interval_groups(per_layer: list[dict], lay: dict) -> dict[str, xr.DataArray]:
-    """95% intervals over resampled latents (:mod:`.intervals`); NaN for layers compared
-    before they existed."""
+    """95% intervals over resampled latents, and the FVUs' over resampled held-out examples
+    (:mod:`.intervals`); NaN for layers compared before they existed."""
     nan2 = [float("nan")] * 2
 
     def per_label(key: str, labels) -> list:
@@ -148,6 +150,14 @@ def _interval_groups(per_layer: list[dict], lay: dict) -> dict[str, xr.DataArray
             np.swapaxes(np.array(per_label("crosscoder_share_ci", GROUPS)), 0, 1).tolist(),
             ("layer", "group"),
             {**lay, "group": list(GROUPS)},
+        ),
+        "transfer_fvu_ci": _interval(
+            per_label("transfer_fvu_ci", DIRECTIONS),
+            ("direction", "layer"),
+            {"direction": list(DIRECTIONS), **lay},
+        ),
+        "transfer_fvu_control_ci": _interval(
+            [r.get("transfer_fvu_control_ci", nan2) for r in per_layer], ("layer",), lay
         ),
     }
 

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from layerdrift.tasks.dictionary import ActivationLoader, Dictionary, FVUAccumulator
+from layerdrift.tasks.features.intervals import ExampleFVU
 from layerdrift.tasks.features.task_latents import segment_max
 
 logger = logging.getLogger(__name__)
@@ -62,12 +63,14 @@ class LayerScan:
     ``scores[source]`` [n_examples, d_sae]: each latent's max activation per example
     (0 for an example without scored tokens); ``fires[source]`` [d_sae]: held-out tokens on
     which the latent is non-zero; ``fvu[(source, model)]``: FVU accumulators over held-out
-    tokens of that model; ``labels`` [n_examples]; ``heldout`` [n_examples] bool.
+    tokens of that model, and ``fvu_examples[(source, model)]`` the same per example (for
+    its interval); ``labels`` [n_examples]; ``heldout`` [n_examples] bool.
     """
 
     scores: dict[str, np.ndarray]
     fires: dict[str, np.ndarray]
     fvu: dict[tuple[str, str], FVUAccumulator]
+    fvu_examples: dict[tuple[str, str], ExampleFVU]
     labels: np.ndarray
     heldout: np.ndarray
     n_heldout_tokens: int
@@ -120,6 +123,8 @@ def scan_layer(
     scores = {d.source: torch.zeros(n_ex, d.d_sae, device=device) for d in dictionaries}
     fires = {d.source: torch.zeros(d.d_sae, dtype=torch.int64, device=device) for d in dictionaries}
     fvu = {(d.source, m): FVUAccumulator() for d in dictionaries for m in MODELS}
+    width = int(ds.sizes["hidden"])
+    by_example = {key: ExampleFVU(n_ex, width, device) for key in fvu}
     n_held = 0
     desc = f"scan layer {loader_layer(loader)}"
     for a, b in tqdm(loader.chunks, desc=desc, unit="chunk", disable=None):
@@ -140,10 +145,12 @@ def scan_layer(
                 fires[d.source] += (codes[held] > 0).sum(dim=0)
                 for m in MODELS:
                     fvu[(d.source, m)].update(*recon[m])
+                    by_example[(d.source, m)].update(*recon[m], ex[held])
     return LayerScan(
         scores={k: v.cpu().numpy() for k, v in scores.items()},
         fires={k: v.cpu().numpy() for k, v in fires.items()},
         fvu=fvu,
+        fvu_examples=by_example,
         labels=np.asarray(ds.label.values),
         heldout=heldout,
         n_heldout_tokens=n_held,

@@ -52,6 +52,36 @@ def fig_sae(inputs: ReportInputs) -> Plot | None:
     return Plot("06-sae-metrics", "Sparse autoencoders by layer", fig, reading)
 
 
+def _transfer_panel(ax: plt.Axes, results: dict) -> None:
+    """Each SAE's FVU on each model's tokens by layer, the control SAE's dotted, and their
+    95% intervals over held-out examples as bands where the run has them."""
+    data = results["transfer_fvu"]
+    directions = [str(d) for d in data["direction"].values]
+    palette = dict(zip(directions, sns.color_palette(n_colors=len(directions)), strict=True))
+    frame = data.to_dataframe(name="fvu").reset_index()
+    sns.lineplot(
+        frame, x="layer", y="fvu", hue="direction", marker="o", errorbar=None, palette=palette,
+        ax=ax,
+    )  # fmt: skip
+    if "transfer_fvu_ci" in results:
+        ci = results["transfer_fvu_ci"]
+        for direction in directions:
+            band = ci.sel(direction=direction).transpose("layer", "bound").to_pandas()
+            ax.fill_between(band.index, band["low"], band["high"], color=palette[direction],
+                            alpha=0.2, linewidth=0)  # fmt: skip
+    if "transfer_fvu_control" in results:
+        control = results["transfer_fvu_control"].to_pandas()
+        label = "control: 2nd base SAE on base"
+        ax.plot(control.index, control.values, "k:", marker="x", label=label)
+        if "transfer_fvu_control_ci" in results:
+            band = results["transfer_fvu_control_ci"].transpose("layer", "bound").to_pandas()
+            ax.fill_between(band.index, band["low"], band["high"], color="k", alpha=0.1,
+                            linewidth=0)  # fmt: skip
+        ax.legend()  # rebuilt, so the control joins seaborn's entries
+    ax.set(title="SAE transfer FVU (other model's tokens)", ylim=(0, None))
+    outside_legend(ax, fontsize=7)
+
+
 def fig_features(inputs: ReportInputs) -> Plot | None:
     """Figure 7: crosscoder groups, matched fraction and task-specific fraction by layer."""
     names = ("crosscoder_counts", "matched_fraction", "task_specific_fraction", "transfer_fvu")
@@ -107,17 +137,7 @@ def fig_features(inputs: ReportInputs) -> Plot | None:
                 ax.plot(lean.index, lean.values, marker="s", linestyle="--", label=label)
                 ax.legend(fontsize=7, loc="center left")  # matched starts high, lean low
         elif name == "transfer_fvu":
-            frame = data.to_dataframe(name="fvu").reset_index()
-            sns.lineplot(
-                frame, x="layer", y="fvu", hue="direction", marker="o", errorbar=None, ax=ax
-            )
-            if "transfer_fvu_control" in inputs.results:
-                control = inputs.results["transfer_fvu_control"].to_pandas()
-                label = "control: 2nd base SAE on base"
-                ax.plot(control.index, control.values, "k:", marker="x", label=label)
-                ax.legend()  # rebuilt, so the control joins seaborn's entries
-            ax.set(title="SAE transfer FVU (other model's tokens)", ylim=(0, None))
-            outside_legend(ax, fontsize=7)
+            _transfer_panel(ax, inputs.results)
         else:
             frame = data.to_dataframe(name="fraction").reset_index()
             sns.lineplot(
