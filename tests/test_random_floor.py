@@ -143,7 +143,7 @@ def test_a_missing_random_store_is_one_clear_error(tmp_path, rng):
 def test_floor_sentence_names_the_layers_that_do_not_clear_it():
     import pandas as pd
 
-    from layerdrift.tasks.report.summary import floor_sentence
+    from layerdrift.tasks.report.claims import floor_sentence
 
     to_base = pd.Series([0.99, 0.80, 0.45], index=[0, 1, 2])
     floor = pd.Series([0.60, 0.50, 0.40], index=[0, 1, 2])

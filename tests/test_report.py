@@ -17,8 +17,8 @@ from layerdrift.storage import RunDir, open_result, save_run_config, write_resul
 from layerdrift.storage.results_schema import RESULT_GROUPS
 from layerdrift.tasks.modeling import BUNDLED_NOTE
 from layerdrift.tasks.report import build_report, compare_runs, per_layer_table
+from layerdrift.tasks.report.claims import similarity_sentence
 from layerdrift.tasks.report.compare import linear_cka
-from layerdrift.tasks.report.summary import similarity_sentence
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ["base", "step-000010", "final"]
@@ -236,7 +236,7 @@ def test_report_is_valid_html_with_every_figure(built):
     assert "example 3 (pos):" in text and "<film>" in text  # label name, escaped token
     assert "Stages that did not run" not in text
     assert "Bands: 95% bootstrap intervals over probe examples (200 resamples" in text
-    assert "The same probe on shuffled labels scores" in text
+    assert "probe on shuffled labels scores" in text
     assert "Fine-tune block 3 and keep the rest at base" in text
     assert "96.7% of the gain from base (0.500) to full fine-tuning (0.800)" in text
     assert "variant transplant: base with only that unit fine-tuned" in text
@@ -437,9 +437,9 @@ def test_card_labels_follow_the_thresholds():
 def test_summaries_say_none_instead_of_an_extreme_of_zero():
     import pandas as pd
 
+    from layerdrift.tasks.report.claims import finetuned_only_sentence
     from layerdrift.tasks.report.figures_training import fig_features
     from layerdrift.tasks.report.load import ReportInputs
-    from layerdrift.tasks.report.summary import finetuned_only_sentence
 
     assert finetuned_only_sentence(pd.Series([0.0, 0.0, 0.0])) == (
         "No crosscoder latent is specific to the fine-tuned model at any layer."
@@ -467,7 +467,7 @@ def test_summaries_say_none_instead_of_an_extreme_of_zero():
 def test_summary_claims_speak_only_of_differences_that_clear_their_intervals():
     import pandas as pd
 
-    from layerdrift.tasks.report.summary import (
+    from layerdrift.tasks.report.claims import (
         cka_drop_sentence,
         finetuned_only_sentence,
         matching_control_sentence,
@@ -508,6 +508,67 @@ def test_summary_claims_speak_only_of_differences_that_clear_their_intervals():
     )
     overlap = clear.assign(low=[0.0, 0.005, 0.0], high=[0.0, 0.03, 0.02])
     assert "so the peak is not a clear one" in finetuned_only_sentence(share, overlap)
+
+
+def test_transfer_probe_and_cosine_claims_clear_their_control_or_say_not():
+    import pandas as pd
+
+    from layerdrift.tasks.report.claims import (
+        probe_sentence,
+        similarity_sentence,
+        transfer_sentence,
+    )
+
+    layered = pd.DataFrame(
+        {"transfer_fvu_finetuned_on_base": [0.33, 0.71], "transfer_fvu_control": [0.32, 0.52]},
+        index=[0, 6],
+    )
+    bounds = pd.DataFrame(
+        {"low": [0.30, 0.65], "high": [0.36, 0.77],
+         "control_low": [0.29, 0.48], "control_high": [0.35, 0.56]},
+        index=[0, 6],
+    )  # fmt: skip
+    assert transfer_sentence(layered, bounds) == (
+        "The fine-tuned SAE reconstructs base tokens worse than a second base SAE does at "
+        "layers 6 (0.710 vs control 0.520); elsewhere the transfer FVU is within its control "
+        "(layer 0 0.330 (0.300–0.360) vs control 0.320 (0.290–0.350)): at this budget the "
+        "comparison does not discriminate."
+    )
+    # Layer 6's intervals overlap once the control's widens: no layer discriminates.
+    wide = bounds.assign(control_high=[0.35, 0.70])
+    assert transfer_sentence(layered, wide).startswith(
+        "At every layer the transfer FVU is within its control (layer 0 0.330"
+    )
+    # Without intervals the point values decide.
+    assert "at layers 0, 6 (0.330 vs control 0.320" in transfer_sentence(layered, None)
+
+    probes = pd.DataFrame(
+        {"probe_final": [0.62, 0.81], "probe_base": [0.60, 0.70],
+         "probe_control_final": [0.55, 0.52], "probe_majority": [0.64, 0.64]},
+        index=[0, 6],
+    )  # fmt: skip
+    assert probe_sentence(probes) == (
+        "A linear probe on the final checkpoint is most accurate at layer 6 (0.810; base "
+        "there: 0.700), above its controls (the same probe on shuffled labels scores 0.520 "
+        "there, and always guessing the majority class 0.640); at layers 0 the probe does "
+        "not beat them."
+    )
+    chance = probes.assign(probe_final=[0.60, 0.63])
+    assert probe_sentence(chance).startswith(
+        "No linear probe on the final checkpoint beats its controls: the best, layer 6 "
+        "(0.630), is within them"
+    )
+
+    cos = pd.Series([0.99, 0.95, 0.40], index=[0, 1, 2])
+    apart = pd.DataFrame({"low": [0.98, 0.9, 0.3], "high": [1.0, 0.97, 0.5]}, index=cos.index)
+    assert similarity_sentence(cos, bounds=apart).endswith(
+        "falls to 0.400 at layer 2, beyond the 95% intervals of layers 0 and 2."
+    )
+    wide = apart.assign(low=[0.3, 0.3, 0.2])
+    assert similarity_sentence(cos, bounds=wide).endswith(
+        "the 95% intervals of layers 0 and 2 overlap (0.300–1.000 and 0.200–0.500), so that "
+        "fall is not a clear one."
+    )
 
 
 def test_feature_figure_draws_the_controls_and_bands():
