@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 from factories import make_tiny_bert, separable_texts, set_store_generation
 from planted import planted_pair
 
@@ -179,6 +180,19 @@ def test_write_feature_results(trained_run):
         for ex in card["examples"]:
             assert {"example", "tokens", "activations", "max_token"} <= set(ex)
             assert len(ex["tokens"]) == len(ex["activations"])
+
+
+def test_a_run_without_a_newer_group_is_not_written(trained_run):
+    """A run written before a features group was declared writes the groups again."""
+    run, cfg, _, _ = trained_run
+    write_feature_results(run, cfg)
+    assert feature_results_written(run)
+    root = zarr.open_group(run.results(), mode="r+")
+    del root["transfer_fvu_ci"]
+    zarr.consolidate_metadata(run.results())
+    assert not feature_results_written(run)
+    write_feature_results(run, cfg)
+    assert feature_results_written(run)
 
 
 def test_control_sae_is_another_seed_of_base_on_the_same_heldout_split(trained_run):

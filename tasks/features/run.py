@@ -19,6 +19,7 @@ import torch
 from layerdrift.config import RunConfig
 from layerdrift.storage.activations import open_store, store_generation
 from layerdrift.storage.results import list_results, open_result
+from layerdrift.storage.results_schema import groups_of_stage
 from layerdrift.storage.rundir import CARDS_PATH, FEATURES_DIR, RunDir
 from layerdrift.storage.saes import sae_exists
 from layerdrift.tasks.dictionary import (
@@ -174,9 +175,11 @@ def write_feature_results(run: RunDir, cfg: RunConfig, per_layer: list[dict] | N
 
 
 def feature_results_written(run: RunDir) -> bool:
-    """Whether ``features/cards.json`` (written last by :func:`write_feature_results`) exists
-    and the feature groups in ``results.zarr`` come from the store as it is now."""
-    if not run.exists(*CARDS_PATH) or "crosscoder_counts" not in list_results(run.results()):
+    """Whether ``features/cards.json`` (written last by :func:`write_feature_results`) exists,
+    ``results.zarr`` holds every group the features stage declares (a run made before a
+    group was added writes it) and they come from the store as it is now."""
+    declared = {group.name for group in groups_of_stage("features")}
+    if not run.exists(*CARDS_PATH) or not declared <= set(list_results(run.results())):
         return False
     attrs = open_result(run.results(), "crosscoder_counts")["crosscoder_counts"].attrs
     return attrs.get("store_generation", "") == store_generation(run.activations())

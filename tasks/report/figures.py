@@ -106,23 +106,7 @@ def fig_similarity(inputs: ReportInputs) -> Plot | None:
         )
         integer_layers(ax, frame.index)
         ax.set_xlabel(LAYER_AXIS)
-    bands = interval_bands(inputs)
-    for metric, (low, high) in bands.items():
-        color = palette[metric]
-        lin.fill_between(low.index, low, high, color=color, alpha=0.2, linewidth=0)
-        log.fill_between(
-            low.index, (1 - high).clip(lower=FLOOR), (1 - low).clip(lower=FLOOR),
-            color=color, alpha=0.2, linewidth=0,
-        )  # fmt: skip
-    floors = floor_curves(inputs)
-    for metric, floor in floors.items():
-        color = palette[metric]
-        lin.plot(floor.index, floor, color=color, linestyle="--", linewidth=1.0, alpha=0.8)
-        log.plot(floor.index, (1 - floor).clip(lower=FLOOR), color=color, linestyle="--",
-                 linewidth=1.0, alpha=0.8)  # fmt: skip
-    if floors:
-        log.plot([], [], color="0.4", linestyle="--", label="dashed: vs random init")
-        log.legend(title="metric")  # again, with the floor's entry
+    bands, floors = _draw_bands_and_floors(inputs, lin, log, palette)
     low = min([float(long["similarity"].min())] + [float(f.min()) for f in floors.values()])
     lin.set(
         ylabel="similarity of final to base", ylim=(max(0.0, low - 0.1 * (1 - low) - 0.01), 1.005)
@@ -168,6 +152,31 @@ def floor_curves(inputs: ReportInputs) -> dict[str, pd.Series]:
             values, metric = 1.0 - values / 2.0, "procrustes (1 − d/2)"
         curves[metric] = values
     return curves
+
+
+def _draw_bands_and_floors(
+    inputs: ReportInputs, lin: plt.Axes, log: plt.Axes, palette: dict
+) -> tuple[dict, dict]:
+    """Figure 1's interval bands and dashed random-reference floors on both axes (``log``
+    shows 1 − similarity); returns them (:func:`interval_bands`, :func:`floor_curves`)."""
+    bands = interval_bands(inputs)
+    for metric, (low, high) in bands.items():
+        color = palette[metric]
+        lin.fill_between(low.index, low, high, color=color, alpha=0.2, linewidth=0)
+        log.fill_between(
+            low.index, (1 - high).clip(lower=FLOOR), (1 - low).clip(lower=FLOOR),
+            color=color, alpha=0.2, linewidth=0,
+        )  # fmt: skip
+    floors = floor_curves(inputs)
+    for metric, floor in floors.items():
+        color = palette[metric]
+        lin.plot(floor.index, floor, color=color, linestyle="--", linewidth=1.0, alpha=0.8)
+        log.plot(floor.index, (1 - floor).clip(lower=FLOOR), color=color, linestyle="--",
+                 linewidth=1.0, alpha=0.8)  # fmt: skip
+    if floors:
+        log.plot([], [], color="0.4", linestyle="--", label="dashed: vs random init")
+        log.legend(title="metric")  # again, with the floor's entry
+    return bands, floors
 
 
 def interval_bands(inputs: ReportInputs) -> dict[str, tuple[pd.Series, pd.Series]]:
