@@ -150,7 +150,8 @@ def _pieces(run: Path) -> dict[str, int]:
 
 def _store_files(run: Path) -> dict[str, bytes]:
     files = {}
-    for path in sorted((run / "activations.zarr").rglob("*")):
+    stores = [run / "activations.zarr", run / "random.zarr"]  # the floor's, when written
+    for path in sorted(p for store in stores if store.exists() for p in store.rglob("*")):
         if path.is_file() and not path.name.startswith("writer.lock"):  # leases, not data
             data = path.read_bytes()
             if path.name == "zarr.json":
@@ -196,10 +197,12 @@ def _differences(reference: Path, resumed: Path) -> list[str]:
 
 
 def _result_group(run: Path, group: str) -> xr.Dataset:
-    """One results group in memory, without the store generation ids (random per store)."""
+    """One results group in memory, without the store generation ids (random per store: the
+    activation store's and the random reference's)."""
     dataset = xr.open_zarr(run / "results.zarr", group=group, consolidated=False).load()
     for variable in [dataset, *dataset.variables.values()]:
         variable.attrs.pop("store_generation", None)
+        variable.attrs.pop("random_generation", None)
     return dataset
 
 
