@@ -10,6 +10,7 @@ head) go into the training state, from which a killed run resumes.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 
 import torch
@@ -28,8 +29,6 @@ PEFT_MISSING = (
 
 def require_peft() -> None:
     """Raise ``ImportError`` naming the install command when ``peft`` is missing."""
-    import importlib.util
-
     if importlib.util.find_spec("peft") is None:
         raise ImportError(PEFT_MISSING)
 
