@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from layerdrift.env import configure_environment  # noqa: E402
+
+configure_environment(ROOT)  # as the command line does, before Prefect is imported
+
 from layerdrift.config import build_config  # noqa: E402
 from layerdrift.flows.interrupts import run_in_worker  # noqa: E402
 from layerdrift.flows.pipeline import pipeline  # noqa: E402
