@@ -85,8 +85,42 @@ class ProbeConfig(_Section):
         return None if value is None else DataConfig._known_dataset(value)
 
 
+class LoraConfig(_Section):
+    """LoRA (Hu et al. 2021): low-rank updates ``alpha / rank * B @ A`` of some linear modules.
+
+    Only the LoRA matrices and the classification head train; each checkpoint is saved with
+    the updates merged into the weights, so later stages see an ordinary model.
+    """
+
+    rank: int = Field(8, gt=0, description="Rank r of each update B @ A.")
+    alpha: float = Field(16.0, gt=0, description="Scale: the update is alpha / rank * B @ A.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA branch's input.")
+    target_modules: tuple[str, ...] | None = Field(
+        None,
+        description="Module names (or dotted-path suffixes) to adapt; None: the model "
+        "family's attention projections (query and value, GPT-2's c_attn, ...).",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _named(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and (not value or not all(name.strip() for name in value)):
+            raise ValueError(
+                f"target_modules {list(value)} must name at least one module, each non-empty "
+                "(e.g. ['query', 'value']); leave it unset for the model family's default"
+            )
+        return value
+
+
 class FinetuneConfig(_Section):
     """Fine-tuning hyperparameters and the checkpoint schedule."""
+
+    method: Literal["full", "lora"] = Field(
+        "full", description="`full`: every weight trains; `lora`: low-rank updates + the head."
+    )
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig, description="LoRA settings (used when method is `lora`)."
+    )
 
     epochs: float = Field(2.0, gt=0, description="Passes over the training split.")
     batch_size: int = Field(16, gt=0, description="Training batch size.")
@@ -115,6 +149,25 @@ class FinetuneConfig(_Section):
                 "layer indices from 0 (embeddings)"
             )
         return tuple(sorted(set(value))) if isinstance(value, tuple) else value
+
+    @model_validator(mode="after")
+    def _lora_or_frozen(self) -> FinetuneConfig:
+        if self.method == "lora" and self.freeze_layers is not None:
+            raise ValueError(
+                "freeze_layers cannot be combined with method = 'lora': LoRA already keeps "
+                "every base weight fixed and trains only the low-rank updates of "
+                "lora.target_modules and the head; unset freeze_layers, and to leave layers "
+                "untouched name only the other layers' modules in lora.target_modules"
+            )
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """The section as JSON for hashes; ``method`` and ``lora`` are left out of full
+        fine-tuning, so runs made before they existed keep their hashes."""
+        values = self.model_dump(mode="json")
+        if self.method == "full":
+            del values["method"], values["lora"]
+        return values
 
     def frozen(self) -> tuple[int, ...]:
         """The layer indices ``freeze_layers`` names (empty when unset)."""
@@ -437,6 +490,7 @@ class RunConfig(_Section):
     def config_hash(self) -> str:
         """A stable hash of every field that changes results (not name, root or Dask address)."""
         payload = self.model_dump(mode="json", exclude={"name", "runs_root", "dask_address"})
+        payload["finetune"] = self.finetune.identity()
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -515,7 +569,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "checkpoints": [0.0, 0.5, 1.0],
         },
         "extract": {"token_chunk": 2048, "batch_size": 16},
-        "similarity": {"random_floor": True},
+        # At hidden 768 one resample's eigendecompositions cost far more than at 384: with
+        # 100 resamples the first layer's intervals took 8 min (load 11), so 13 layers alone
+        # would take over an hour and a half; 20, as in the quick preset.
+        "similarity": {"bootstrap_resamples": 20, "random_floor": True},
         "sae": {
             "layers": [3, 6, 9, 12],
             "expansion_factor": 2,

@@ -18,8 +18,15 @@ from layerdrift.config import RunConfig
 from layerdrift.storage.rundir import RunDir, check_run_config
 from layerdrift.tasks.data import check_data, data_complete
 from layerdrift.tasks.finetune.batches import planned_checkpoints
+from layerdrift.tasks.finetune.lora import require_peft
 from layerdrift.tasks.imports import check_given_checkpoints, given_checkpoints
-from layerdrift.tasks.modeling import ModelInfo, inspect_model
+from layerdrift.tasks.modeling import (
+    ModelInfo,
+    inspect_model,
+    load_classifier,
+    load_tokenizer,
+    lora_plan,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +87,20 @@ def check_frozen_layers(cfg: RunConfig, info: ModelInfo) -> None:
         )
 
 
+def check_lora(cfg: RunConfig, info: ModelInfo) -> None:
+    """``finetune.method = "lora"``: peft is installed, and the targets (given, or the
+    family's default) name modules of the classifier fine-tuning will train."""
+    if cfg.finetune.method != "lora" or cfg.imports_checkpoints:
+        return
+    try:
+        require_peft()
+    except ImportError as error:
+        raise PreflightError(str(error)) from error
+    tokenizer = load_tokenizer(info.path, cfg.trust_remote_code)
+    model = load_classifier(info.path, tokenizer, ["a", "b"], cfg.trust_remote_code)
+    lora_plan(model, cfg.finetune.lora.target_modules)  # raises LoraTargetError
+
+
 def check_checkpoint_labels(cfg: RunConfig) -> None:
     """SAE and feature checkpoints must be among the checkpoints fine-tuning will write (or
     among the checkpoints given)."""
@@ -130,6 +151,7 @@ def preflight(cfg: RunConfig) -> ModelInfo:
     info = check_model(cfg)
     check_layers(cfg, info.num_layers)
     check_frozen_layers(cfg, info)
+    check_lora(cfg, info)
     if not data_complete(run):
         sizes = check_data(cfg)
         logger.info("preflight: data splits %s", sizes)

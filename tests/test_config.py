@@ -74,3 +74,47 @@ def test_run_directory_on_an_fsspec_url():
     assert url.startswith("memory://")
     assert RunDir(url).fs.exists(RunDir(url).root)
     assert load_run_config(run.read_text("config.json")) == config
+
+
+def test_lora_settings_change_the_hashes_and_full_runs_keep_theirs(tmp_path):
+    import hashlib
+
+    from layerdrift.tasks.finetune import finetune_fingerprint
+
+    full = build_config("quick")
+    lora = build_config("quick", overrides={"finetune": {"method": "lora"}})
+    rank = build_config("quick", overrides={"finetune": {"method": "lora", "lora": {"rank": 4}}})
+    assert len({full.config_hash(), lora.config_hash(), rank.config_hash()}) == 3
+    assert len({finetune_fingerprint(c) for c in (full, lora, rank)}) == 3
+    # Full fine-tuning leaves method and lora out, so it hashes as before they existed:
+    # the fingerprint's payload as it was (freeze_layers unset, left out too).
+    section = full.finetune.model_dump(mode="json")
+    old = {k: v for k, v in section.items() if k not in ("method", "lora", "freeze_layers")}
+    payload = {"model": full.model, "trust_remote_code": False, "seed": full.seed,
+               "data": full.data.model_dump(mode="json"), "finetune": old}  # fmt: skip
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    assert finetune_fingerprint(full) == digest
+    # A config.json written before the fields existed opens and matches its run folder.
+    stored = json.loads(full.to_json())
+    del stored["config"]["finetune"]["method"], stored["config"]["finetune"]["lora"]
+    run = RunDir(str(tmp_path / "old"))
+    run.write_text(json.dumps(stored), "config.json")
+    reopened = load_run_config(run.read_text("config.json"))
+    assert reopened.finetune.method == "full" and reopened.config_hash() == stored["config_hash"]
+    save_run_config(run, full.to_json(), full.config_hash())  # the same run: accepted
+    with pytest.raises(RunConfigMismatchError):
+        save_run_config(run, lora.to_json(), lora.config_hash())
+
+
+@pytest.mark.parametrize(
+    ("finetune", "message"),
+    [
+        ({"method": "lora", "freeze_layers": 2}, "freeze_layers cannot be combined with method"),
+        ({"method": "lora", "lora": {"target_modules": []}}, "must name at least one module"),
+        ({"method": "lora", "lora": {"rank": 0}}, "greater than 0"),
+        ({"method": "adapter"}, "Input should be 'full' or 'lora'"),
+    ],
+)
+def test_bad_lora_settings_are_refused(finetune, message):
+    with pytest.raises(ValidationError, match=message):
+        RunConfig.model_validate({"finetune": finetune})

@@ -27,7 +27,7 @@ import torch
 from families import DECODERS, FAMILIES, make_family_model
 from tiny_runs import LAYERDRIFT, cli_env, to_toml
 
-from layerdrift.config import RunConfig
+from layerdrift.config import LoraConfig, RunConfig
 from layerdrift.storage import save_run_config
 from layerdrift.storage.activations import open_store
 from layerdrift.storage.checkpoints import checkpoint_complete
@@ -38,13 +38,18 @@ from layerdrift.tasks.dictionary.evaluate import RECOVERY_EPS
 from layerdrift.tasks.extract import create_store_for_run, extract_checkpoint_for_run
 from layerdrift.tasks.features import compare_features_for_run, write_feature_results
 from layerdrift.tasks.finetune import finetune
+from layerdrift.tasks.finetune.lora import merged_copy, wrap_lora
 from layerdrift.tasks.modeling import (
+    DEFAULT_LORA_TARGETS,
     find_layer_sites,
+    head_parameters,
     hook_names,
     inspect_model,
+    layer_parameters,
     load_classifier,
     load_encoder,
     load_tokenizer,
+    lora_plan,
     splice,
 )
 from layerdrift.tasks.report import build_report
@@ -101,6 +106,55 @@ def test_inspect_reports_the_shape_and_sites(family_dir, family):
     assert (info.family, info.num_layers, info.hidden_size) == (family, 2, 32)
     assert list(info.layers) == [0, 1, 2] and len(info.sites) == 3
     assert info.tokenizer_size <= info.vocab_size
+
+
+# Each family's classification head as its classifier class builds it, written out here.
+HEADS = {
+    "albert": ("albert.pooler", "classifier"),
+    "bert": ("bert.pooler", "classifier"),
+    "deberta-v2": ("classifier", "pooler"),
+    "distilbert": ("classifier", "pre_classifier"),
+    "electra": ("classifier",),
+    "gpt2": ("score",),
+    "llama": ("score",),
+    "modernbert": ("classifier", "head"),
+    "mpnet": ("classifier",),
+    "roberta": ("classifier",),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_defaults_adapt_every_layer_and_merge_exactly(family_dir, family):
+    """The default LoRA targets hit one module each per layer (ALBERT's one shared layer
+    once), the head is the family's, and a merged copy computes what the adapter does."""
+    folder = family_dir(family)
+    model = load_classifier(folder, load_tokenizer(str(folder)), ["neg", "pos"])
+    plan = lora_plan(model)
+    layers = 1 if family == "albert" else 2
+    assert len(plan.targets) == layers * len(DEFAULT_LORA_TARGETS[family])
+    for target in DEFAULT_LORA_TARGETS[family]:
+        assert sum(path.endswith(f".{target}") for path in plan.targets) == layers
+    assert plan.head == HEADS[family]
+    head = [
+        n for n, _ in model.named_parameters() if n.startswith(tuple(f"{h}." for h in plan.head))
+    ]
+    assert sorted(head) == sorted(head_parameters(model))
+    if family != "albert":
+        assert sorted(head) == sorted(layer_parameters(model).head)
+
+    torch.manual_seed(0)
+    wrapped, _ = wrap_lora(model, LoraConfig(rank=2, dropout=0.0))
+    for name, param in wrapped.named_parameters():
+        if ".lora_B." in name:  # B starts at zero: give the update something to merge
+            param.data.normal_(0.0, 0.5)
+    batch = load_tokenizer(str(folder))(TEXTS, return_tensors="pt", padding=True)
+    merged_model = merged_copy(wrapped.eval()).eval()
+    assert type(merged_model) is type(model)  # the family's own classifier, no LoRA left
+    assert not [n for n, _ in merged_model.named_parameters() if "lora_" in n]
+    with torch.no_grad():
+        adapted = wrapped(**batch).logits
+        merged = merged_model(**batch).logits
+    torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from layerdrift.config import RunConfig
 from layerdrift.storage import RunDir, save_run_config
 from layerdrift.storage.rundir import RunConfigMismatchError
 from layerdrift.tasks.data import DatasetError
-from layerdrift.tasks.modeling import ModelNotFoundError, UnsupportedModelError
+from layerdrift.tasks.modeling import LoraTargetError, ModelNotFoundError, UnsupportedModelError
 from layerdrift.tasks.preflight import PreflightError, preflight
 
 
@@ -39,6 +40,7 @@ def inputs(tmp_path_factory, tiny_model_dir, separable_csv) -> dict[str, Path]:
     one_class = root / "one-class.csv"
     separable_texts(600).assign(label="pos").to_csv(one_class, index=False)
     return {
+        "xlm_roberta": _tiny_xlm_roberta(root / "xlm-roberta"),
         "model": tiny_model_dir,
         "csv": separable_csv,
         "no_tokenizer": no_tokenizer,
@@ -47,6 +49,24 @@ def inputs(tmp_path_factory, tiny_model_dir, separable_csv) -> dict[str, Path]:
         "review": review,
         "one_class": one_class,
     }
+
+
+def _tiny_xlm_roberta(folder: Path) -> Path:
+    """A tiny XLM-RoBERTa: a family the adapter runs but has no LoRA default for."""
+    import torch
+    from families import TOKENIZERS
+    from transformers import AutoConfig, AutoModel
+
+    tokenizer = TOKENIZERS["roberta"]()
+    config = AutoConfig.for_model(
+        "xlm-roberta", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, max_position_embeddings=130,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def _config(tmp_path: Path, inputs: dict[str, Path], **sections) -> RunConfig:
@@ -110,6 +130,23 @@ BAD = {
         PreflightError,
         r"features\.finetuned 'step-000005' has no SAE",
     ),
+    "LoRA on a family without default targets": (
+        lambda i: {"model": str(i["xlm_roberta"]), "finetune": {"method": "lora"}},
+        LoraTargetError,
+        r"finetune\.method = 'lora' has no default target modules for model family "
+        r"'xlm-roberta': set finetune\.lora\.target_modules, e\.g\. .*query",
+    ),
+    "LoRA targets naming no module": (
+        lambda i: {"finetune": {"method": "lora", "lora": {"target_modules": ["query", "qkv"]}}},
+        LoraTargetError,
+        r"finetune\.lora\.target_modules \['qkv'\] name no linear or embedding module of "
+        r"model family 'bert' outside its classification head: use names among .*key, .*query",
+    ),
+    "LoRA targets naming only the head": (
+        lambda i: {"finetune": {"method": "lora", "lora": {"target_modules": ["classifier"]}}},
+        LoraTargetError,
+        r"target_modules \['classifier'\] name no linear or embedding module",
+    ),
     "cuda without a GPU": (
         lambda i: {"device": "cuda"},
         PreflightError,
@@ -156,3 +193,28 @@ def test_a_resumed_run_does_not_need_its_source_data_again(tmp_path, inputs):
     prepare_data(run, config)
     csv.unlink()
     assert preflight(config).family == "bert"
+
+
+def test_lora_targets_may_be_given_for_any_family_or_one_layer(tmp_path, inputs):
+    given = {"method": "lora", "lora": {"target_modules": ["query", "value"]}}
+    config = _config(tmp_path, inputs, model=str(inputs["xlm_roberta"]), finetune=given)
+    assert preflight(config).family == "xlm-roberta"
+    one_layer = {"method": "lora", "lora": {"target_modules": ["layer.1.attention.self.query"]}}
+    assert preflight(_config(tmp_path, inputs, finetune=one_layer)).family == "bert"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_lora_error_exits_2_from_the_command_line(tmp_path, inputs):
+    values = tiny_runs.tiny_config(inputs["model"], inputs["csv"])
+    values["finetune"] = {"method": "lora"}
+    toml = tiny_runs.to_toml({**values, "runs_root": str(tmp_path / "runs")})
+    toml += '\n[finetune.lora]\ntarget_modules = ["qkv"]\n'
+    (tmp_path / "lora.toml").write_text(toml)
+    done = subprocess.run(
+        [*tiny_runs.LAYERDRIFT, "run", "lora.toml"], cwd=tmp_path, capture_output=True,
+        text=True, env=tiny_runs.cli_env(tmp_path / "prefect"), timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: finetune.lora.target_modules ['qkv'] name no"), done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "runs").exists()

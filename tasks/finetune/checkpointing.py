@@ -36,10 +36,11 @@ class CheckpointMismatchError(ValueError):
 def finetune_fingerprint(cfg: RunConfig) -> str:
     """A hash of everything that changes the fine-tuned weights (model, seed, data, finetune).
 
-    An unset ``freeze_layers`` is left out, so checkpoints made before the field existed
-    keep their fingerprint.
+    An unset ``freeze_layers`` is left out, and so are ``method`` and ``lora`` for full
+    fine-tuning (:meth:`FinetuneConfig.identity`), so checkpoints made before those fields
+    existed keep their fingerprint.
     """
-    finetune = cfg.finetune.model_dump(mode="json")
+    finetune = cfg.finetune.identity()
     if finetune["freeze_layers"] is None:
         del finetune["freeze_layers"]
     payload = {

@@ -1,5 +1,9 @@
 """The fine-tuning loop: AdamW, linear warm-up schedule, clipping, bucketed batches, resume.
 
+``finetune.method`` picks what trains: every weight (``full``, less any ``freeze_layers``)
+or LoRA updates and the head (``lora``, :mod:`tasks.finetune.lora`); both save checkpoints
+in one layout.
+
 Everything random is seeded: the classifier head by ``cfg.seed`` before loading, the batch
 order by one generator per epoch, dropout by the torch RNG whose state is saved at every
 checkpoint. A run resumed from checkpoint ``c`` therefore replays exactly the steps an
@@ -42,6 +46,13 @@ from layerdrift.tasks.finetune.checkpointing import (
 )
 from layerdrift.tasks.finetune.evaluate import evaluate
 from layerdrift.tasks.finetune.freeze import freeze
+from layerdrift.tasks.finetune.lora import (
+    adapter_state,
+    load_adapter_state,
+    lora_metrics,
+    merged_copy,
+    wrap_lora,
+)
 from layerdrift.tasks.modeling import (
     load_classifier,
     load_tokenizer,
@@ -107,26 +118,44 @@ class _Trainer:
         self.lengths = np.array([len(ids) for ids in self.train_enc["input_ids"]])
 
         self.resumed_from = resume_point(run, self.planned, self.fingerprint)
-        if self.resumed_from is None:
-            torch.manual_seed(cfg.seed)
-            source = resolve_model(cfg.model)
-        else:
-            source = str(local_checkpoint_path(run, self.resumed_from))
-        # Any supported family; a decoder's classifier gets the tokenizer's pad id.
-        model = load_classifier(source, self.tokenizer, self.names, cfg.trust_remote_code)
-        self.model = model.to(self.device).train()
-        self.counts = freeze(self.model, cfg.finetune.frozen())
+        self.lora = cfg.finetune.method == "lora"
+        self.model = self._load_model().to(self.device).train()
         self.optimizer = build_optimizer(self.model, cfg)
         warmup = round(cfg.finetune.warmup_fraction * self.total)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, self.total)
         self.step, self.tokens = 0, 0
         if self.resumed_from is not None:
             state = load_train_state(run, self.resumed_from, self.device)
+            if self.lora:
+                load_adapter_state(self.model, state["adapter"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             restore_rng(state["rng"])
             self.step, self.tokens = int(state["step"]), int(state["tokens"])
             logger.info("resuming %s from checkpoint %s", run.url, self.resumed_from)
+
+    def _load_model(self) -> torch.nn.Module:
+        """The model to train, with ``self.counts`` (trainable and total parameters) set.
+
+        Full fine-tuning resumes from the last checkpoint's weights. LoRA always starts from
+        the base model (a merged checkpoint cannot be split again): its trained tensors come
+        back from the training state, and the seeded initialisation keeps the rest equal.
+        """
+        cfg = self.cfg
+        if self.resumed_from is None or self.lora:
+            torch.manual_seed(cfg.seed)
+            source = resolve_model(cfg.model)
+        else:
+            source = str(local_checkpoint_path(self.run, self.resumed_from))
+        # Any supported family; a decoder's classifier gets the tokenizer's pad id.
+        model = load_classifier(source, self.tokenizer, self.names, cfg.trust_remote_code)
+        if not self.lora:
+            self.counts = freeze(model, cfg.finetune.frozen())
+            return model
+        total = sum(p.numel() for p in model.parameters())
+        model, plan = wrap_lora(model, cfg.finetune.lora)
+        self.counts = lora_metrics(model, plan, cfg.finetune.lora, total)
+        return model
 
     def checkpoint(self, label: str, train_loss: float | None) -> None:
         """Evaluate, then write checkpoint ``label`` with its metrics and training state."""
@@ -151,6 +180,7 @@ class _Trainer:
             "n_train": len(self.train_labels),
             "n_validation": len(self.val_labels),
             "fingerprint": self.fingerprint,
+            "method": self.cfg.finetune.method,
             "frozen_layers": list(self.cfg.finetune.frozen()),
             **self.counts,
         }
@@ -161,7 +191,11 @@ class _Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": capture_rng(),
         }
-        write_checkpoint(self.run, label, self.model, self.tokenizer, metrics, state)
+        model = self.model
+        if self.lora:
+            state["adapter"] = adapter_state(self.model)
+            model = merged_copy(self.model)  # saved as an ordinary model of the family
+        write_checkpoint(self.run, label, model, self.tokenizer, metrics, state)
         prune_train_states(self.run, keep=label)
         logger.info(
             "checkpoint %s: step %d/%d, train loss %s, val loss %.4f, val accuracy %.3f",

@@ -1,7 +1,7 @@
 """The model adapter: the only code that knows model families.
 
 Every stage that touches a model goes through here: fine-tuning (:func:`load_classifier`,
-:func:`load_tokenizer`, :func:`layer_parameters` for frozen layers), extraction
+:func:`load_tokenizer`, :func:`layer_parameters` for frozen layers, :func:`lora_plan`), extraction
 (:func:`load_encoder`, :func:`forward_hidden_states`, :func:`model_shape`,
 :func:`tokenize_texts`), layer reversion (:func:`layer_parameters`), SAE and transfer
 splices (:func:`splice` at the site of ``hidden_states[l]``) and token text for cards and
@@ -10,7 +10,8 @@ pictures. The CLI's checks call :func:`inspect_model` before anything is written
 Modules: ``resolve`` (names, caches, devices, errors), ``tokens`` (padding policy, special
 tokens, readable token text), ``load`` (``AutoConfig`` shapes, family check, loading),
 ``sites`` (where each hidden state is made; splicing), ``params`` (the parameters of each
-layer and of the head: the unit of reverting and freezing), ``hooknames`` (the names other
+layer and of the head: the unit of reverting and freezing), ``lora`` (where LoRA goes:
+default target modules per family), ``hooknames`` (the names other
 tools give those sites), ``inspect`` (the up-front check),
 ``assemble`` (the paper model from its PyPI parts), ``random_init`` (a seeded random copy of
 an architecture: the similarity floor).
@@ -28,10 +29,17 @@ from layerdrift.tasks.modeling.load import (
     load_encoder,
     model_shape,
 )
+from layerdrift.tasks.modeling.lora import (
+    DEFAULT_LORA_TARGETS,
+    LoraPlan,
+    LoraTargetError,
+    lora_plan,
+)
 from layerdrift.tasks.modeling.params import (
     HEAD,
     LayerParameters,
     SharedLayersError,
+    head_parameters,
     layer_parameters,
     reused_modules,
 )
@@ -62,11 +70,14 @@ __all__ = [
     "BUNDLED_MODEL",
     "BUNDLED_NOTE",
     "BUNDLED_PACKAGE",
+    "DEFAULT_LORA_TARGETS",
     "HEAD",
     "PAPER_MODEL",
     "PAPER_NOTE",
     "LayerParameters",
     "LayerSite",
+    "LoraPlan",
+    "LoraTargetError",
     "ModelInfo",
     "ModelNotFoundError",
     "ModelShape",
@@ -79,10 +90,12 @@ __all__ = [
     "check_family",
     "find_layer_sites",
     "forward_hidden_states",
+    "head_parameters",
     "hook_names",
     "inspect_model",
     "load_classifier",
     "layer_parameters",
+    "lora_plan",
     "load_config",
     "load_encoder",
     "load_tokenizer",

@@ -93,23 +93,13 @@ def _reachable(outputs: list[torch.Tensor], params: list[nn.Parameter]) -> list[
     return found
 
 
-def layer_parameters(model: nn.Module) -> LayerParameters:
-    """The parameters of every layer and of the head of a sequence classifier ``model``.
-
-    One traced pass on 8 tokens in eval mode (the model's mode is restored); gradients are
-    taken with ``torch.autograd.grad`` and never stored on the parameters. Raises
-    :class:`SharedLayersError` naming the family and module when a module with parameters
-    runs at several depths.
-    """
+def _traced_reach(model: nn.Module) -> tuple[list[str], list[set[int]]]:
+    """Parameter names, and for each of ``hidden_states[0..L]`` and the logits the indices
+    of the parameters it depends on: one traced pass on 8 tokens in eval mode (the model's
+    mode and ``requires_grad`` flags are restored; no gradient is stored on a parameter)."""
     training = model.training
     named = list(model.named_parameters())
     trainable = [p.requires_grad for _, p in named]
-    reused = reused_modules(model)
-    if reused:
-        raise SharedLayersError(
-            f"model family {model.config.model_type!r} reuses the parameters of {reused[0]!r} "
-            "at several depths, so its layers cannot be reverted or frozen one at a time"
-        )
     model.eval()
     try:
         ids = _trace_ids(model)
@@ -121,9 +111,34 @@ def layer_parameters(model: nn.Module) -> LayerParameters:
         model.train(training)
         for (_, param), flag in zip(named, trainable, strict=True):
             param.requires_grad_(flag)
+    return [name for name, _ in named], reach
+
+
+def layer_parameters(model: nn.Module) -> LayerParameters:
+    """The parameters of every layer and of the head of a sequence classifier ``model``.
+
+    One traced pass on 8 tokens in eval mode (:func:`_traced_reach`). Raises
+    :class:`SharedLayersError` naming the family and module when a module with parameters
+    runs at several depths.
+    """
+    reused = reused_modules(model)
+    if reused:
+        raise SharedLayersError(
+            f"model family {model.config.model_type!r} reuses the parameters of {reused[0]!r} "
+            "at several depths, so its layers cannot be reverted or frozen one at a time"
+        )
+    names, reach = _traced_reach(model)
     owned, seen = [], set()
     for indices in reach:
-        owned.append(tuple(named[i][0] for i in sorted(indices - seen)))
+        owned.append(tuple(names[i] for i in sorted(indices - seen)))
         seen |= indices
-    unused = tuple(name for i, (name, _) in enumerate(named) if i not in seen)
+    unused = tuple(name for i, name in enumerate(names) if i not in seen)
     return LayerParameters(layers=tuple(owned[:-1]), head=owned[-1], unused=unused)
+
+
+def head_parameters(model: nn.Module) -> tuple[str, ...]:
+    """The head of a sequence classifier ``model``: names of the parameters the logits
+    depend on beyond ``hidden_states[L]`` (a pooler, the classifier). Unlike
+    :func:`layer_parameters` this works for models that share layers (ALBERT)."""
+    names, reach = _traced_reach(model)
+    return tuple(names[i] for i in sorted(reach[-1] - reach[-2]))
