@@ -105,6 +105,25 @@ def check_frozen_layers(cfg: RunConfig, info: ModelInfo) -> None:
         )
 
 
+def check_freeze_grid(cfg: RunConfig, info: ModelInfo) -> None:
+    """``importance.freeze_grid`` names k in 0 … L of a model whose layers are separable."""
+    grid = cfg.importance.freeze_grid
+    if not grid:
+        return
+    if info.shared_module is not None:
+        raise PreflightError(
+            f"importance.freeze_grid is set but model {cfg.model} ({info.family}) reuses "
+            f"{info.shared_module!r} at every depth, so its layers cannot be frozen one at a "
+            "time: unset importance.freeze_grid"
+        )
+    bad = [k for k in grid if k > info.num_layers]
+    if bad:
+        raise PreflightError(
+            f"importance.freeze_grid = {list(grid)} has k = {bad}, but model {cfg.model} has "
+            f"layers 0 (embeddings) to {info.num_layers}: use k <= {info.num_layers}"
+        )
+
+
 def check_checkpoint_labels(cfg: RunConfig) -> None:
     """SAE and feature checkpoints must be among the checkpoints fine-tuning will write (or
     among the checkpoints given)."""
@@ -155,6 +174,7 @@ def preflight(cfg: RunConfig) -> ModelInfo:
     info = check_model(cfg)
     check_layers(cfg, info.num_layers)
     check_frozen_layers(cfg, info)
+    check_freeze_grid(cfg, info)
     if not data_complete(run):
         sizes = check_data(cfg)
         logger.info("preflight: data splits %s", sizes)

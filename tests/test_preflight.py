@@ -110,6 +110,12 @@ BAD = {
         PreflightError,
         r"features\.finetuned 'step-000005' has no SAE",
     ),
+    "freeze grid beyond the last layer": (
+        lambda i: {"importance": {"freeze_grid": [0, 3]}},
+        PreflightError,
+        r"importance\.freeze_grid = \[0, 3\] has k = \[3\], but model .* has layers 0 "
+        r"\(embeddings\) to 2: use k <= 2",
+    ),
     "cuda without a GPU": (
         lambda i: {"device": "cuda"},
         PreflightError,

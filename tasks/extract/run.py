@@ -21,7 +21,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from layerdrift.storage.activations import StoreWriter, missing_chunks, read_attrs, writer_lock
-from layerdrift.storage.schema import StoreError, StoreMismatchError
+from layerdrift.storage.schema import StoreError, StoreMismatchError, n_chunks
 from layerdrift.tasks.extract.plan import Shard, plan_batches, plan_shards
 from layerdrift.tasks.extract.store import model_identity
 from layerdrift.tasks.modeling import (
@@ -186,6 +186,44 @@ def extract_checkpoint(
             written = background.close()
     logger.info("checkpoint %s: wrote %d chunks to %s", checkpoint, written, url)
     return written
+
+
+def store_token_states(
+    url: str, model_dir: str | Path, *, batch_size: int = 32, device: str = "auto"
+) -> np.ndarray:
+    """Hidden states of every token of the store at ``url`` from the model in ``model_dir``:
+    shape (layer, token, hidden), in the store's dtype. Nothing is written.
+
+    Computed exactly as :func:`extract_checkpoint` computes a checkpoint's chunks (same shards,
+    batches, padding and dtype), so a checkpoint already in the store gives the same values.
+    The whole array is held in memory (tokens × layers × hidden × 2 bytes in float16).
+    """
+    attrs = read_attrs(url)
+    if attrs is None:
+        raise StoreError(f"no activation store at {url}: run the extract stage first")
+    tokenizer = load_tokenizer(str(model_dir))
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    if fingerprint != attrs["tokenizer"]:
+        raise StoreMismatchError(
+            f"model {model_dir} has tokenizer {fingerprint}, the store {url} was tokenized "
+            f"with {attrs['tokenizer']}: compare models that share the run's tokenizer"
+        )
+    torch_device = select_device(device)
+    model = load_encoder(model_dir, torch_device)
+    tokens = tokens_of_store(url)
+    tokens["pad_id"] = tokenizer.pad_token_id
+    token_chunk, n_tokens = int(attrs["token_chunk"]), int(attrs["n_tokens"])
+    chunks = list(range(n_chunks(n_tokens, token_chunk)))
+    shards = plan_shards(tokens["token_start"], tokens["token_count"], token_chunk, chunks)
+    dtype = torch.float16 if attrs["dtype"] == "float16" else torch.float32
+    states = np.empty(
+        (int(attrs["n_layers"]), n_tokens, int(attrs["hidden"])), dtype=attrs["dtype"]
+    )
+    for shard in tqdm(shards, desc=f"hidden states of {Path(model_dir).name}", unit="chunk"):
+        states[:, shard.start : shard.stop] = _run_shard(
+            model, shard, tokens, batch_size, torch_device, dtype
+        )
+    return states
 
 
 def tokens_of_store(url: str) -> dict[str, np.ndarray]:
