@@ -1,5 +1,5 @@
 """The freeze grid inside a run: one fine-tune per k with layers 0 … k frozen, its rows and
-per-layer similarity in results.zarr, and resume."""
+per-layer similarity in results.zarr, the recommendation read from it, and resume."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from tiny_runs import one_thread, tiny_config
 from layerdrift.config import RunConfig
 from layerdrift.storage.checkpoints import local_checkpoint_path, read_checkpoint_metrics
 from layerdrift.storage.results import open_result
+from layerdrift.storage.results_schema import RESULT_GROUPS
 from layerdrift.storage.rundir import FREEZE_RECORD, RunDir
-from layerdrift.tasks.importance import NONE, variant_similarity
+from layerdrift.tasks.importance import NONE, recommend, unit_names, variant_similarity
+from layerdrift.tasks.importance.run import reversion_array
 from layerdrift.tasks.modeling import layer_parameters, load_classifier
 
 GRID = [0, 1]
@@ -120,6 +122,15 @@ def test_show_prints_the_freeze_grid(grid_run):
     assert len(result.output.strip().splitlines()) == 1 + 1 + len(GRID)
 
 
+def test_status_lists_each_k(grid_run):
+    from layerdrift.flows.status import run_status
+
+    _, _, run = grid_run
+    states = {(stage, piece): state for stage, piece, state in run_status(run.url)}
+    for piece in ("freeze-0", "freeze-1", "freeze_grid"):
+        assert states[("importance", piece)] == "complete", piece
+
+
 def test_a_resumed_run_does_not_refit_finished_ks(grid_run):
     """k = 1 lost (as if the run had been killed before it finished): the rerun fits k = 1
     again, the same way, and leaves k = 0 alone."""
@@ -139,3 +150,34 @@ def test_a_resumed_run_does_not_refit_finished_ks(grid_run):
     after = _group(run, "freeze_grid")
     for quantity in ("accuracy", "loss", "trainable_parameters"):
         assert (after.sel(quantity=quantity) == before.sel(quantity=quantity)).all(), quantity
+
+
+def _grid(accuracy: dict[str, float], base: float, num_layers: int = 2) -> xr.DataArray:
+    """A freeze_grid array from accuracy per freeze_k label (other quantities 0)."""
+    labels = list(accuracy)
+    values = np.zeros((len(labels), 4))
+    values[:, 0] = list(accuracy.values())
+    through = [-1 if label == NONE else int(label) for label in labels]
+    grid = RESULT_GROUPS["freeze_grid"].new(
+        values, freeze_k=labels, frozen_through=("freeze_k", np.asarray(through))
+    )
+    return grid.assign_attrs(base_accuracy=base, num_layers=num_layers)
+
+
+def test_recommendation_from_a_constructed_freeze_grid():
+    reversion = reversion_array(np.zeros((4, 6, 2)), 2, [1] * 4, {})
+    # Gain 0.4: k = 1 (train block 2 + head) recovers 97.5%, k = 2 (head only) 50%.
+    found = recommend(reversion, freeze_grid=_grid({NONE: 0.9, "0": 0.9, "1": 0.89, "2": 0.7},
+                                                   base=0.5))  # fmt: skip
+    assert found.layers == (2, 3) and found.units == ("block 2", "head")
+    assert found.evidence == "freeze_grid" and found.recovered == pytest.approx(0.975)
+    assert found.accuracy == 0.89 and found.final_accuracy == 0.9 and found.base_accuracy == 0.5
+    # No k recovers enough: fine-tune everything.
+    found = recommend(reversion, freeze_grid=_grid({NONE: 0.9, "0": 0.6}, base=0.5))
+    assert found.units == tuple(unit_names(2)) and found.recovered == 1.0
+    assert found.evidence == "freeze_grid"
+    # Fine-tuning that did not help has nothing to recover.
+    assert recommend(reversion, freeze_grid=_grid({NONE: 0.5, "0": 0.6}, base=0.5)) is None
+    # A grid with only the run's own row is no freeze grid: the reversion curves decide.
+    only_none = _grid({NONE: 0.9}, base=0.5)
+    assert recommend(reversion, freeze_grid=only_none) == recommend(reversion)
