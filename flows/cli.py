@@ -149,6 +149,8 @@ def run(
     console.print(f"[bold]run directory[/bold] {outcome['run_dir']}")
     stages = ", ".join(f"{k}={v}" for k, v in outcome["stages"].items())
     console.print(f"[bold]stages[/bold] {stages}")
+    if times := outcome.get("stage_seconds"):
+        console.print("[bold]seconds[/bold] " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
     _print_layer_table(outcome["run_dir"])
     if outcome.get("report"):
         console.print(f"[bold green]report[/bold green] {outcome['report']}")

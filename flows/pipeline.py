@@ -73,8 +73,8 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
 
     The inputs are checked before anything is written, and the run's lease is held
     throughout, so a second process cannot run the same run at once. Returns the run
-    directory, the stage outcomes (``ran``, ``cached`` or ``skipped``), the checkpoint labels
-    and the report path.
+    directory, the stage outcomes (``ran``, ``cached`` or ``skipped``), the wall time of each
+    stage that ran, the checkpoint labels and the report path.
     """
     logger = get_run_logger()
     run = RunDir(config.run_url)
@@ -108,8 +108,9 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
             ledger.skipped("sae", "sae.enabled is false")
         report_path = None
         if config.report.enabled:
-            report_path = uncached(build_report_task)(run)
-            publish_artifacts(run)
+            with ledger.timed("report"):
+                report_path = uncached(build_report_task)(run)
+                publish_artifacts(run)
         else:
             ledger.skipped("report", "report.enabled is false")
     logger.info("stages: %s", ledger.outcomes)
@@ -117,6 +118,7 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
         "run_dir": run.url,
         "checkpoints": labels,
         "stages": ledger.outcomes,
+        "stage_seconds": ledger.seconds,
         "report": report_path,
     }
 

@@ -10,6 +10,9 @@ from that stage's files (the checkpoint labels from ``checkpoints/``, and so on)
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +31,14 @@ def uncached(stage: Task) -> Task:
 
 @dataclass
 class StageLedger:
-    """Runs stage tasks for one run directory and records which ran and which were reused."""
+    """Runs stage tasks for one run directory and records which ran and which were reused.
+
+    ``seconds`` holds the wall time of each stage that ran (retries included).
+    """
 
     run: RunDir
     outcomes: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def call(self, name: str, stage: Task, *args: Any, done: bool, **kwargs: Any) -> None:
         """Run ``stage(*args, **kwargs)`` unless ``done`` says its files are complete.
@@ -41,8 +48,18 @@ class StageLedger:
         if done:
             self.outcomes[name] = CACHED
             return
-        uncached(stage)(*args, **kwargs)
+        with self.timed(name):
+            uncached(stage)(*args, **kwargs)
         self.outcomes[name] = RAN
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Record the wall time of the block as stage ``name``'s."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - started
 
     def skipped(self, name: str, why: str) -> None:
         """Record a stage that the configuration switched off."""

@@ -14,6 +14,7 @@ import logging
 import os
 import uuid
 import warnings
+from pathlib import Path
 
 import dask.array as da
 import fsspec
@@ -112,6 +113,34 @@ def _optional_coords(layout: TokenLayout) -> dict:
     return {} if layout.token_piece is None else {"token_piece": ("token", layout.token_piece)}
 
 
+def remove_interrupted_writes(url: str) -> int:
+    """Delete the temporary ``*.partial`` files that killed writers left in a local store.
+
+    Zarr's local store writes each chunk to ``<key>.<uuid>.partial`` and renames it, so a
+    writer killed mid-write leaves that file behind; it is never read, only disk wasted.
+    Removed only while no checkpoint writer holds a live lease (a live writer's temporary file
+    is about to be renamed). Returns how many files were removed.
+    """
+    fs, root = fsspec.core.url_to_fs(url)
+    if not isinstance(fs, LocalFileSystem) or not os.path.isdir(root):
+        return 0
+    leases = [WriterLock(str(path)) for path in Path(f"{root.rstrip('/')}.locks").glob("*.lock")]
+    live = [
+        lock.url
+        for lock in leases
+        if (held := lock.holder()) is not None and not lock.is_stale(held)
+    ]
+    if live:
+        logger.info("not removing temporary files from %s: writers hold %s", url, live)
+        return 0
+    leftovers = list(Path(root).rglob("*.partial"))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    if leftovers:
+        logger.info("removed %d temporary files of interrupted writes from %s", len(leftovers), url)
+    return len(leftovers)
+
+
 def _clear(url: str, keep: str) -> None:
     """Delete everything in the store folder except the file ``keep``.
 
@@ -164,6 +193,7 @@ def create_store(
                     "store) to rebuild it, or use another run"
                 )
             logger.info("activation store %s exists with the same identity: resuming", url)
+            remove_interrupted_writes(url)
             return str(attrs["generation"])
         if attrs is not None:
             logger.warning("overwriting activation store %s", url)

@@ -13,27 +13,15 @@ tokenizer and the weights once and trace one short forward pass (a second or two
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from layerdrift.config import RunConfig
 from layerdrift.storage.rundir import RunDir, check_run_config
 from layerdrift.tasks.data import check_data, data_complete
 from layerdrift.tasks.finetune.batches import planned_checkpoints
 from layerdrift.tasks.imports import check_given_checkpoints, given_checkpoints
-from layerdrift.tasks.modeling import ModelInfo, inspect_model, resolve_model
+from layerdrift.tasks.modeling import ModelInfo, inspect_model
 
 logger = logging.getLogger(__name__)
-
-# Files from which ``AutoTokenizer`` builds a vocabulary; a folder needs one of them.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "vocab.txt",
-    "vocab.json",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "tokenizer.model",
-    "spm.model",
-)
 
 
 class PreflightError(ValueError):
@@ -41,17 +29,6 @@ class PreflightError(ValueError):
 
 
 # Model checks -----------------------------------------------------------------------------
-
-
-def check_tokenizer_files(source: str, name: str) -> None:
-    """A local model folder must carry its tokenizer (else a near-empty one is made up)."""
-    folder = Path(source)
-    if folder.is_dir() and not any((folder / file).is_file() for file in TOKENIZER_FILES):
-        raise PreflightError(
-            f"model folder {folder} has no tokenizer files (none of "
-            f"{', '.join(TOKENIZER_FILES[:3])}, ...): save the tokenizer beside the model "
-            f"with tokenizer.save_pretrained('{folder}')"
-        )
 
 
 def check_model(cfg: RunConfig) -> ModelInfo:
@@ -66,8 +43,6 @@ def check_model(cfg: RunConfig) -> ModelInfo:
         items = given_checkpoints(cfg)
         check_given_checkpoints(items, cfg.trust_remote_code)
         name = items[0].source
-    source = resolve_model(name)
-    check_tokenizer_files(source, name)
     return inspect_model(name, trust_remote_code=cfg.trust_remote_code)
 
 

@@ -28,8 +28,9 @@ from layerdrift.tasks.extract import (
     extract_checkpoint_task,
     extraction_complete,
     plan_batches,
-    plan_shards,
+    plan_windows,
 )
+from layerdrift.tasks.extract.plan import window_chunks
 from layerdrift.tasks.modeling import load_tokenizer
 
 LABELS = ("base", "step-000010", "final")
@@ -58,9 +59,13 @@ def make_store(url: str, checkpoints: dict, probe, **kwargs) -> str:
     )
 
 
-def extract_all(url: str, checkpoints: dict) -> None:
+# Two chunks per window: the 3-layer, hidden-32 float16 store holds 192 bytes per token.
+TWO_CHUNKS = 2 * CHUNK * 3 * 32 * 2
+
+
+def extract_all(url: str, checkpoints: dict, **kwargs) -> None:
     for label, folder in checkpoints.items():
-        extract_checkpoint(url, label, folder, batch_size=3, device="cpu")
+        extract_checkpoint(url, label, folder, batch_size=3, device="cpu", **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -110,24 +115,44 @@ def test_every_layer_and_token_equals_a_direct_forward(full_store, checkpoints, 
     )
 
 
-def test_shards_cover_every_token_once():
+def test_windows_cover_every_token_once():
     counts = np.array([5, 9, 3, 20, 4])
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    shards = plan_shards(starts, counts, 8, list(range(6)))
+    windows = plan_windows(starts, counts, 8, 2)
+    assert [w.chunks for w in windows] == [(0, 1), (2, 3), (4, 5)]
     covered = np.zeros(counts.sum(), dtype=int)
-    for shard in shards:
-        covered[shard.start : shard.stop] += 1
+    for window in windows:
+        covered[window.start : window.stop] += 1
         for ex in range(len(counts)):
-            overlaps = starts[ex] < shard.stop and starts[ex] + counts[ex] > shard.start
-            assert (ex in shard.examples) == overlaps
-    assert (covered == 1).all()
+            overlaps = starts[ex] < window.stop and starts[ex] + counts[ex] > window.start
+            assert (ex in window.examples) == overlaps
+    assert (covered == 1).all() and windows[-1].stop == counts.sum()
+    assert len(plan_windows(starts, counts, 8, 100)) == 1  # the whole store sorted at once
+    assert window_chunks(8, 192, window_bytes=2 * 8 * 192 + 5) == 2
+    assert window_chunks(8, 192, window_bytes=1) == 1  # at least one chunk
     batches = plan_batches((0, 1, 2, 3, 4), counts, 2, max_padding=1.0)
     assert [b.tolist() for b in batches] == [[3, 1], [0, 4], [2]]
     # 20 then 9 would be 27% padding; 9, 5 is 22%; 9, 5, 4 would be 33%; 4, 3 is 12%.
     batches = plan_batches((0, 1, 2, 3, 4), counts, 8, max_padding=0.25)
     assert [b.tolist() for b in batches] == [[3], [1, 0], [4, 2]]
-    with pytest.raises(ValueError, match="beyond"):
-        plan_shards(starts, counts, 8, [6])
+    with pytest.raises(ValueError, match="chunks_per_window"):
+        plan_windows(starts, counts, 8, 0)
+
+
+def test_one_window_pads_less_than_one_chunk_per_sort(full_store):
+    store = open_store(full_store)
+    starts, counts = store.token_start.values, store.token_count.values
+
+    def padding(chunks_per_window: int) -> float:
+        slots = real = 0
+        for window in plan_windows(starts, counts, CHUNK, chunks_per_window):
+            for batch in plan_batches(window.examples, counts, 3):
+                slots += len(batch) * int(counts[batch].max())
+                real += int(counts[batch].sum())
+        return 1 - real / slots
+
+    # One chunk per sort forwards the examples straddling chunk edges twice as well.
+    assert padding(100) < padding(1)
 
 
 def _chunk_files(url: str) -> dict[str, bytes]:
@@ -136,24 +161,35 @@ def _chunk_files(url: str) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in files if p.is_file()}
 
 
+@pytest.fixture(scope="module")
+def two_chunk_store(tmp_path_factory, checkpoints, probe) -> str:
+    """A store extracted in one go with two chunks per window."""
+    url = str(tmp_path_factory.mktemp("windows") / "activations.zarr")
+    make_store(url, checkpoints, probe)
+    extract_all(url, checkpoints, window_bytes=TWO_CHUNKS)
+    return url
+
+
 def test_resume_after_failure_is_byte_identical(
-    tmp_path, full_store, checkpoints, probe, monkeypatch
+    tmp_path, two_chunk_store, checkpoints, probe, monkeypatch
 ):
     url = str(tmp_path / "activations.zarr")
     make_store(url, checkpoints, probe)
-    real_run_shard = extract_run._run_shard
+    real_run_window = extract_run._run_window
     fail_at = 3
 
-    def failing(model, shard, *args):
-        if shard.chunk == fail_at:
+    def failing(model, window, *args):
+        if fail_at in window.chunks:
             raise RuntimeError("injected failure")
-        return real_run_shard(model, shard, *args)
+        return real_run_window(model, window, *args)
 
-    monkeypatch.setattr(extract_run, "_run_shard", failing)
+    monkeypatch.setattr(extract_run, "_run_window", failing)
+    final = checkpoints["final"]
     with pytest.raises(RuntimeError, match="injected"):
-        extract_checkpoint(url, "final", checkpoints["final"], batch_size=3, device="cpu")
+        extract_checkpoint(url, "final", final, batch_size=3, device="cpu", window_bytes=TWO_CHUNKS)
     missing = missing_chunks(url, "final")
-    assert missing[0] == fail_at and 0 < len(missing) < 10  # shards before k are kept
+    chunks = -(-open_store(two_chunk_store).sizes["token"] // CHUNK)
+    assert missing == list(range(2, chunks))  # the window before the failure is kept
 
     calls = []
     real_forward = extract_run.forward_hidden_states
@@ -162,19 +198,34 @@ def test_resume_after_failure_is_byte_identical(
         calls.append(input_ids.shape[0])
         return real_forward(model, input_ids, attention_mask)
 
-    monkeypatch.setattr(extract_run, "_run_shard", real_run_shard)
+    monkeypatch.setattr(extract_run, "_run_window", real_run_window)
     monkeypatch.setattr(extract_run, "forward_hidden_states", counting)
     store = open_store(url, allow_partial=True)
-    shards = plan_shards(store.token_start.values, store.token_count.values, CHUNK, missing)
-    expected = [len(b) for s in shards for b in plan_batches(s.examples, store.token_count, 3)]
-    written = extract_checkpoint(url, "final", checkpoints["final"], batch_size=3, device="cpu")
-    assert written == len(missing) and calls == expected  # only missing shards recomputed
+    starts, counts = store.token_start.values, store.token_count.values
+
+    def needed(window, ex: int) -> bool:
+        """Whether one of the example's tokens inside the window is in a missing chunk."""
+        lo, hi = max(starts[ex], window.start), min(starts[ex] + counts[ex], window.stop)
+        return bool(set(range(lo // CHUNK, (hi - 1) // CHUNK + 1)) & set(missing))
+
+    expected = [
+        len(batch)
+        for window in plan_windows(starts, counts, CHUNK, 2)
+        for batch in plan_batches(window.examples, counts, 3)
+        if any(needed(window, ex) for ex in batch)
+    ]
+    written = extract_checkpoint(
+        url, "final", final, batch_size=3, device="cpu", window_bytes=TWO_CHUNKS
+    )
+    assert written == len(missing) and calls == expected  # only batches of missing chunks
     calls.clear()
-    assert extract_checkpoint(url, "final", checkpoints["final"], device="cpu") == 0
+    assert extract_checkpoint(url, "final", final, device="cpu") == 0
     assert calls == []
     for label in ("base", "step-000010"):
-        extract_checkpoint(url, label, checkpoints[label], batch_size=3, device="cpu")
-    assert _chunk_files(url) == _chunk_files(full_store)
+        extract_checkpoint(
+            url, label, checkpoints[label], batch_size=3, device="cpu", window_bytes=TWO_CHUNKS
+        )
+    assert _chunk_files(url) == _chunk_files(two_chunk_store)
 
 
 def test_refuses_other_tokenizer_shape_or_weights(tmp_path, checkpoints, probe):
@@ -276,8 +327,10 @@ def test_writer_error_stops_extraction_and_frees_lock(tmp_path, checkpoints, pro
         return real_write(self, checkpoint, chunk, data)
 
     monkeypatch.setattr(StoreWriter, "write", flaky)
-    with pytest.raises(OSError, match="disk full"):
-        extract_checkpoint(url, "final", checkpoints["final"], batch_size=3, device="cpu")
+    with pytest.raises(OSError, match="disk full"):  # one chunk per window: written in order
+        extract_checkpoint(
+            url, "final", checkpoints["final"], batch_size=3, device="cpu", window_bytes=1
+        )
     missing = missing_chunks(url, "final")
     assert missing[0] == 2 and 0 not in missing and 1 not in missing
     writer_lock(url, checkpoint="final").acquire().release()  # the failed writer let go
@@ -287,16 +340,16 @@ KILLED_WRITER = """
 import sys, time
 sys.path[:0] = [{root!r}, {tests!r}]
 import layerdrift.tasks.extract.run as run
-real = run._run_shard
+real = run._run_window
 def slow(*args):
     time.sleep(0.4)
     return real(*args)
-run._run_shard = slow
-run.extract_checkpoint({url!r}, "final", {model!r}, batch_size=3, device="cpu")
+run._run_window = slow
+run.extract_checkpoint({url!r}, "final", {model!r}, batch_size=3, device="cpu", window_bytes=1)
 """
 
 
-def test_killed_extraction_resumes_to_identical_bytes(tmp_path, checkpoints, probe, full_store):
+def test_killed_extraction_resumes_to_identical_bytes(tmp_path, checkpoints, probe):
     import os
     import signal
     import subprocess
@@ -320,8 +373,12 @@ def test_killed_extraction_resumes_to_identical_bytes(tmp_path, checkpoints, pro
     left = missing_chunks(url, "final")
     assert 0 < len(left) <= total - 2
     assert Path(f"{url}.locks/final.lock").exists()  # the killed writer's lease stays behind
-    rerun = extract_checkpoint(url, "final", checkpoints["final"], device="cpu", batch_size=3)
+    final = checkpoints["final"]
+    rerun = extract_checkpoint(url, "final", final, device="cpu", batch_size=3, window_bytes=1)
     assert rerun == len(left)
-    mine, reference = _chunk_files(url), _chunk_files(full_store)
+    reference_url = str(tmp_path / "reference.zarr")
+    make_store(reference_url, checkpoints, probe)
+    extract_checkpoint(reference_url, "final", final, device="cpu", batch_size=3, window_bytes=1)
+    mine, reference = _chunk_files(url), _chunk_files(reference_url)
     final = [k for k in reference if k.startswith(("activations/c/2/", "written/c/2/"))]
     assert final and all(mine[k] == reference[k] for k in final)

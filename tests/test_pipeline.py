@@ -79,6 +79,8 @@ def test_pipeline_runs_every_stage_then_reuses_them_from_disk(tiny_run, tmp_path
     tiny_config, first = tiny_run
     assert first["checkpoints"][0] == "base" and first["checkpoints"][-1] == "final"
     assert all(state == "ran" for state in first["stages"].values()), first["stages"]
+    assert set(first["stage_seconds"]) == {*first["stages"], "report"}
+    assert all(seconds > 0 for seconds in first["stage_seconds"].values())
     run_dir = first["run_dir"]
     saved = json.loads(open(f"{run_dir}/config.json").read())
     assert saved["config_hash"] == tiny_config.config_hash()
@@ -95,6 +97,7 @@ def test_pipeline_runs_every_stage_then_reuses_them_from_disk(tiny_run, tmp_path
     finally:
         _AUDITING["on"] = False
     assert all(state == "cached" for state in second["stages"].values()), second["stages"]
+    assert set(second["stage_seconds"]) == {"report"}  # nothing else ran
     assert second["checkpoints"] == first["checkpoints"]
     assert not marker.exists(), "a planted pickle was loaded"
     # Dask copies its own in-memory task graphs through pickle; nothing else may unpickle.

@@ -77,7 +77,7 @@ BAD = {
     ),
     "model folder without tokenizer": (
         lambda i: {"model": str(i["no_tokenizer"])},
-        PreflightError,
+        ModelNotFoundError,
         r"has no tokenizer files .*tokenizer\.save_pretrained",
     ),
     "unknown model_type": (

@@ -18,7 +18,7 @@ import pytest
 import xarray as xr
 from factories import separable_texts
 from safetensors.numpy import load_file
-from tiny_runs import cli_env, start_cli, tail, tiny_config, to_toml
+from tiny_runs import cli_env, start_cli, tail, tiny_config, to_toml, wait_until
 
 KILL_POINTS = {
     # stage: (trigger glob that says the stage is under way, glob that says it is over)
@@ -36,7 +36,8 @@ def _files(run: Path, *patterns: str) -> dict[str, int]:
     for pattern in patterns:
         for path in run.glob(pattern):
             # Zarr's local store writes a chunk to ``<key>.<uuid>.partial`` and renames it;
-            # a kill between the two leaves that temporary file, never read as a chunk.
+            # a kill between the two leaves that temporary file (the next extraction removes
+            # it), never read as a chunk.
             if path.is_file() and path.suffix != ".partial":
                 found[str(path.relative_to(run))] = path.stat().st_mtime_ns
     return found
@@ -61,16 +62,9 @@ def _finished_pieces(run: Path) -> dict[str, int]:
     return pieces
 
 
-def _kill_when(process, run: Path, trigger: str, log: Path, timeout_s: float = 300) -> None:
+def _kill_when(process, run: Path, trigger: str, log: Path) -> None:
     """SIGKILL the process group as soon as a file matching ``trigger`` exists."""
-    deadline = time.monotonic() + timeout_s
-    while not any(run.glob(trigger)):
-        if process.poll() is not None:
-            raise AssertionError(f"run ended before {trigger} appeared:\n{tail(log)}")
-        if time.monotonic() > deadline:
-            os.killpg(process.pid, signal.SIGKILL)
-            raise AssertionError(f"{trigger} did not appear in {timeout_s} s:\n{tail(log)}")
-        time.sleep(0.005)
+    wait_until(process, lambda: any(run.glob(trigger)), trigger, log, timeout_s=300, poll_s=0.005)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
 
@@ -130,6 +124,8 @@ def test_activation_store_is_byte_identical(resume_runs):
     assert sorted(_files(resumed, *STORE_CHUNKS)) == chunks
     for chunk in chunks:
         assert (resumed / chunk).read_bytes() == (reference / chunk).read_bytes(), chunk
+    # A kill mid-write leaves a temporary file; the resumed extraction removed it.
+    assert not list((resumed / "activations.zarr").rglob("*.partial"))
 
 
 def test_results_and_sae_weights_match(resume_runs):

@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from tiny_runs import LAYERDRIFT, cli_env, start_cli, tail, tiny_config, to_toml
+from tiny_runs import LAYERDRIFT, cli_env, start_cli, tail, tiny_config, to_toml, wait_until
 
 SERVER_APP = "prefect.server.api.server:create_app"
 
@@ -55,27 +55,10 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
-def _wait_for(process, run: Path, pattern: str, log: Path, timeout_s: float = 400) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not any(run.glob(pattern)):
-        if process.poll() is not None:
-            raise AssertionError(f"run ended before {pattern} appeared:\n{tail(log)}")
-        if time.monotonic() > deadline:
-            os.killpg(process.pid, signal.SIGKILL)
-            raise AssertionError(f"{pattern} did not appear in {timeout_s} s:\n{tail(log)}")
-        time.sleep(0.05)
-
-
-def _wait_for_log(process, log: Path, text: str, timeout_s: float = 400) -> None:
-    """Wait until ``text`` is in the run's output (the flow logs each step it reaches)."""
-    deadline = time.monotonic() + timeout_s
-    while text not in log.read_text(errors="replace"):
-        if process.poll() is not None:
-            raise AssertionError(f"run ended before logging {text!r}:\n{tail(log)}")
-        if time.monotonic() > deadline:
-            os.killpg(process.pid, signal.SIGKILL)
-            raise AssertionError(f"{text!r} not logged in {timeout_s} s:\n{tail(log)}")
-        time.sleep(0.05)
+def _wait_for_stage(process, log: Path) -> None:
+    """Until the flow logs that it reached the checkpoints stage."""
+    text = "prefect.flow_runs: checkpoints:"
+    wait_until(process, lambda: text in log.read_text(errors="replace"), repr(text), log)
 
 
 def _server_of(process, log: Path, timeout_s: float = 60) -> psutil.Process:
@@ -122,7 +105,8 @@ def events(tmp_path_factory, tiny_model_dir, separable_csv) -> dict:
 
     first = start("first")
     try:
-        _wait_for(first, run, "checkpoints/base/metrics.json", log("first"))
+        metrics = run / "checkpoints" / "base" / "metrics.json"
+        wait_until(first, metrics.exists, "base metrics.json", log("first"))
         started = time.monotonic()
         out["second"] = subprocess.run(
             [*LAYERDRIFT, *args], cwd=work, env=env, capture_output=True, text=True, timeout=300
@@ -137,14 +121,14 @@ def events(tmp_path_factory, tiny_model_dir, separable_csv) -> dict:
         out["sigterm_lock"] = (run / "run.lock").exists()
 
         third = start("third")
-        _wait_for_log(third, log("third"), "prefect.flow_runs: checkpoints:")
+        _wait_for_stage(third, log("third"))
         _server_of(third, log("third")).kill()
         out["lost_server"] = _stopped(third)
         out["lost_server_log"] = log("third").read_text()
         out["lost_server_lock"] = (run / "run.lock").exists()
 
         fourth = start("fourth")
-        _wait_for_log(fourth, log("fourth"), "prefect.flow_runs: checkpoints:")
+        _wait_for_stage(fourth, log("fourth"))
         os.killpg(fourth.pid, signal.SIGINT)
         out["sigint"] = _stopped(fourth)
         out["sigint_log"] = log("fourth").read_text()

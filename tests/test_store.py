@@ -201,6 +201,22 @@ def test_create_resumes_same_identity_and_refuses_another(tmp_path, layout, rng)
     assert fresh != generation and 0 in missing_chunks(url, "base")
 
 
+def test_resume_removes_temporary_files_of_killed_writes(tmp_path, layout, rng):
+    url = str(tmp_path / "a.zarr")
+    create_store(url, layout, identity_for(layout))
+    fill(url, random_acts(layout, rng), chunks=[0])
+    chunk = next(p for p in (tmp_path / "a.zarr" / "activations" / "c").rglob("*") if p.is_file())
+    leftover = chunk.with_suffix(f".{uuid.uuid4().hex}.partial")  # what a kill mid-write leaves
+    leftover.write_bytes(b"half a chunk")
+    # A live writer of one checkpoint may be about to rename its temporary file: keep them.
+    with writer_lock(url, checkpoint="final"):
+        create_store(url, layout, identity_for(layout))
+        assert leftover.exists()
+    create_store(url, layout, identity_for(layout))
+    assert not leftover.exists() and chunk.exists()
+    assert 0 not in missing_chunks(url, "base")
+
+
 def test_rebuilt_checkpoint_is_invalidated_not_refused(tmp_path, layout, rng):
     url = str(tmp_path / "a.zarr")
     generation = create_store(url, layout, identity_for(layout))

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +127,27 @@ def start_cli(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> sub
 def tail(log: Path, chars: int = 4000) -> str:
     """The end of a log file, for assertion messages."""
     return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
+
+
+def wait_until(
+    process: subprocess.Popen,
+    reached: Callable[[], bool],
+    what: str,
+    log: Path,
+    timeout_s: float = 400,
+    poll_s: float = 0.05,
+) -> None:
+    """Poll until ``reached()`` while the CLI ``process`` runs.
+
+    Fails with the log's tail when the process ends first or ``timeout_s`` passes (then the
+    process group is killed, so no run outlives its test). ``what`` names the awaited event
+    in the failure message.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not reached():
+        if process.poll() is not None:
+            raise AssertionError(f"run ended before {what}:\n{tail(log)}")
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise AssertionError(f"no {what} in {timeout_s} s:\n{tail(log)}")
+        time.sleep(poll_s)

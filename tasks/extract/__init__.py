@@ -4,7 +4,7 @@ Plain functions (tests call them directly) and their Prefect tasks; the flow cal
 :func:`create_store_task` once, then :func:`extract_checkpoint_task` per checkpoint.
 """
 
-from layerdrift.tasks.extract.plan import Shard, plan_batches, plan_shards
+from layerdrift.tasks.extract.plan import WINDOW_BYTES, Window, plan_batches, plan_windows
 from layerdrift.tasks.extract.prefect_tasks import (
     create_store_for_run,
     create_store_task,
@@ -16,7 +16,8 @@ from layerdrift.tasks.extract.run import extract_checkpoint, store_token_states
 from layerdrift.tasks.extract.store import create_activation_store, model_identity, tokenize_probe
 
 __all__ = [
-    "Shard",
+    "WINDOW_BYTES",
+    "Window",
     "create_activation_store",
     "create_store_for_run",
     "create_store_task",
@@ -26,7 +27,7 @@ __all__ = [
     "extraction_complete",
     "model_identity",
     "plan_batches",
-    "plan_shards",
+    "plan_windows",
     "store_token_states",
     "tokenize_probe",
 ]
