@@ -38,7 +38,14 @@ from layerdrift.tasks.features import (
     write_features_task,
 )
 from layerdrift.tasks.finetune import finetune_complete, finetune_task, finished_checkpoints
-from layerdrift.tasks.importance import importance_complete, importance_task
+from layerdrift.tasks.importance import (
+    freeze_grid_complete,
+    freeze_grid_task,
+    freeze_variant_task,
+    importance_complete,
+    importance_task,
+    variant_complete,
+)
 from layerdrift.tasks.imports import given_checkpoints, import_checkpoints_task, imports_complete
 from layerdrift.tasks.preflight import preflight
 from layerdrift.tasks.report import build_report_task, publish_artifacts
@@ -97,6 +104,7 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
         else:
             done = _safe(importance_complete, run)
             ledger.call("importance", importance_task, run, config, done=done)
+            _freeze_grid(ledger, run, config)
         if config.sae.enabled:
             _train_saes(ledger, run, config)
             _compare_features(ledger, run, config)
@@ -154,6 +162,18 @@ def _extract_checkpoints(
     for label in labels:
         done = not missing_chunks(store_url, label)
         ledger.call(f"extract:{label}", extract_checkpoint_task, run, config, label, done=done)
+
+
+def _freeze_grid(ledger: StageLedger, run: RunDir, config: RunConfig) -> None:
+    """The freeze grid: one fine-tune per k (each resumable, a finished k is not refitted),
+    then its rows into results.zarr."""
+    grid = config.importance.freeze_grid
+    for k in grid:
+        done = _safe(variant_complete, run, config, k)
+        ledger.call(f"freeze:{k}", freeze_variant_task, run, config, k, done=done)
+    if grid:
+        done = _safe(freeze_grid_complete, run, config)
+        ledger.call("freeze_grid", freeze_grid_task, run, config, done=done)
 
 
 def _train_saes(ledger: StageLedger, run: RunDir, config: RunConfig) -> None:

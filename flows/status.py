@@ -27,7 +27,11 @@ from layerdrift.tasks.data import data_complete, read_dataset_info
 from layerdrift.tasks.extract.prefect_tasks import random_reference_complete
 from layerdrift.tasks.features import feature_results_written, features_complete
 from layerdrift.tasks.finetune import planned_checkpoints
-from layerdrift.tasks.importance import importance_complete
+from layerdrift.tasks.importance import (
+    freeze_grid_complete,
+    importance_complete,
+    variant_complete,
+)
 from layerdrift.tasks.imports import given_checkpoints
 from layerdrift.tasks.sae.run import sae_complete, saes_evaluated
 from layerdrift.tasks.similarity.run import similarity_complete
@@ -77,6 +81,11 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
     if config.imports_checkpoints:
         importance = "skipped (checkpoints are imported, not fine-tuned here)"
     rows.append(("importance", "layer_reversion", importance))
+    grid = config.importance.freeze_grid
+    for k in grid:
+        rows.append(("importance", f"freeze-{k}", _state(variant_complete(run, config, k))))
+    if grid:
+        rows.append(("importance", "freeze_grid", _state(freeze_grid_complete(run, config))))
 
     n_layers = len(attrs.get("layers", [])) or _layer_count(run)
     layers = config.sae.layers if config.sae.layers is not None else range(n_layers)

@@ -1,8 +1,8 @@
 """The run configuration: one typed, validated object per run, saved as ``<run>/config.json``.
 
 Every stage reads its own section (``data``, ``finetune``, ``extract``, ``similarity``,
-``sae``, ``report``). Presets give the two documented sizes; a TOML file overrides any field
-and command-line flags override the file.
+``importance``, ``sae``, ``report``). Presets give the two documented sizes; a TOML file
+overrides any field and command-line flags override the file.
 """
 
 from __future__ import annotations
@@ -184,6 +184,27 @@ class FinetuneConfig(_Section):
         if bad:
             raise ValueError(f"checkpoint fractions must lie in [0, 1], got {bad}")
         return tuple(sorted(set(value) | {0.0, 1.0}))
+
+
+class ImportanceConfig(_Section):
+    """Which layers matter: the freeze grid run after the reversion study."""
+
+    freeze_grid: tuple[int, ...] = Field(
+        (),
+        description="Fine-tune the run's task again once per k with layers 0 … k frozen "
+        "(the embeddings and the first k blocks), e.g. [0, 2, 4, 6]; empty: no freeze grid.",
+    )
+
+    @field_validator("freeze_grid")
+    @classmethod
+    def _grid(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        negative = [k for k in value if k < 0]
+        if negative:
+            raise ValueError(
+                f"importance.freeze_grid {negative} are negative: give k >= 0 (k freezes "
+                "layers 0 … k)"
+            )
+        return tuple(sorted(set(value)))
 
 
 class ExtractConfig(_Section):
@@ -394,6 +415,7 @@ class RunConfig(_Section):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
+    importance: ImportanceConfig = Field(default_factory=ImportanceConfig)
     sae: SAEConfig = Field(default_factory=SAEConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
@@ -480,6 +502,22 @@ class RunConfig(_Section):
         unknown = [c for c in self.sae.checkpoints if c not in known and not c.startswith("step-")]
         if unknown:
             raise ValueError(f"sae.checkpoints {unknown} are not checkpoint labels")
+        return self
+
+    @model_validator(mode="after")
+    def _freeze_grid_needs_a_full_finetune(self) -> RunConfig:
+        if not self.importance.freeze_grid:
+            return self
+        if self.imports_checkpoints:
+            raise ValueError(
+                "importance.freeze_grid fine-tunes the run's task, but this run imports its "
+                "checkpoints: unset importance.freeze_grid, or fine-tune here"
+            )
+        if self.finetune.freeze_layers is not None:
+            raise ValueError(
+                "importance.freeze_grid compares freezing with the run's own full fine-tune, "
+                f"but finetune.freeze_layers = {self.finetune.freeze_layers!r}: unset one of them"
+            )
         return self
 
     @property

@@ -413,6 +413,30 @@ _ENTRIES = (
         "lost by reverting the layer",
         labels={"measure": ("linear_cka", "cosine")},
     ),
+    ResultGroup(
+        "freeze_grid",
+        ("freeze_k", "quantity"),
+        "float",
+        "importance",
+        "the run's task fine-tuned again with layers 0 … k frozen (k = frozen_through; "
+        "freeze_k none: the run's own full fine-tune): validation accuracy and loss, "
+        "trainable parameters, fine-tuning seconds",
+        labels={
+            "freeze_k": ("none",),
+            "quantity": ("accuracy", "loss", "trainable_parameters", "finetune_seconds"),
+        },
+        coords={"frozen_through": ("freeze_k",)},
+    ),
+    ResultGroup(
+        "freeze_similarity",
+        ("freeze_k", "layer", "metric"),
+        "float",
+        "importance",
+        "similarity to base of each freeze grid fine-tune's hidden states on the probe set, "
+        "per layer (the similarity stage's tokens and formulas)",
+        labels={"freeze_k": ("none",), "metric": ("linear_cka", "cosine")},
+        coords={"frozen_through": ("freeze_k",)},
+    ),
     # report stage
     ResultGroup(
         "probe_predictions",

@@ -14,6 +14,8 @@ Layout (see DESIGN.md)::
     saes-control/<checkpoint>/layer-<l>/   the reference's control SAE (another seed)
     crosscoders/layer-<l>/ base/fine-tuned crosscoders
     features/layer-<l>.json, features/cards.json
+    importance/freeze-<k>/ the freeze grid's fine-tune with layers 0 … k frozen: its data/,
+                           checkpoints/final/ and freeze.json (its row of the grid)
     figures/*.png, report.html, explorer.html
     run.lock               the lease of the live ``layerdrift run`` (absent when none runs)
 
@@ -49,6 +51,9 @@ CROSSCODERS_DIR = "crosscoders"
 CONTROL_SAES_DIR = "saes-control"
 FEATURES_DIR = "features"
 CARDS_PATH = (FEATURES_DIR, "cards.json")
+# The freeze grid: one fine-tune per k, each a run folder of its own (data, checkpoints).
+FREEZE_GRID_DIR = "importance"
+FREEZE_RECORD = "freeze.json"
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.html"
 EXPLORER_FILE = "explorer.html"
@@ -146,6 +151,10 @@ class RunDir:
     def crosscoder(self, layer: int) -> str:
         """URL of the crosscoder folder of ``layer``."""
         return self.child_url(CROSSCODERS_DIR, f"layer-{layer}")
+
+    def freeze_variant(self, k: int) -> RunDir:
+        """The run folder of the freeze grid's fine-tune with layers 0 … ``k`` frozen."""
+        return RunDir(self.child_url(FREEZE_GRID_DIR, f"freeze-{k}"))
 
     def lock(self) -> WriterLock:
         """The run's lease: one live ``layerdrift run`` per run directory at a time."""

@@ -101,6 +101,31 @@ def check_lora(cfg: RunConfig, info: ModelInfo) -> None:
     lora_plan(model, cfg.finetune.lora.target_modules)  # raises LoraTargetError
 
 
+def check_freeze_grid(cfg: RunConfig, info: ModelInfo) -> None:
+    """``importance.freeze_grid`` names k in 0 … L of a model whose layers are separable."""
+    grid = cfg.importance.freeze_grid
+    if not grid:
+        return
+    if cfg.finetune.method == "lora":
+        raise PreflightError(
+            "importance.freeze_grid fine-tunes with layers 0 … k frozen, which LoRA "
+            "(finetune.method = 'lora') does not combine with: unset importance.freeze_grid "
+            "or fine-tune with method 'full'"
+        )
+    if info.shared_module is not None:
+        raise PreflightError(
+            f"importance.freeze_grid is set but model {cfg.model} ({info.family}) reuses "
+            f"{info.shared_module!r} at every depth, so its layers cannot be frozen one at a "
+            "time: unset importance.freeze_grid"
+        )
+    bad = [k for k in grid if k > info.num_layers]
+    if bad:
+        raise PreflightError(
+            f"importance.freeze_grid = {list(grid)} has k = {bad}, but model {cfg.model} has "
+            f"layers 0 (embeddings) to {info.num_layers}: use k <= {info.num_layers}"
+        )
+
+
 def check_checkpoint_labels(cfg: RunConfig) -> None:
     """SAE and feature checkpoints must be among the checkpoints fine-tuning will write (or
     among the checkpoints given)."""
@@ -152,6 +177,7 @@ def preflight(cfg: RunConfig) -> ModelInfo:
     check_layers(cfg, info.num_layers)
     check_frozen_layers(cfg, info)
     check_lora(cfg, info)
+    check_freeze_grid(cfg, info)
     if not data_complete(run):
         sizes = check_data(cfg)
         logger.info("preflight: data splits %s", sizes)

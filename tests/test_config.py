@@ -32,6 +32,12 @@ def test_hash_is_stable_and_ignores_where_the_run_lives():
     assert json.loads(a.to_json())["config_hash"] == a.config_hash()
 
 
+def test_freeze_grid_is_sorted_and_off_by_default():
+    assert RunConfig().importance.freeze_grid == ()
+    config = RunConfig.model_validate({"importance": {"freeze_grid": [4, 0, 2, 2]}})
+    assert config.importance.freeze_grid == (0, 2, 4)
+
+
 def test_checkpoint_schedule_always_has_base_and_final():
     config = RunConfig.model_validate({"finetune": {"checkpoints": [0.5, 0.25]}})
     assert config.finetune.checkpoints == (0.0, 0.25, 0.5, 1.0)
@@ -47,6 +53,15 @@ def test_checkpoint_schedule_always_has_base_and_final():
         ({"data": {"unknown_field": 1}}, "Extra inputs are not permitted"),
         ({"sae": {"checkpoints": ["middle"]}}, "are not checkpoint labels"),
         ({"preset": "huge"}, "unknown preset 'huge'"),
+        ({"importance": {"freeze_grid": [2, -1]}}, "importance.freeze_grid [-1] are negative"),
+        (
+            {"importance": {"freeze_grid": [0]}, "finetune": {"freeze_layers": 1}},
+            "compares freezing with the run's own full fine-tune, but finetune.freeze_layers = 1",
+        ),
+        (
+            {"importance": {"freeze_grid": [0]}, "checkpoints": {"final": "some/folder"}},
+            "but this run imports its checkpoints: unset importance.freeze_grid",
+        ),
     ],
 )
 def test_bad_values_are_refused_with_a_reason(values, message):

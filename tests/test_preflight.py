@@ -147,6 +147,17 @@ BAD = {
         LoraTargetError,
         r"target_modules \['classifier'\] name no linear or embedding module",
     ),
+    "freeze grid beyond the last layer": (
+        lambda i: {"importance": {"freeze_grid": [0, 3]}},
+        PreflightError,
+        r"importance\.freeze_grid = \[0, 3\] has k = \[3\], but model .* has layers 0 "
+        r"\(embeddings\) to 2: use k <= 2",
+    ),
+    "freeze grid with LoRA": (
+        lambda i: {"importance": {"freeze_grid": [0]}, "finetune": {"method": "lora"}},
+        PreflightError,
+        r"importance\.freeze_grid .* LoRA .* unset importance\.freeze_grid",
+    ),
     "cuda without a GPU": (
         lambda i: {"device": "cuda"},
         PreflightError,

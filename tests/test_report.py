@@ -612,3 +612,33 @@ def test_feature_figure_draws_the_controls_and_bands():
     assert len(matched_ax.collections) == 1  # the matched fraction's band
     assert "control: 2nd base SAE on base" in [t.get_text() for t in fvu_ax.get_legend().texts]
     assert len(fvu_ax.collections) == 5  # a band per direction and the control's
+
+
+def test_the_recommendation_comes_from_the_freeze_grid_when_the_run_has_one(tmp_path):
+    """With a freeze grid the report recommends from it (saying so), draws its curve on the
+    reversion panel at x = k and shows its table; the reversion table stays."""
+    import matplotlib.pyplot as plt
+
+    from layerdrift.tasks.report.html import importance_section
+    from layerdrift.tasks.report.importance import FREEZE_LABEL, fig_importance
+    from layerdrift.tasks.report.load import load_inputs
+
+    run = make_run(tmp_path, name="frozen")
+    labels, through = ["none", "0", "2", "3"], [-1, 0, 2, 3]
+    values = np.zeros((4, 4))
+    values[:, 0] = [0.8, 0.8, 0.79, 0.6]  # gain 0.3 over base 0.5: k = 2 recovers 96.7%
+    coords = {"freeze_k": labels, "frozen_through": ("freeze_k", np.asarray(through))}
+    grid = RESULT_GROUPS["freeze_grid"].new(values, **coords)
+    write_result(run.results(), "freeze_grid", grid.assign_attrs(base_accuracy=0.5))
+    inputs = load_inputs(run)
+    page = " ".join(importance_section(inputs, []))
+    assert "Fine-tune block 3, head and keep the rest at base" in page
+    assert "Evidence: from the freeze grid" in page
+    assert "k = 0: 0.800, k = 2: 0.790, k = 3: 0.600" in page
+    assert 'id="freeze-grid-table"' in page and 'id="reversion-table"' in page
+    plot = fig_importance(inputs)
+    top = plot.figure.axes[0]
+    (curve,) = [line for line in top.get_lines() if line.get_label() == FREEZE_LABEL]
+    assert list(curve.get_xdata()) == [0, 2, 3]
+    assert list(curve.get_ydata()) == [0.8, 0.79, 0.6]
+    plt.close(plot.figure)

@@ -12,7 +12,7 @@ from layerdrift.tasks.extract.prefect_tasks import (
     extract_checkpoint_task,
     extraction_complete,
 )
-from layerdrift.tasks.extract.run import extract_checkpoint
+from layerdrift.tasks.extract.run import extract_checkpoint, store_token_states
 from layerdrift.tasks.extract.store import create_activation_store, model_identity, tokenize_probe
 
 __all__ = [
@@ -28,5 +28,6 @@ __all__ = [
     "model_identity",
     "plan_batches",
     "plan_windows",
+    "store_token_states",
     "tokenize_probe",
 ]

@@ -21,7 +21,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from layerdrift.storage.activations import StoreWriter, missing_chunks, read_attrs, writer_lock
-from layerdrift.storage.schema import StoreError, StoreMismatchError, chunk_bounds
+from layerdrift.storage.schema import StoreError, StoreMismatchError, chunk_bounds, n_chunks
 from layerdrift.tasks.extract.plan import (
     WINDOW_BYTES,
     Window,
@@ -178,6 +178,29 @@ def _run_window(model, window: Window, todo: set[int], tokens: dict, settings: d
                 emit(chunk, buffers.pop(chunk))
 
 
+def _plan(
+    attrs: dict, tokens: dict, batch_size: int, device: torch.device, window_bytes: int
+) -> tuple[list[Window], dict]:
+    """The windows of the store described by ``attrs`` and the settings of its forward passes.
+
+    Depends on the store alone (and ``window_bytes``), so every caller batches alike.
+    """
+    itemsize = 2 if attrs["dtype"] == "float16" else 4
+    per_window = window_chunks(
+        int(attrs["token_chunk"]), attrs["n_layers"] * attrs["hidden"] * itemsize, window_bytes
+    )
+    windows = plan_windows(
+        tokens["token_start"], tokens["token_count"], int(attrs["token_chunk"]), per_window
+    )
+    settings = {
+        "token_chunk": int(attrs["token_chunk"]),
+        "batch_size": batch_size,
+        "device": device,
+        "dtype": torch.float16 if attrs["dtype"] == "float16" else torch.float32,
+    }
+    return windows, settings
+
+
 def extract_checkpoint(
     url: str,
     checkpoint: str,
@@ -211,19 +234,7 @@ def extract_checkpoint(
         model = load_encoder(model_dir, torch_device)
         tokens = tokens_of_store(url)
         tokens["pad_id"] = tokenizer.pad_token_id  # the padding policy guarantees one
-        itemsize = 2 if attrs["dtype"] == "float16" else 4
-        per_window = window_chunks(
-            int(attrs["token_chunk"]), attrs["n_layers"] * attrs["hidden"] * itemsize, window_bytes
-        )
-        windows = plan_windows(
-            tokens["token_start"], tokens["token_count"], int(attrs["token_chunk"]), per_window
-        )
-        settings = {
-            "token_chunk": int(attrs["token_chunk"]),
-            "batch_size": batch_size,
-            "device": torch_device,
-            "dtype": torch.float16 if attrs["dtype"] == "float16" else torch.float32,
-        }
+        windows, settings = _plan(attrs, tokens, batch_size, torch_device, window_bytes)
         n_tokens = int(attrs["n_tokens"])
         missing = set(todo)
         done_tokens = n_tokens - sum(
@@ -243,6 +254,49 @@ def extract_checkpoint(
             written = background.close()
     logger.info("checkpoint %s: wrote %d chunks to %s", checkpoint, written, url)
     return written
+
+
+def store_token_states(
+    url: str,
+    model_dir: str | Path,
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    window_bytes: int = WINDOW_BYTES,
+) -> np.ndarray:
+    """Hidden states of every token of the store at ``url`` from the model in ``model_dir``:
+    shape (layer, token, hidden), in the store's dtype. Nothing is written.
+
+    Computed exactly as :func:`extract_checkpoint` computes a checkpoint's chunks (same
+    windows, batches, padding and dtype), so a checkpoint already in the store gives the same
+    values. The whole array is held in memory (tokens × layers × hidden × 2 bytes in float16).
+    """
+    attrs = read_attrs(url)
+    if attrs is None:
+        raise StoreError(f"no activation store at {url}: run the extract stage first")
+    tokenizer = load_tokenizer(str(model_dir))
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    if fingerprint != attrs["tokenizer"]:
+        raise StoreMismatchError(
+            f"model {model_dir} has tokenizer {fingerprint}, the store {url} was tokenized "
+            f"with {attrs['tokenizer']}: compare models that share the run's tokenizer"
+        )
+    torch_device = select_device(device)
+    model = load_encoder(model_dir, torch_device)
+    tokens = tokens_of_store(url)
+    tokens["pad_id"] = tokenizer.pad_token_id
+    windows, settings = _plan(attrs, tokens, batch_size, torch_device, window_bytes)
+    n_tokens, token_chunk = int(attrs["n_tokens"]), settings["token_chunk"]
+    states = np.empty((int(attrs["n_layers"]), n_tokens, int(attrs["hidden"])), attrs["dtype"])
+
+    def put(chunk: int, array: np.ndarray) -> None:
+        start, stop = chunk_bounds(chunk, n_tokens, token_chunk)
+        states[:, start:stop] = array
+
+    every = set(range(n_chunks(n_tokens, token_chunk)))
+    for window in tqdm(windows, desc=f"hidden states of {Path(model_dir).name}", unit="window"):
+        _run_window(model, window, every, tokens, settings, put)
+    return states
 
 
 def tokens_of_store(url: str) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ uninterrupted run takes after ``c`` and ends with the same weights.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import torch
@@ -124,6 +125,9 @@ class _Trainer:
         warmup = round(cfg.finetune.warmup_fraction * self.total)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, self.total)
         self.step, self.tokens = 0, 0
+        # Seconds spent training before this session (kept in the training state), and
+        # when this session's training began (set by fit).
+        self.seconds_before, self.started = 0.0, time.perf_counter()
         if self.resumed_from is not None:
             state = load_train_state(run, self.resumed_from, self.device)
             if self.lora:
@@ -132,6 +136,7 @@ class _Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             restore_rng(state["rng"])
             self.step, self.tokens = int(state["step"]), int(state["tokens"])
+            self.seconds_before = float(state.get("seconds", 0.0))
             logger.info("resuming %s from checkpoint %s", run.url, self.resumed_from)
 
     def _load_model(self) -> torch.nn.Module:
@@ -158,7 +163,12 @@ class _Trainer:
         return model
 
     def checkpoint(self, label: str, train_loss: float | None) -> None:
-        """Evaluate, then write checkpoint ``label`` with its metrics and training state."""
+        """Evaluate, then write checkpoint ``label`` with its metrics and training state.
+
+        ``finetune_seconds`` is the wall time from the start of training to here (steps,
+        evaluations and the checkpoints written before, summed over resumed sessions; loading
+        the data and the model excluded).
+        """
         metrics = {
             "label": label,
             "step": self.step,
@@ -184,12 +194,14 @@ class _Trainer:
             "frozen_layers": list(self.cfg.finetune.frozen()),
             **self.counts,
         }
+        metrics["finetune_seconds"] = self.seconds_before + time.perf_counter() - self.started
         state = {
             "step": self.step,
             "tokens": self.tokens,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": capture_rng(),
+            "seconds": metrics["finetune_seconds"],
         }
         model = self.model
         if self.lora:
@@ -223,6 +235,7 @@ class _Trainer:
         """Train to the last step, checkpointing on schedule; stop early after
         ``stop_after`` scheduled checkpoints exist."""
         schedule = {step: (index, label) for index, (step, label) in enumerate(self.planned)}
+        self.started = time.perf_counter()
 
         def stop(index: int) -> bool:
             return stop_after is not None and index + 1 >= stop_after

@@ -4,11 +4,28 @@
 maps them) between the base and final checkpoints in memory and scores every variant on the
 validation split; ``correlation`` ranks drift against the accuracy lost; ``recommend`` reads
 the smallest set of layers worth fine-tuning off the reversion curves; ``run`` writes the
-``layer_reversion`` and ``drift_importance`` groups; ``prefect_tasks`` wraps it for the flow.
+``layer_reversion`` and ``drift_importance`` groups; ``freeze_grid`` fine-tunes the task again
+per k with layers 0 … k frozen and writes ``freeze_grid`` and ``freeze_similarity``;
+``prefect_tasks`` wraps them for the flow.
 """
 
 from layerdrift.tasks.importance.correlation import MEASURES, accuracy_lost, drift_importance
-from layerdrift.tasks.importance.prefect_tasks import importance_task
+from layerdrift.tasks.importance.freeze_grid import (
+    NONE,
+    fit_variant,
+    freeze_grid_arrays,
+    freeze_grid_complete,
+    read_variant,
+    variant_complete,
+    variant_config,
+    variant_similarity,
+    write_freeze_grid,
+)
+from layerdrift.tasks.importance.prefect_tasks import (
+    freeze_grid_task,
+    freeze_variant_task,
+    importance_task,
+)
 from layerdrift.tasks.importance.recommend import TARGET, Recommendation, recommend
 from layerdrift.tasks.importance.reversion import (
     QUANTITIES,
@@ -28,6 +45,7 @@ from layerdrift.tasks.importance.run import (
 
 __all__ = [
     "MEASURES",
+    "NONE",
     "QUANTITIES",
     "TARGET",
     "VARIANTS",
@@ -36,13 +54,23 @@ __all__ = [
     "base_weights",
     "compute_importance",
     "drift_importance",
+    "fit_variant",
+    "freeze_grid_arrays",
+    "freeze_grid_complete",
+    "freeze_grid_task",
+    "freeze_variant_task",
     "importance_complete",
     "importance_task",
     "layer_reversion",
+    "read_variant",
     "recommend",
     "reversion_complete",
     "reversion_values",
     "reverted_units",
     "swapped",
     "unit_names",
+    "variant_complete",
+    "variant_config",
+    "variant_similarity",
+    "write_freeze_grid",
 ]

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 import pandas as pd
 
 from layerdrift.config import BUNDLED_MODEL, PAPER_MODEL, FeaturesConfig
-from layerdrift.tasks.report.importance import FIGURE_NAME, recommendation_lines, reversion_frame
+from layerdrift.tasks.report.importance import (
+    FIGURE_NAME,
+    freeze_frame,
+    recommendation_lines,
+    reversion_frame,
+)
 from layerdrift.tasks.report.load import ReportInputs
 from layerdrift.tasks.report.summary import COUNT_COLUMNS
 from layerdrift.tasks.report.tokens import Sentence, sentence_html
@@ -176,6 +181,9 @@ def importance_section(inputs: ReportInputs, pictures: list[Picture]) -> list[st
     out += [f"<li>{html.escape(line)}</li>" for line in recommendation_lines(inputs)]
     out.append("</ul><h3>Validation accuracy of each reversion variant</h3>")
     out.append(table_html(reversion_frame(inputs), "reversion-table", index=True))
+    if inputs.has("freeze_grid"):
+        out.append("<h3>Freeze grid: the task fine-tuned again with layers 0 … k frozen</h3>")
+        out.append(table_html(freeze_frame(inputs), "freeze-grid-table", index=True))
     out += [figure_html(p) for p in pictures if p.name == FIGURE_NAME]
     return out
 

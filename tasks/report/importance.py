@@ -1,17 +1,21 @@
 """The report's recommendation: which layers to fine-tune, with the reversion evidence.
 
-Reads ``layer_reversion``, ``drift_importance`` and ``similarity``; the recommendation itself
-is :func:`tasks.importance.recommend`'s. One figure puts the reversion curves and the
+Reads ``layer_reversion``, ``freeze_grid`` (when the run has one), ``drift_importance`` and
+``similarity``; the recommendation itself is :func:`tasks.importance.recommend`'s. One figure
+puts the reversion curves, the freeze curve (accuracy with layers 0 … k frozen, at k) and the
 similarity curves on one layer axis (the head as the last tick).
 """
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
+import xarray as xr
 
-from layerdrift.tasks.importance import recommend
+from layerdrift.tasks.importance import NONE, Recommendation, recommend
+from layerdrift.tasks.importance.recommend import FREEZE_GRID
 from layerdrift.tasks.report.figures import LAYER_AXIS, Plot, outside_legend
 from layerdrift.tasks.report.load import ReportInputs
 
@@ -28,6 +32,7 @@ EVIDENCE_WORDS = {
     "revert_through": "base with the units after it fine-tuned (the rest reverted)",
     "final": "no smaller set recovers enough: fine-tune every unit",
 }
+FREEZE_LABEL = "fine-tuned with layers 0 … k frozen (freeze grid)"
 
 
 def reversion_frame(inputs: ReportInputs) -> pd.DataFrame:
@@ -40,8 +45,33 @@ def reversion_frame(inputs: ReportInputs) -> pd.DataFrame:
     return frame
 
 
+def freeze_frame(inputs: ReportInputs) -> pd.DataFrame:
+    """The freeze grid: one row per k (``none``: the run's own fine-tune), its quantities."""
+    grid = inputs.results["freeze_grid"]
+    frame = grid.transpose("freeze_k", "quantity").to_pandas()
+    frame.index = [f"{k} (full fine-tune)" if k == NONE else str(k) for k in frame.index]
+    frame.index.name = "layers 0 … k frozen"
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def _frozen_rows(grid: xr.DataArray) -> xr.DataArray:
+    """The freeze grid's rows with layers frozen (without the run's own fine-tune)."""
+    return grid.isel(freeze_k=np.flatnonzero(grid["frozen_through"].values >= 0))
+
+
+def _freeze_curve(inputs: ReportInputs, axis) -> None:
+    """Accuracy with layers 0 … k frozen, at k (the freeze grid's own rows, not ``none``)."""
+    if not inputs.has("freeze_grid"):
+        return
+    frozen = _frozen_rows(inputs.results["freeze_grid"])
+    axis.plot(frozen["frozen_through"].values, frozen.sel(quantity="accuracy").values,
+              marker="D", linestyle="--", color="black", label=FREEZE_LABEL)  # fmt: skip
+
+
 def fig_importance(inputs: ReportInputs) -> Plot | None:
-    """Reversion accuracy (top) and similarity of final to base (bottom) against the layer."""
+    """Reversion and freeze accuracy (top) and similarity of final to base (bottom) against
+    the layer."""
     if not inputs.has("layer_reversion"):
         return None
     reversion = inputs.results["layer_reversion"].sel(quantity="accuracy")
@@ -52,6 +82,7 @@ def fig_importance(inputs: ReportInputs) -> Plot | None:
     for color, (variant, label) in zip(palette, CURVES.items(), strict=True):
         top.plot(layers, reversion.sel(variant=variant).values, marker="o", color=color,
                  label=label)  # fmt: skip
+    _freeze_curve(inputs, top)
     for variant, style in (("final", "-"), ("base", ":")):
         value = float(reversion.sel(variant=variant).isel(layer=0))
         label = f"{variant} {value:.3f}"
@@ -76,12 +107,14 @@ def fig_importance(inputs: ReportInputs) -> Plot | None:
         f"({float(reversion.sel(variant='final').isel(layer=0)):.3f} → "
         f"{float(revert.min()):.3f}) among the layers."
     )
-    return Plot(FIGURE_NAME, "Which layers matter: reversion and similarity", fig, reading)
+    title = "Which layers matter: reversion, freezing and similarity"
+    return Plot(FIGURE_NAME, title, fig, reading)
 
 
 def recommendation_lines(inputs: ReportInputs) -> list[str]:
     """The recommendation and the drift-importance correlation, as sentences."""
-    found = recommend(inputs.results["layer_reversion"])
+    grid = inputs.results.get("freeze_grid")
+    found = recommend(inputs.results["layer_reversion"], freeze_grid=grid)
     if found is None:
         return ["Fine-tuning did not raise validation accuracy, so there is no gain to recover."]
     pct = f"{found.target:.0%}"
@@ -90,10 +123,7 @@ def recommendation_lines(inputs: ReportInputs) -> list[str]:
         f"validation accuracy {found.accuracy:.3f}, "
         f"{found.recovered:.1%} of the gain from base ({found.base_accuracy:.3f}) to full "
         f"fine-tuning ({found.final_accuracy:.3f}); the smallest set found to recover ≥ {pct}.",
-        f"Evidence: the layer-reversion curves (weights swapped in memory, one validation pass "
-        f"each; no freeze grid in this run), variant {found.evidence}: "
-        f"{EVIDENCE_WORDS[found.evidence]}. Sets tried: every single unit, the first k units "
-        "and the last k units.",
+        _evidence(found, grid),
     ]
     if inputs.has("drift_importance"):
         rho = inputs.results["drift_importance"]
@@ -103,3 +133,22 @@ def recommendation_lines(inputs: ReportInputs) -> list[str]:
             f"drift and the accuracy lost by reverting the layer — {values}."
         )
     return lines
+
+
+def _evidence(found: Recommendation, grid: xr.DataArray | None) -> str:
+    """Where the recommendation comes from, as a sentence."""
+    if found.evidence == FREEZE_GRID:
+        rows = _frozen_rows(grid).sel(quantity="accuracy")
+        pairs = zip(rows["frozen_through"].values, rows.values, strict=True)
+        ks = ", ".join(f"k = {int(k)}: {float(a):.3f}" for k, a in pairs)
+        return (
+            "Evidence: from the freeze grid — the task fine-tuned again with layers 0 … k "
+            f"frozen, validation accuracy {ks}; the largest k recovering ≥ {found.target:.0%} "
+            "of the gain decides (every unit when none does)."
+        )
+    return (
+        "Evidence: the layer-reversion curves (weights swapped in memory, one validation pass "
+        f"each; no freeze grid in this run), variant {found.evidence}: "
+        f"{EVIDENCE_WORDS[found.evidence]}. Sets tried: every single unit, the first k units "
+        "and the last k units."
+    )
