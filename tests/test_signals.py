@@ -107,11 +107,9 @@ def events(tmp_path_factory, tiny_model_dir, separable_csv) -> dict:
     try:
         metrics = run / "checkpoints" / "base" / "metrics.json"
         wait_until(first, metrics.exists, "base metrics.json", log("first"))
-        started = time.monotonic()
         out["second"] = subprocess.run(
             [*LAYERDRIFT, *args], cwd=work, env=env, capture_output=True, text=True, timeout=300
         )
-        out["second_s"] = time.monotonic() - started
         out["first_pid"] = first.pid
         server = _server_of(first, log("first"))
         os.kill(first.pid, signal.SIGTERM)  # the main process only
@@ -159,7 +157,10 @@ def test_a_second_run_on_a_live_run_exits_2_naming_the_holder(events):
     line = done.stderr.strip().splitlines()[-1]
     assert f"pid {events['first_pid']} on host {socket.gethostname()}" in line, line
     assert "Traceback" not in done.stderr
-    assert events["second_s"] < 60, "the second run should stop before starting Prefect"
+    # It stopped before starting Prefect: no temporary server came up (a timed bound here
+    # failed under load, taking 60.5 s, mostly imports and the model check).
+    assert "temporary server" not in done.stdout + done.stderr, done.stderr[-3000:]
+    assert "Starting temporary server" in events["last_log"]  # where a run that did says so
 
 
 def test_sigterm_stops_within_seconds_and_leaves_nothing_running(events):
