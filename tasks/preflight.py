@@ -67,17 +67,22 @@ def check_layers(cfg: RunConfig, n_layers: int) -> None:
             )
 
 
+def _refuse_shared_layers(field: str, cfg: RunConfig, info: ModelInfo) -> None:
+    """Freezing layers one at a time needs a model whose layers do not share parameters."""
+    if info.shared_module is not None:
+        raise PreflightError(
+            f"{field} is set but model {cfg.model} ({info.family}) reuses "
+            f"{info.shared_module!r} at every depth, so its layers cannot be frozen one at a "
+            f"time: unset {field}"
+        )
+
+
 def check_frozen_layers(cfg: RunConfig, info: ModelInfo) -> None:
     """``finetune.freeze_layers`` names layers 0 … L of a model whose layers are separable."""
     frozen = cfg.finetune.frozen()
     if not frozen:
         return
-    if info.shared_module is not None:
-        raise PreflightError(
-            f"finetune.freeze_layers is set but model {cfg.model} ({info.family}) reuses "
-            f"{info.shared_module!r} at every depth, so its layers cannot be frozen one at a "
-            "time: unset finetune.freeze_layers"
-        )
+    _refuse_shared_layers("finetune.freeze_layers", cfg, info)
     bad = [layer for layer in frozen if layer > info.num_layers]
     if bad:
         raise PreflightError(
@@ -112,12 +117,7 @@ def check_freeze_grid(cfg: RunConfig, info: ModelInfo) -> None:
             "(finetune.method = 'lora') does not combine with: unset importance.freeze_grid "
             "or fine-tune with method 'full'"
         )
-    if info.shared_module is not None:
-        raise PreflightError(
-            f"importance.freeze_grid is set but model {cfg.model} ({info.family}) reuses "
-            f"{info.shared_module!r} at every depth, so its layers cannot be frozen one at a "
-            "time: unset importance.freeze_grid"
-        )
+    _refuse_shared_layers("importance.freeze_grid", cfg, info)
     bad = [k for k in grid if k > info.num_layers]
     if bad:
         raise PreflightError(
