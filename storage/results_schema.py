@@ -180,6 +180,25 @@ _ENTRIES = (
         labels={"reference": ("base", "previous"), "metric": _SIM_METRICS, "bound": _BOUNDS},
     ),
     ResultGroup(
+        "cross_similarity",
+        ("pair", "layer", "metric"),
+        "float",
+        "similarity",
+        "a run of several tasks: every two tasks' final checkpoints (X = first, Y = second) "
+        "at the same layer; kind says what differs between them (task, method or seed)",
+        labels={"metric": _SIM_METRICS},
+        coords={"first": ("pair",), "second": ("pair",), "kind": ("pair",)},
+    ),
+    ResultGroup(
+        "cross_similarity_ci",
+        ("pair", "layer", "metric", "bound"),
+        "float",
+        "similarity",
+        "95% bootstrap interval of each cross_similarity over groups of probe examples",
+        labels={"metric": _SIM_METRICS, "bound": _BOUNDS},
+        coords={"first": ("pair",), "second": ("pair",), "kind": ("pair",)},
+    ),
+    ResultGroup(
         "probe_accuracy",
         ("checkpoint", "layer", "pooling"),
         "float",

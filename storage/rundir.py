@@ -16,6 +16,8 @@ Layout (see DESIGN.md)::
     features/layer-<l>.json, features/cards.json
     importance/freeze-<k>/ the freeze grid's fine-tune with layers 0 … k frozen: its data/,
                            checkpoints/final/ and freeze.json (its row of the grid)
+    tasks/<prefix>/        a run of several tasks: each fine-tune's data/ (its checkpoints
+                           move to checkpoints/<prefix>/<label>/ once it finishes)
     figures/*.png, report.html, explorer.html
     run.lock               the lease of the live ``layerdrift run`` (absent when none runs)
 
@@ -54,6 +56,9 @@ CARDS_PATH = (FEATURES_DIR, "cards.json")
 # The freeze grid: one fine-tune per k, each a run folder of its own (data, checkpoints).
 FREEZE_GRID_DIR = "importance"
 FREEZE_RECORD = "freeze.json"
+# A run of several tasks: one run folder per fine-tune (its data and, until adopted into the
+# run's checkpoints/<prefix>/, its checkpoints).
+TASKS_DIR = "tasks"
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.html"
 EXPLORER_FILE = "explorer.html"
@@ -155,6 +160,11 @@ class RunDir:
     def freeze_variant(self, k: int) -> RunDir:
         """The run folder of the freeze grid's fine-tune with layers 0 … ``k`` frozen."""
         return RunDir(self.child_url(FREEZE_GRID_DIR, f"freeze-{k}"))
+
+    def task_run(self, prefix: str) -> RunDir:
+        """The run folder of one fine-tune of a run of several tasks (``sentiment``,
+        ``sentiment/seed-1``)."""
+        return RunDir(self.child_url(TASKS_DIR, *prefix.split("/")))
 
     def lock(self) -> WriterLock:
         """The run's lease: one live ``layerdrift run`` per run directory at a time."""

@@ -27,6 +27,7 @@ from layerdrift.tasks.modeling import (
     load_tokenizer,
     lora_plan,
 )
+from layerdrift.tasks.study.series import planned_labels, run_series, series_config
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,8 @@ def check_checkpoint_labels(cfg: RunConfig) -> None:
     among the checkpoints given)."""
     if cfg.imports_checkpoints:
         planned = [item.label for item in given_checkpoints(cfg)]
+    elif cfg.tasks:
+        planned = planned_labels(cfg)
     else:
         planned = [label for _, label in planned_checkpoints(cfg, cfg.data.train_size)]
     if cfg.sae.enabled:
@@ -175,12 +178,21 @@ def preflight(cfg: RunConfig) -> ModelInfo:
     check_checkpoint_labels(cfg)
     info = check_model(cfg)
     check_layers(cfg, info.num_layers)
-    check_frozen_layers(cfg, info)
-    check_lora(cfg, info)
     check_freeze_grid(cfg, info)
     if not data_complete(run):
         sizes = check_data(cfg)
         logger.info("preflight: data splits %s", sizes)
+    # A run of several tasks: each series' fine-tune and data, as a run of one task's.
+    for series in run_series(cfg) or [None]:
+        scfg = cfg if series is None else series_config(cfg, series)
+        where = "" if series is None else f"task {series.prefix}: "
+        try:
+            check_frozen_layers(scfg, info)
+            check_lora(scfg, info)
+            if series is not None and not data_complete(run.task_run(series.prefix)):
+                check_data(scfg)
+        except ValueError as error:
+            raise PreflightError(f"{where}{error}") from error
     logger.info(
         "preflight: model %s (%s, %d layers, %d tokens)",
         cfg.model,

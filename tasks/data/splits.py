@@ -78,11 +78,17 @@ def make_splits(cfg: RunConfig) -> tuple[dict[str, pd.DataFrame], dict]:
         return splits, {"label_names": names, "identity": identity}
     probe, probe_names, probe_identity = load_probe_set(cfg)
     about = {"probe_label_names": probe_names, "probe_identity": probe_identity}
-    if cfg.imports_checkpoints:
+    if cfg.imports_checkpoints or cfg.tasks:  # the tasks' series hold their own splits
         empty = probe.iloc[:0]
         splits = {"train": empty, "validation": empty, "probe": probe}
         return splits, {"label_names": probe_names, "identity": probe_identity, **about}
     frame, names, identity = load_labelled_texts(cfg.data)
+    # A model must not train on the texts it is measured on (the probe source may be the
+    # training dataset itself, as in a run of several tasks).
+    seen = frame["text"].isin(set(probe["text"]))
+    if seen.any():
+        logger.info("left %d probe texts out of the training data", int(seen.sum()))
+        frame = frame[~seen].reset_index(drop=True)
     splits = split_frame(frame, cfg.data, cfg.seed, with_probe=False) | {"probe": probe}
     return splits, {"label_names": names, "identity": identity, **about}
 

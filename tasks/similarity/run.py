@@ -45,6 +45,9 @@ from layerdrift.tasks.similarity.probes import probe_results
 from layerdrift.tasks.similarity.tables import (
     RANDOM,
     checkpoint_pairs,
+    cross_interval_table,
+    cross_pairs,
+    cross_similarity_table,
     layer_pairs,
     layer_similarity_table,
     pair_metrics,
@@ -53,6 +56,7 @@ from layerdrift.tasks.similarity.tables import (
     similarity_interval_table,
     similarity_table,
 )
+from layerdrift.tasks.study.series import FinalPair, final_pairs, previous_indices, task_coordinates
 
 logger = logging.getLogger(__name__)
 
@@ -104,9 +108,14 @@ def _compute_similarity(run: RunDir, cfg: RunConfig, client: Any) -> dict[str, A
     acts, random = ds["activations"].data, None
     if cfg.similarity.random_floor:
         acts, random, attrs["random_generation"] = with_random_reference(run, ds)
+    previous = previous_indices(checkpoints)
+    finals = final_pairs(cfg, checkpoints)
+    crossed = [(checkpoints.index(p.first), checkpoints.index(p.second)) for p in finals]
     results = run.results()
     with _scheduler(client):
-        values, intervals, known = _checkpoint_metrics(ds, acts, random, mask, cfg)
+        values, intervals, known = _checkpoint_metrics(
+            ds, acts, random, mask, cfg, previous, crossed
+        )
         known = {rep: moments for rep, moments in known.items() if rep[0] != random}
         values.update(_layer_metrics(ds, mask, chosen, known))
         drift = drift_array(ds, BASE).assign_attrs(
@@ -116,11 +125,16 @@ def _compute_similarity(run: RunDir, cfg: RunConfig, client: Any) -> dict[str, A
         groups = ["drift", "layer_similarity"]
         table = layer_similarity_table(checkpoints, chosen, layers, values)
         write_result(results, "layer_similarity", table.assign_attrs(attrs))
+        ci_attrs = {**attrs, **_bootstrap_attrs(cfg)}
         if intervals is not None:
-            ci_attrs = {**attrs, **_bootstrap_attrs(cfg)}
-            ci = similarity_interval_table(checkpoints, layers, values, intervals, ci_attrs, random)
+            ci = similarity_interval_table(
+                checkpoints, layers, values, intervals, ci_attrs, random, previous
+            )
             write_result(results, "similarity_ci", ci)
             groups.append("similarity_ci")
+        if finals:
+            groups += _write_cross(results, finals, crossed, layers, values, intervals, attrs,
+                                   ci_attrs)  # fmt: skip
         probes = None
         if cfg.similarity.probes and is_labelled(ds["label"].values):
             probes = _write_probes(ds, cfg, results, attrs)
@@ -128,7 +142,10 @@ def _compute_similarity(run: RunDir, cfg: RunConfig, client: Any) -> dict[str, A
         elif cfg.similarity.probes:
             attrs = {**attrs, "probes_skipped": UNLABELLED_NOTE}
             logger.info("probes skipped: %s", UNLABELLED_NOTE)
-    sim = similarity_table(checkpoints, layers, values, random)
+    sim = similarity_table(checkpoints, layers, values, random, previous)
+    if cfg.tasks:  # select by task: sim.sel(checkpoint=sim.task == "topic")
+        coords = task_coordinates(cfg, checkpoints)
+        sim = sim.assign_coords({name: ("checkpoint", values) for name, values in coords.items()})
     sim = sim.assign_attrs(
         {**attrs, "groups": [*groups, "similarity"], "base": BASE, "references": references(random)}
     )
@@ -162,20 +179,30 @@ def with_random_reference(run: RunDir, ds) -> tuple[da.Array, int, str]:
 
 
 def _checkpoint_metrics(
-    ds, acts: da.Array, random: int | None, mask: np.ndarray, cfg: RunConfig
+    ds,
+    acts: da.Array,
+    random: int | None,
+    mask: np.ndarray,
+    cfg: RunConfig,
+    previous: list[int | None],
+    crossed: list[tuple[int, int]],
 ) -> tuple[dict, dict | None, dict]:
-    """Metrics (and bootstrap intervals) of the ``similarity`` table's pairs, and the self
-    moments of every representation: one grouped pass per layer when intervals are asked
-    for (the groups' moments add up to the point estimates), else ordinary passes.
-    ``acts`` holds the store's checkpoints and, at index ``random``, the random reference."""
+    """Metrics (and bootstrap intervals) of the ``similarity`` table's pairs and of the
+    ``crossed`` checkpoint pairs (every two task finals), and the self moments of every
+    representation: one grouped pass per layer when intervals are asked for (the groups'
+    moments add up to the point estimates), else ordinary passes. ``acts`` holds the store's
+    checkpoints and, at index ``random``, the random reference."""
     n_checkpoints, n_layers = ds.sizes["checkpoint"], acts.shape[1]
     values: dict = {}
     selves: dict = {}
     resamples = cfg.similarity.bootstrap_resamples
+
+    def layer_pairs_of(layer: int) -> list:
+        pairs = checkpoint_pairs(n_checkpoints, layer, random, previous)
+        return list(dict.fromkeys(pairs + cross_pairs(crossed, layer)))
+
     if not resamples:
-        pairs = [
-            p for layer in range(n_layers) for p in checkpoint_pairs(n_checkpoints, layer, random)
-        ]
+        pairs = [p for layer in range(n_layers) for p in layer_pairs_of(layer)]
         for selves, crosses in iter_moments(acts, pairs, mask):
             values.update(pair_metrics(selves, crosses))
         return values, None, dict(selves)
@@ -184,13 +211,42 @@ def _checkpoint_metrics(
     counts = resample_counts(resamples, n_groups, cfg.seed)
     intervals: dict = {}
     for layer in tqdm(range(n_layers), total=n_layers, desc="bootstrap", leave=False):
-        pairs = checkpoint_pairs(n_checkpoints, layer, random)
+        pairs = layer_pairs_of(layer)
         per_group = group_moments(acts, pairs, groups, n_groups)
         s, crosses = total_moments(per_group)
         selves.update(s)
         values.update(pair_metrics(s, crosses))
         intervals.update(bootstrap_intervals(per_group, pairs, counts))
     return values, intervals, selves
+
+
+def _write_cross(
+    results: str,
+    finals: list[FinalPair],
+    crossed: list[tuple[int, int]],
+    layers: np.ndarray,
+    values: dict,
+    intervals: dict | None,
+    attrs: dict,
+    ci_attrs: dict,
+) -> list[str]:
+    """Write ``cross_similarity`` (and its intervals); returns the groups written."""
+    keys = [[((a, li), (b, li)) for li in range(len(layers))] for a, b in crossed]
+    table = cross_similarity_table(
+        [p.name for p in finals],
+        [p.first for p in finals],
+        [p.second for p in finals],
+        [p.kind for p in finals],
+        layers,
+        keys,
+        values,
+    )
+    write_result(results, "cross_similarity", table.assign_attrs(attrs))
+    if intervals is None:
+        return ["cross_similarity"]
+    ci = cross_interval_table(table, keys, intervals, ci_attrs)
+    write_result(results, "cross_similarity_ci", ci)
+    return ["cross_similarity", "cross_similarity_ci"]
 
 
 def _layer_metrics(ds, mask: np.ndarray, chosen: list[int], known: dict) -> dict:

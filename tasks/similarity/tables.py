@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -22,15 +22,33 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 
-def checkpoint_pairs(n_checkpoints: int, layer: int, random: int | None = None) -> list[Pair]:
+def checkpoint_pairs(
+    n_checkpoints: int,
+    layer: int,
+    random: int | None = None,
+    previous: Sequence[int | None] | None = None,
+) -> list[Pair]:
     """The pairs of the ``similarity`` table at one layer: every checkpoint against
     checkpoint 0 (base), against the previous one and, when ``random`` (the random
     reference's index along the checkpoint axis) is given, against it; ``(a, a)`` asks only
-    for self moments."""
+    for self moments. ``previous[c]`` is the index before checkpoint c (in a run of several
+    tasks, the one before it in its series); by default c - 1."""
     pairs: list[Pair] = []
     for c in range(n_checkpoints):
-        pairs += [key for key in reference_keys(c, layer, random) if key is not None]
+        before = _before(c, previous)
+        pairs += [key for key in reference_keys(c, layer, random, before) if key is not None]
     return list(dict.fromkeys(pairs))
+
+
+def _before(c: int, previous: Sequence[int | None] | None) -> int | None:
+    if previous is not None:
+        return previous[c]
+    return c - 1 if c >= 1 else None
+
+
+def cross_pairs(indices: Sequence[tuple[int, int]], layer: int) -> list[Pair]:
+    """The pairs (X = first, Y = second) of two checkpoints' states at the same ``layer``."""
+    return [((a, layer), (b, layer)) for a, b in indices]
 
 
 def references(random: int | None) -> tuple[str, ...]:
@@ -38,11 +56,16 @@ def references(random: int | None) -> tuple[str, ...]:
     return REFERENCES if random is None else (*REFERENCES, RANDOM)
 
 
-def reference_keys(c: int, layer: int, random: int | None) -> list[Pair | None]:
+def reference_keys(
+    c: int, layer: int, random: int | None, before: int | None = -1
+) -> list[Pair | None]:
     """Per label of :func:`references`, the pair (X = reference, Y = checkpoint ``c``) at
-    ``layer``; None where there is none (the first checkpoint has no previous)."""
+    ``layer``; None where there is none (the first checkpoint has no previous). ``before``
+    is the previous checkpoint's index (-1: c - 1)."""
+    if before == -1:
+        before = _before(c, None)
     keys: list[Pair | None] = [((0, layer), (c, layer))]
-    keys.append(((c - 1, layer), (c, layer)) if c >= 1 else None)
+    keys.append(((before, layer), (c, layer)) if before is not None else None)
     if random is not None:
         keys.append(((random, layer), (c, layer)))
     return keys
@@ -117,6 +140,7 @@ def similarity_table(
     layers: np.ndarray,
     values: dict[Pair, np.ndarray],
     random: int | None = None,
+    previous: Sequence[int | None] | None = None,
 ) -> xr.DataArray:
     """``similarity`` (reference, checkpoint, layer, metric); ``previous`` of the first is NaN.
 
@@ -127,7 +151,7 @@ def similarity_table(
     out = np.full((len(names), len(checkpoints), len(layers), len(METRICS)), np.nan)
     for c in range(len(checkpoints)):
         for li in range(len(layers)):
-            for ref, key in enumerate(reference_keys(c, li, random)):
+            for ref, key in enumerate(reference_keys(c, li, random, _before(c, previous))):
                 if key is not None:
                     out[ref, c, li] = values[key]
     return xr.DataArray(
@@ -176,6 +200,7 @@ def similarity_interval_table(
     intervals: dict[Pair, np.ndarray],
     attrs: dict,
     random: int | None = None,
+    previous: Sequence[int | None] | None = None,
 ) -> xr.DataArray:
     """``similarity_ci`` (reference, checkpoint, layer, metric, bound): the ``similarity``
     table's intervals; a checkpoint against itself gets its value as both bounds."""
@@ -183,7 +208,7 @@ def similarity_interval_table(
     out = np.full((len(names), len(checkpoints), len(layers), len(METRICS), len(BOUNDS)), np.nan)
     for c in range(len(checkpoints)):
         for li in range(len(layers)):
-            for ref, key in enumerate(reference_keys(c, li, random)):
+            for ref, key in enumerate(reference_keys(c, li, random, _before(c, previous))):
                 if key is None:
                     continue
                 same = key[0] == key[1]
@@ -201,3 +226,51 @@ def similarity_interval_table(
         name="similarity_ci",
         attrs=attrs,
     )
+
+
+def cross_similarity_table(
+    names: list[str],
+    firsts: list[str],
+    seconds: list[str],
+    kinds: list[str],
+    layers: np.ndarray,
+    keys: list[list[Pair]],
+    values: dict[Pair, np.ndarray],
+) -> xr.DataArray:
+    """``cross_similarity`` (pair, layer, metric): two checkpoints (X = ``first``, Y =
+    ``second``) compared at the same layer; ``keys[p][l]`` is pair p's key at layer l."""
+    out = np.array([[values[key] for key in per_layer] for per_layer in keys], dtype=float)
+    return xr.DataArray(
+        out.reshape(len(names), len(layers), len(METRICS)),
+        dims=("pair", "layer", "metric"),
+        coords=_pair_coords(names, firsts, seconds, kinds)
+        | {
+            "layer": layers,
+            "metric": np.array(METRICS, dtype=object),
+        },
+        name="cross_similarity",
+    )
+
+
+def cross_interval_table(
+    table: xr.DataArray, keys: list[list[Pair]], intervals: dict[Pair, np.ndarray], attrs: dict
+) -> xr.DataArray:
+    """``cross_similarity_ci`` (pair, layer, metric, bound): ``table``'s 95% intervals."""
+    out = np.array([[intervals[key].T for key in per_layer] for per_layer in keys], dtype=float)
+    out = out.reshape(*table.shape, len(BOUNDS))
+    return xr.DataArray(
+        out,
+        dims=(*table.dims, "bound"),
+        coords={**{k: v for k, v in table.coords.items()}, "bound": np.array(BOUNDS, dtype=object)},
+        name="cross_similarity_ci",
+        attrs=attrs,
+    )
+
+
+def _pair_coords(names, firsts, seconds, kinds) -> dict[str, tuple]:
+    return {
+        "pair": np.array(names, dtype=object),
+        "first": ("pair", np.array(firsts, dtype=object)),
+        "second": ("pair", np.array(seconds, dtype=object)),
+        "kind": ("pair", np.array(kinds, dtype=object)),
+    }

@@ -1,0 +1,214 @@
+"""A run of several tasks (``[[tasks]]``): one fine-tune per task and seed of one tiny BERT,
+recorded on one probe set in one store.
+
+The study here has four series: task ``a`` (two labels) with seeds 0 and 1, task ``b``
+(three labels, another dataset) and ``a-lora`` (task a's data with LoRA). What is checked:
+
+- the store's checkpoint labels carry the series (``base`` once, ``a/seed-0/final``, ...);
+  each series' final checkpoint has exactly the weights of a one-task fine-tune with that
+  series' dataset, overrides and seed; the two seeds differ; no series trained on a probe
+  text;
+- ``previous`` of a series' first checkpoint is ``base``; ``similarity`` carries task, seed
+  and method coordinates that select by task;
+- ``cross_similarity`` holds every pair of finals with its kind (seed, task, method), and its
+  linear CKA equals the O(n²) Gram-matrix formula on the store's activations;
+- a fine-tune that fails half-way through the second series resumes from its last checkpoint
+  to the same weights, and the first series is not fitted again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from factories import NEGATIVE_WORDS, POSITIVE_WORDS, separable_texts
+from safetensors.torch import load_file
+from tiny_runs import one_thread, tiny_config
+
+from layerdrift.config import RunConfig
+from layerdrift.storage import open_result
+from layerdrift.storage.activations import open_store
+from layerdrift.storage.checkpoints import (
+    checkpoint_complete,
+    local_checkpoint_path,
+    read_checkpoint_metrics,
+)
+from layerdrift.storage.rundir import RunDir
+from layerdrift.tasks.data import prepare_data, read_split
+from layerdrift.tasks.finetune import checkpointing, finetune
+from layerdrift.tasks.study import finetune_series, run_series, series_complete, series_config
+
+SERIES = ["a/seed-0", "a/seed-1", "b", "a-lora"]
+LEAVES = ["step-000005", "final"]  # 160 / 16 = 10 steps, a checkpoint at the half
+
+
+@pytest.fixture(scope="module")
+def csvs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("study-data")
+    two, three = folder / "two.csv", folder / "three.csv"
+    separable_texts(600).to_csv(two, index=False)
+    # A second task: every third text loses its sentiment word and is labelled "none".
+    frame = separable_texts(600, seed=1)
+    plain = np.arange(len(frame)) % 3 == 2
+    cues = set(POSITIVE_WORDS + NEGATIVE_WORDS)
+    frame.loc[plain, "text"] = frame.loc[plain, "text"].map(
+        lambda text: " ".join(w for w in text.split() if w not in cues)
+    )
+    frame.loc[plain, "label"] = "none"
+    frame.to_csv(three, index=False)
+    return two, three
+
+
+def study_values(model, two, three, root) -> dict:
+    values = tiny_config(model, two, sae={"layers": [1]}, report={"enabled": False})
+    values["runs_root"] = str(root)
+    values["name"] = "study"
+    values["tasks"] = [
+        {"name": "a", "dataset": f"csv:{two}", "seeds": [0, 1]},
+        {"name": "b", "dataset": f"csv:{three}"},
+        {"name": "a-lora", "dataset": f"csv:{two}", "finetune": {"method": "lora"}},
+    ]
+    values["similarity"] = {**values["similarity"], "bootstrap_resamples": 5}
+    return values
+
+
+@pytest.fixture(scope="module")
+def study(prefect_harness, tiny_model_dir, csvs, tmp_path_factory):
+    from layerdrift.flows.pipeline import pipeline
+
+    root = tmp_path_factory.mktemp("study-runs")
+    config = RunConfig.model_validate(study_values(tiny_model_dir, *csvs, root))
+    with one_thread():
+        outcome = pipeline(config)
+    return config, RunDir(config.run_url), outcome
+
+
+def _weights(run: RunDir, label: str) -> dict[str, torch.Tensor]:
+    return load_file(str(local_checkpoint_path(run, label) / "model.safetensors"))
+
+
+def test_labels_carry_the_series_and_match_one_task_finetunes(study, tmp_path):
+    config, run, outcome = study
+    expected = ["base"] + [f"{s}/{leaf}" for s in SERIES for leaf in LEAVES]
+    assert outcome["checkpoints"] == expected
+    ds = open_store(run.activations())
+    assert [str(c) for c in ds["checkpoint"].values] == expected
+    assert outcome["stages"]["importance"].startswith("skipped")
+    for series in run_series(config):
+        assert not run.task_run(series.prefix).exists("checkpoints")  # adopted, then removed
+        metrics = read_checkpoint_metrics(run, series.final)
+        assert (metrics["task"], metrics["series"]) == (series.task.name, series.prefix)
+    # The first series, fine-tuned alone as a run of one task with the same settings.
+    alone = RunDir(str(tmp_path / "alone"))
+    scfg = series_config(config, run_series(config)[1])  # a/seed-1
+    assert scfg.seed == 1 and scfg.data.dataset == config.tasks[0].dataset
+    with one_thread():
+        prepare_data(alone, scfg)
+        finetune(alone, scfg)
+    mine, theirs = _weights(run, "a/seed-1/final"), _weights(alone, "final")
+    for name, value in theirs.items():
+        torch.testing.assert_close(mine[name], value, rtol=0, atol=0)
+    other_seed = _weights(run, "a/seed-0/final")
+    assert any(not torch.equal(other_seed[n], mine[n]) for n in mine)
+    assert read_checkpoint_metrics(run, "a-lora/final")["method"] == "lora"
+
+
+def test_no_series_trains_on_a_probe_text(study):
+    config, run, _ = study
+    probe = set(read_split(run, "probe")["text"])
+    assert len(probe) == config.data.probe_size
+    for series in run_series(config):
+        train = set(read_split(run.task_run(series.prefix), "train")["text"])
+        assert len(train) == config.data.train_size and not train & probe
+        assert set(read_split(run.task_run(series.prefix), "probe")["text"]) == probe
+
+
+def test_previous_within_a_series_and_task_coordinates(study):
+    config, run, _ = study
+    sim = open_result(run.results(), "similarity")["similarity"]
+    first_of_b = sim.sel(checkpoint="b/step-000005")
+    np.testing.assert_array_equal(
+        first_of_b.sel(reference="previous").values, first_of_b.sel(reference="base").values
+    )
+    cka = sim.sel(metric="linear_cka")
+    final_vs_previous = cka.sel(checkpoint="b/final", reference="previous").values
+    assert not np.allclose(final_vs_previous, cka.sel(checkpoint="b/final", reference="base"))
+    of_b = sim.sel(checkpoint=sim["task"] == "b")
+    assert [str(c) for c in of_b.checkpoint.values] == ["b/step-000005", "b/final"]
+    assert [int(s) for s in sim["seed"].values[:3]] == [-1, 0, 0]
+    assert str(sim.sel(checkpoint="a-lora/final")["method"].values) == "lora"
+
+
+def _gram_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA from n×n Gram matrices (Kornblith et al. 2019, eq. 1 with HSIC)."""
+    n = x.shape[0]
+    h = np.eye(n) - 1.0 / n
+    k, l_ = h @ x @ x.T @ h, h @ y @ y.T @ h
+    return float(np.sum(k * l_) / np.sqrt(np.sum(k * k) * np.sum(l_ * l_)))
+
+
+def test_cross_similarity_pairs_kinds_and_exact_cka(study):
+    config, run, _ = study
+    cross = open_result(run.results(), "cross_similarity")["cross_similarity"]
+    finals = [f"{s}/final" for s in SERIES]
+    firsts, seconds = cross["first"].values, cross["second"].values
+    pairs = [(str(a), str(b)) for a, b in zip(firsts, seconds, strict=True)]
+    assert pairs == [(a, b) for i, a in enumerate(finals) for b in finals[i + 1 :]]
+    kinds = dict(zip(pairs, (str(k) for k in cross["kind"].values), strict=True))
+    assert kinds[("a/seed-0/final", "a/seed-1/final")] == "seed"
+    assert kinds[("a/seed-0/final", "b/final")] == "task"
+    assert kinds[("a/seed-0/final", "a-lora/final")] == "method"
+    ci = open_result(run.results(), "cross_similarity_ci")["cross_similarity_ci"]
+    assert ci.sizes["pair"] == len(pairs) and ci.sizes["bound"] == 2
+    ds = open_store(run.activations())
+    for layer in (0, 2):
+        x = ds["activations"].sel(checkpoint="a/seed-0/final", layer=layer).values
+        y = ds["activations"].sel(checkpoint="b/final", layer=layer).values
+        expected = _gram_linear_cka(x.astype(np.float64), y.astype(np.float64))
+        got = cross.sel(pair="a/seed-0/final~b/final", layer=layer, metric="linear_cka")
+        assert float(got) == pytest.approx(expected, abs=1e-6)
+
+
+def test_saes_for_every_task_final(study):
+    config, run, outcome = study
+    assert outcome["stages"]["features"] == "ran" and outcome["stages"]["sae-metrics"] == "ran"
+    assert set(config.sae.checkpoints) == {"base", *(f"{s}/final" for s in SERIES)}
+    for label in config.sae.checkpoints:
+        assert run.exists("saes", label, "layer-1", "cfg.json")
+    assert config.features.finetuned == "a/seed-0/final"
+
+
+def test_resume_after_a_failure_in_the_second_series(study, tmp_path, monkeypatch, caplog):
+    config, reference, _ = study
+    values = study_values(config.model, config.tasks[0].dataset[4:],
+                          config.tasks[1].dataset[4:], tmp_path)  # fmt: skip
+    cfg = RunConfig.model_validate(values)
+    run = RunDir(cfg.run_url)
+    prepare_data(run, cfg)
+    with one_thread():
+        finetune_series(run, cfg, "a/seed-0")
+    first_written = (local_checkpoint_path(run, "a/seed-0/final") / "metrics.json").stat()
+    real_save, calls = checkpointing.torch.save, []
+
+    def failing_save(obj, target, *args, **kwargs):
+        calls.append(target)
+        if len(calls) >= 3:  # base and step-000005 saved; dies while saving final
+            raise RuntimeError("injected failure")
+        return real_save(obj, target, *args, **kwargs)
+
+    monkeypatch.setattr(checkpointing.torch, "save", failing_save)
+    with one_thread(), pytest.raises(RuntimeError, match="injected"):
+        finetune_series(run, cfg, "a/seed-1")
+    monkeypatch.setattr(checkpointing.torch, "save", real_save)
+    assert series_complete(run, cfg, "a/seed-0") and not series_complete(run, cfg, "a/seed-1")
+    assert checkpoint_complete(run.task_run("a/seed-1"), "step-000005")
+    with one_thread(), caplog.at_level("INFO", logger="layerdrift.tasks"):
+        finetune_series(run, cfg, "a/seed-0")  # done: nothing is fitted again
+        finetune_series(run, cfg, "a/seed-1")
+    assert "from checkpoint step-000005" in caplog.text
+    assert caplog.text.count("fine-tuning task series") == 1
+    again = (local_checkpoint_path(run, "a/seed-0/final") / "metrics.json").stat()
+    assert again.st_mtime_ns == first_written.st_mtime_ns
+    mine, theirs = _weights(run, "a/seed-1/final"), _weights(reference, "a/seed-1/final")
+    for name, value in theirs.items():
+        torch.testing.assert_close(mine[name], value, rtol=0, atol=1e-6)
