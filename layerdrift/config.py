@@ -538,7 +538,11 @@ class RunConfig(_Section):
     @property
     def final_label(self) -> str:
         """The checkpoint compared with ``base`` as the fine-tuned one: ``final``, or the last
-        of the checkpoints given (a Trainer folder's last is ``final``)."""
+        of the checkpoints given (a Trainer folder's last is ``final``), or in a run of
+        several tasks the first task's final (``sentiment/final``)."""
+        if self.tasks:
+            prefix, _, _ = self.series()[0]
+            return f"{prefix}{SERIES_SEPARATOR}final"
         if self.checkpoints and self.checkpoints_from is None:
             return list(self.checkpoints)[-1]
         return "final"

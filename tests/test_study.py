@@ -12,6 +12,7 @@ The study here has four series: task ``a`` (two labels) with seeds 0 and 1, task
   and method coordinates that select by task;
 - ``cross_similarity`` holds every pair of finals with its kind (seed, task, method), and its
   linear CKA equals the O(n²) Gram-matrix formula on the store's activations;
+- the report draws each task against base (seeds as a band) and every pair of finals;
 - a fine-tune that fails half-way through the second series resumes from its last checkpoint
   to the same weights, and the first series is not fitted again.
 """
@@ -60,7 +61,7 @@ def csvs(tmp_path_factory):
 
 
 def study_values(model, two, three, root) -> dict:
-    values = tiny_config(model, two, sae={"layers": [1]}, report={"enabled": False})
+    values = tiny_config(model, two, sae={"layers": [1]})
     values["runs_root"] = str(root)
     values["name"] = "study"
     values["tasks"] = [
@@ -212,3 +213,13 @@ def test_resume_after_a_failure_in_the_second_series(study, tmp_path, monkeypatc
     mine, theirs = _weights(run, "a/seed-1/final"), _weights(reference, "a/seed-1/final")
     for name, value in theirs.items():
         torch.testing.assert_close(mine[name], value, rtol=0, atol=1e-6)
+
+
+def test_report_draws_tasks_against_base_and_each_other(study):
+    config, run, outcome = study
+    assert outcome["report"] is not None
+    assert run.exists("figures", "10-tasks.png")
+    page = run.read_text("report.html")
+    assert "Tasks against base and against each other" in page
+    assert "Range across seeds: a " in page  # the reading names the seed spread
+    assert "linear CKA to base is a " in page

@@ -158,32 +158,54 @@ def fig_features(inputs: ReportInputs) -> Plot | None:
     )
 
 
+def training_series(metrics: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The metrics rows of each fine-tune: one series (``""``) for a run of one task; in a
+    run of several tasks, each task's rows (``topic/…``) after the shared ``base`` row."""
+    prefixes = [label.rsplit("/", 1)[0] if "/" in label else "" for label in metrics.index]
+    named = list(dict.fromkeys(p for p in prefixes if p))
+    if not named:
+        return {"": metrics}
+    base = [label for label, p in zip(metrics.index, prefixes, strict=True) if not p]
+    return {
+        name: metrics.loc[
+            base + [m for m, p in zip(metrics.index, prefixes, strict=True) if p == name]
+        ]  # fmt: skip
+        for name in named
+    }
+
+
 def fig_training(inputs: ReportInputs) -> Plot | None:
-    """Figure 8: training and validation loss, and validation accuracy, per checkpoint."""
+    """Figure 8: training and validation loss, and validation accuracy, per checkpoint (one
+    line per fine-tune in a run of several tasks)."""
     metrics = inputs.metrics
     if metrics.empty:
         return None
+    series = training_series(metrics)
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9.5, 3.6))
-    for column, style in (("train_loss", "o-"), ("val_loss", "s--")):
-        points = metrics[column].dropna()
-        if not points.empty:
-            loss_ax.plot(metrics.loc[points.index, "step"], points, style, label=column)
+    for name, rows in series.items():
+        for column, style in (("train_loss", "o-"), ("val_loss", "s--")):
+            points = rows[column].dropna()
+            if not points.empty:
+                label = f"{name} {column}".strip()
+                loss_ax.plot(rows.loc[points.index, "step"], points, style, label=label)
+        acc_ax.plot(rows["step"], rows["val_accuracy"], "o-", label=name or None,
+                    color="#228833" if not name else None)  # fmt: skip
+    if len(series) == 1:
+        for label, row in metrics.iterrows():
+            acc_ax.annotate(str(label), (row["step"], row["val_accuracy"]), fontsize=7,
+                            textcoords="offset points", xytext=(3, -10))  # fmt: skip
+    else:
+        acc_ax.legend(fontsize=7)
     loss_ax.set(title="loss", xlabel="training step", ylabel="cross-entropy")
-    loss_ax.legend(fontsize=8)
-    acc_ax.plot(metrics["step"], metrics["val_accuracy"], "o-", color="#228833")
-    for label, row in metrics.iterrows():
-        acc_ax.annotate(
-            str(label),
-            (row["step"], row["val_accuracy"]),
-            fontsize=7,
-            textcoords="offset points",
-            xytext=(3, -10),
-        )
+    loss_ax.legend(fontsize=7 if len(series) > 1 else 8)
     acc_ax.set(title="validation accuracy", xlabel="training step", ylabel="accuracy")
     fig.tight_layout()
-    acc = metrics["val_accuracy"]
-    reading = (
-        f"Validation accuracy goes from {acc.iloc[0]:.3f} ({acc.index[0]}) to "
-        f"{acc.iloc[-1]:.3f} ({acc.index[-1]}) over {int(metrics['step'].iloc[-1])} steps."
-    )
+    parts = []
+    for name, rows in series.items():
+        acc = rows["val_accuracy"]
+        parts.append(
+            f"{name + ': ' if name else ''}from {acc.iloc[0]:.3f} ({acc.index[0]}) to "
+            f"{acc.iloc[-1]:.3f} ({acc.index[-1]}) over {int(rows['step'].iloc[-1])} steps"
+        )
+    reading = "Validation accuracy goes " + "; ".join(parts) + "."
     return Plot("08-finetuning-curves", "Fine-tuning curves", fig, reading)

@@ -42,8 +42,12 @@ PRODUCERS = {
 NEEDS_FINAL = ("similarity", "drift", "similarity_ci")
 
 
-def checkpoint_order(label: str) -> tuple[int, float, str]:
-    """Sort key putting ``base`` first, ``step-NNNNNN`` by step, then ``final``."""
+def checkpoint_order(label: str) -> tuple:
+    """Sort key putting ``base`` first, ``step-NNNNNN`` by step, then ``final``; in a run of
+    several tasks, each task's labels (``topic/step-000063``) after, task by task."""
+    if "/" in label:
+        prefix, leaf = label.rsplit("/", 1)
+        return (3, prefix, checkpoint_order(leaf))
     if label == "base":
         return (0, 0.0, label)
     if label == "final":
@@ -86,10 +90,7 @@ def read_metrics(run: RunDir) -> tuple[pd.DataFrame, list[list[int]] | None, lis
     """
     rows, confusion, names = {}, None, []
     if run.exists(CHECKPOINTS_DIR):
-        for entry in sorted(run.fs.ls(run.path(CHECKPOINTS_DIR), detail=False)):
-            label = entry.rstrip("/").rsplit("/", 1)[-1]
-            if label.startswith(".") or not run.exists(CHECKPOINTS_DIR, label, METRICS_FILE):
-                continue
+        for label in _checkpoint_labels(run):
             data = json.loads(run.read_text(CHECKPOINTS_DIR, label, METRICS_FILE))
             rows[label] = {
                 key: data.get(key) for key in ("step", "epoch", "train_loss", "val_loss")
@@ -102,6 +103,18 @@ def read_metrics(run: RunDir) -> tuple[pd.DataFrame, list[list[int]] | None, lis
     frame = pd.DataFrame([rows[label] for label in labels], index=labels, columns=columns)
     frame.index.name = "checkpoint"
     return frame.astype("float64"), confusion, names
+
+
+def _checkpoint_labels(run: RunDir) -> list[str]:
+    """Labels of the checkpoint folders holding a metrics.json, nested ones (a run of
+    several tasks: ``topic/final``, ``sentiment/seed-1/final``) included."""
+    root = run.path(CHECKPOINTS_DIR).rstrip("/")
+    labels = []
+    for found in run.fs.glob(run.path(CHECKPOINTS_DIR, "**", METRICS_FILE)):
+        label = str(found)[len(root) + 1 :].rsplit("/", 1)[0]
+        if label != METRICS_FILE and not label.startswith("."):
+            labels.append(label)
+    return sorted(labels)
 
 
 def load_inputs(run: RunDir) -> ReportInputs:

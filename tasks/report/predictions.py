@@ -12,6 +12,7 @@ predictions are chance, which the page says.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -23,7 +24,7 @@ from layerdrift.storage.activations import read_attrs
 from layerdrift.storage.checkpoints import checkpoint_complete, local_checkpoint_path
 from layerdrift.storage.results import list_results, open_result, write_result
 from layerdrift.storage.results_schema import RESULT_GROUPS
-from layerdrift.storage.rundir import RunDir
+from layerdrift.storage.rundir import CHECKPOINTS_DIR, RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,12 @@ def class_probabilities(
     return out
 
 
+def _num_labels(run: RunDir, label: str) -> int:
+    """Classes of a checkpoint's classification head, from its saved ``config.json``."""
+    config = json.loads(run.read_text(CHECKPOINTS_DIR, label, "config.json"))
+    return len(config.get("id2label") or {}) or int(config.get("num_labels", 2))
+
+
 def probe_predictions(run: RunDir, store: xr.Dataset) -> xr.DataArray | None:
     """Class probabilities (checkpoint, example, class) of every checkpoint with a folder.
 
@@ -86,6 +93,13 @@ def probe_predictions(run: RunDir, store: xr.Dataset) -> xr.DataArray | None:
     """
     labels = [str(c) for c in store.checkpoint.values]
     present = [c for c in labels if checkpoint_complete(run, c)]
+    # In a run of several tasks only the heads trained on the probe set's classes (as many
+    # as base's) predict them; the other tasks' heads answer another question.
+    classes = {c: _num_labels(run, c) for c in present}
+    other = [c for c in present if classes[c] != classes[present[0]]] if present else []
+    if other:
+        logger.info("no probe predictions of %s: their heads have other classes", other)
+        present = [c for c in present if c not in other]
     if not present:
         return None
     identity = _identity(run, present)
