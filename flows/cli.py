@@ -96,7 +96,7 @@ def run(
     config_file: Annotated[
         Path | None, typer.Argument(help="A TOML file overriding any config field.")
     ] = None,
-    preset: Annotated[str, typer.Option(help="quick or default.")] = "default",
+    preset: Annotated[str, typer.Option(help="quick, default, paper or study.")] = "default",
     model: Annotated[str | None, typer.Option(help="minilm-l6, a HF name or a folder.")] = None,
     dataset: Annotated[
         str | None, typer.Option(help="rotten-tomatoes, bbc-news, csv:PATH, hf:NAME[:CONFIG].")
@@ -118,6 +118,9 @@ def run(
         str | None,
         typer.Option(help="A Hugging Face Trainer output folder: its checkpoint-N/ in order."),
     ] = None,
+    method: Annotated[
+        str | None, typer.Option(help="Fine-tuning method: full (every weight) or lora.")
+    ] = None,
 ) -> None:
     """Run the whole pipeline; the same command again resumes and redoes nothing finished."""
     from layerdrift.config import build_config
@@ -131,6 +134,7 @@ def run(
         "data": {"dataset": dataset} if dataset else None,
         "checkpoints": _checkpoint_options(checkpoint or []),
         "checkpoints_from": checkpoints_from,
+        "finetune": {"method": method} if method else None,
     }
     try:
         config = build_config(preset, config_file, overrides)

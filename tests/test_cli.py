@@ -97,6 +97,7 @@ def test_readme_python_snippets_run_against_a_real_run(quick_run):
         (["run", "--runs-root", "r", "--dataset", "imdb"], "unknown dataset 'imdb'"),
         (["run", "--runs-root", "r", "--model", "./no-such-model"], "does not exist"),
         (["run", "--runs-root", "r", "--preset", "huge"], "unknown preset 'huge'"),
+        (["run", "--runs-root", "r", "--method", "sgd"], "'full' or 'lora'"),
         (["run", "--runs-root", "r", "--checkpoint", "ft"], "is not LABEL=PATH_OR_NAME"),
         (["run", "--runs-root", "r", "--checkpoint", "ft=./no-such-model"], "does not exist"),
         (["show", "nowhere"], "not a layerdrift run directory"),

@@ -223,3 +223,57 @@ def test_report_draws_tasks_against_base_and_each_other(study):
     assert "Tasks against base and against each other" in page
     assert "Range across seeds: a " in page  # the reading names the seed spread
     assert "linear CKA to base is a " in page
+
+
+def test_study_preset_and_defaults():
+    from layerdrift.config import build_config
+
+    cfg = build_config("study")
+    assert [prefix for prefix, _, _ in cfg.series()] == ["sentiment", "topic", "sentiment-lora"]
+    assert cfg.probe.dataset == "rotten-tomatoes"  # the first task's dataset
+    assert cfg.sae.checkpoints == ("base", "sentiment/final", "topic/final", "sentiment-lora/final")
+    assert cfg.features.finetuned == cfg.final_label == "sentiment/final"
+    lora = series_config(cfg, run_series(cfg)[2])
+    assert (lora.finetune.method, lora.finetune.learning_rate) == ("lora", 1e-3)
+    assert (lora.data.dataset, lora.probe.seed, lora.tasks) == ("rotten-tomatoes", 0, ())
+    # A run of one task keeps the hash it had before [[tasks]] existed.
+    assert "tasks" not in build_config("default").model_dump(exclude_defaults=True)
+    assert build_config("default").config_hash() == "5bc34f159566688f"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"tasks": [{"name": "x", "dataset": "bbc-news"}] * 2}, "named twice"),
+        ({"tasks": [{"name": "base", "dataset": "bbc-news"}]}, "task name 'base'"),
+        ({"tasks": [{"name": "x", "dataset": "imdb"}]}, "unknown dataset 'imdb'"),
+        ({"tasks": [{"name": "x", "dataset": "bbc-news", "seeds": [1, 1]}]}, "distinct"),
+        (
+            {"tasks": [{"name": "x", "dataset": "bbc-news", "finetune": {"method": "sgd"}}]},
+            "tasks.x.finetune",
+        ),
+        (
+            {"tasks": [{"name": "x", "dataset": "bbc-news"}], "checkpoints": {"ft": "a"}},
+            "imports checkpoints",
+        ),
+        (
+            {"tasks": [{"name": "x", "dataset": "bbc-news"}], "sae": {"checkpoints": ["final"]}},
+            "not checkpoint labels of the tasks",
+        ),
+    ],
+)
+def test_bad_tasks_are_refused(change, message):
+    from layerdrift.config import build_config
+
+    with pytest.raises(ValueError, match=message):
+        build_config("quick", overrides=change)
+
+
+def test_preflight_names_the_task_whose_data_is_wrong(tiny_model_dir, csvs, tmp_path):
+    from layerdrift.tasks.preflight import PreflightError, preflight
+
+    values = study_values(tiny_model_dir, *csvs, tmp_path)
+    values["tasks"][1] = {**values["tasks"][1], "label_column": "topic"}
+    with pytest.raises(PreflightError, match="task b: .*topic"):
+        preflight(RunConfig.model_validate(values))
+    assert not (tmp_path / "study").exists()
