@@ -657,7 +657,8 @@ class RunConfig(_Section):
 L1_CROSSCODER: dict[str, Any] = {"architecture": "relu", "l1_coefficient": 3e-3}
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The whole pipeline in about two minutes on two cores.
+    # The whole pipeline in about four minutes on two quiet cores (222 s measured,
+    # benchmarks/results/pipeline-quick.json).
     "quick": {
         "name": "quick",
         "data": {"train_size": 600, "val_size": 200, "probe_size": 200, "max_length": 64},
