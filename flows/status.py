@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from collections import Counter
 
-from layerdrift.config import load_run_config
+from layerdrift.config import REFERENCE_LABEL, load_run_config
 from layerdrift.storage import RunDir, missing_chunks
 from layerdrift.storage.activations import read_attrs
 from layerdrift.storage.checkpoints import checkpoint_complete
 from layerdrift.storage.lock import holding
-from layerdrift.storage.rundir import REPORT_FILE, RUN_LOCK_FILE
+from layerdrift.storage.rundir import (
+    ACTIVATIONS_STORE,
+    RANDOM_STORE,
+    REPORT_FILE,
+    RUN_LOCK_FILE,
+)
 from layerdrift.storage.schema import ACTIVATIONS
 from layerdrift.storage.verify import (
     Damage,
@@ -35,6 +40,7 @@ from layerdrift.tasks.importance import (
 from layerdrift.tasks.imports import given_checkpoints
 from layerdrift.tasks.sae.run import sae_complete, saes_evaluated
 from layerdrift.tasks.similarity.run import similarity_complete
+from layerdrift.tasks.study import run_series, series_complete, study_labels
 
 COMPLETE, MISSING = "complete", "missing"
 
@@ -53,6 +59,14 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
         return rows
     if config.imports_checkpoints:
         stage, labels = "import", [item.label for item in given_checkpoints(config)]
+    elif config.tasks:
+        rows += [
+            ("finetune", series.prefix, _state(_safe_series_complete(run, config, series.prefix)))
+            for series in run_series(config)
+        ]
+        stage, labels = "finetune", [REFERENCE_LABEL]
+        if all(data_complete(run.task_run(s.prefix)) for s in run_series(config)):
+            labels = study_labels(run, config)
     else:
         n_train = read_dataset_info(run)["split_sizes"]["train"]
         stage, labels = "finetune", [label for _, label in planned_checkpoints(config, n_train)]
@@ -80,6 +94,8 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
     importance = _state(importance_complete(run))
     if config.imports_checkpoints:
         importance = "skipped (checkpoints are imported, not fine-tuned here)"
+    elif config.tasks:
+        importance = "skipped (a run of several tasks: run one task for it)"
     rows.append(("importance", "layer_reversion", importance))
     grid = config.importance.freeze_grid
     for k in grid:
@@ -98,6 +114,13 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
     rows.append(("features", "results", _state(feature_results_written(run))))
     rows.append(("report", REPORT_FILE, _state(run.exists(REPORT_FILE))))
     return rows
+
+
+def _safe_series_complete(run: RunDir, config, prefix: str) -> bool:
+    try:
+        return series_complete(run, config, prefix)
+    except (FileNotFoundError, KeyError, ValueError):
+        return False
 
 
 def _chunks(count: int) -> str:
@@ -133,18 +156,26 @@ def verify_run(run_url: str, repair: bool = False) -> tuple[list[Damage], list[s
 
 
 def _verify(run: RunDir, repair: bool) -> tuple[list[Damage], list[str]]:
-    store_damage = check_activations(run.activations())
-    results_damage = check_results(run.results())
+    """The activation stores (the run's, and the random floor's when there is one), then
+    results.zarr."""
+    stores = [(run.activations(), ACTIVATIONS_STORE)]
+    if read_attrs(run.random_activations()) is not None:
+        stores.append((run.random_activations(), RANDOM_STORE))
+    damage: list[Damage] = []
     repaired: list[str] = []
-    if repair and store_damage:
-        cleared = repair_activations(run.activations(), store_damage)
-        repaired += [f"activations.zarr: {label} token chunk {chunk}" for label, chunk in cleared]
-        if not cleared:
-            repaired.append("activations.zarr removed: the next run creates and fills it again")
+    for url, name in stores:
+        store_damage = check_activations(url)
+        damage += store_damage
+        if repair and store_damage:
+            cleared = repair_activations(url, store_damage)
+            repaired += [f"{name}: {label} token chunk {chunk}" for label, chunk in cleared]
+            if not cleared:
+                repaired.append(f"{name} removed: the next run creates and fills it again")
+    results_damage = check_results(run.results())
     if repair and results_damage:
         repair_results(run.results())
         repaired.append("results.zarr removed: the next run recomputes it from the stores")
-    return store_damage + results_damage, repaired
+    return damage + results_damage, repaired
 
 
 def _layer_count(run: RunDir) -> int:

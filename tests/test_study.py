@@ -19,6 +19,8 @@ The study here has four series: task ``a`` (two labels) with seeds 0 and 1, task
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -277,3 +279,32 @@ def test_preflight_names_the_task_whose_data_is_wrong(tiny_model_dir, csvs, tmp_
     with pytest.raises(PreflightError, match="task b: .*topic"):
         preflight(RunConfig.model_validate(values))
     assert not (tmp_path / "study").exists()
+
+
+def test_status_lists_each_task_and_verify_repairs_the_random_floor(study):
+    """Last in this module: it damages the shared run's random store and reruns it."""
+    from layerdrift.flows.pipeline import pipeline
+    from layerdrift.flows.status import run_status, verify_run
+
+    config, run, _ = study
+    rows = run_status(run.url)
+    assert ("finetune", "b", "complete") in rows and ("finetune", "b/final", "complete") in rows
+    assert ("extract", "a-lora/final", "complete") in rows
+    before = open_store(run.random_activations())["activations"].values
+    chunk = next(
+        p for p in Path(run.random_activations(), "activations", "c").rglob("*") if p.is_file()
+    )
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    chunk.write_bytes(bytes(raw))
+    damage, _ = verify_run(run.url)
+    assert [d.store for d in damage] == [run.random_activations()]
+    _, repaired = verify_run(run.url, repair=True)
+    assert repaired and repaired[0].startswith("random.zarr: random token chunk")
+    with one_thread():
+        outcome = pipeline(config)
+    assert outcome["stages"]["extract:random"] == "ran"
+    assert outcome["stages"]["finetune:b"] == "cached"
+    np.testing.assert_array_equal(open_store(run.random_activations())["activations"].values,
+                                  before)  # fmt: skip
+    assert verify_run(run.url) == ([], [])
