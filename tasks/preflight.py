@@ -178,21 +178,22 @@ def preflight(cfg: RunConfig) -> ModelInfo:
     check_checkpoint_labels(cfg)
     info = check_model(cfg)
     check_layers(cfg, info.num_layers)
+    check_frozen_layers(cfg, info)
+    check_lora(cfg, info)
     check_freeze_grid(cfg, info)
     if not data_complete(run):
         sizes = check_data(cfg)
         logger.info("preflight: data splits %s", sizes)
-    # A run of several tasks: each series' fine-tune and data, as a run of one task's.
-    for series in run_series(cfg) or [None]:
-        scfg = cfg if series is None else series_config(cfg, series)
-        where = "" if series is None else f"task {series.prefix}: "
+    # A run of several tasks: each task's fine-tune and data, as a run of one task's.
+    for series in run_series(cfg):
+        scfg = series_config(cfg, series)
         try:
             check_frozen_layers(scfg, info)
             check_lora(scfg, info)
-            if series is not None and not data_complete(run.task_run(series.prefix)):
+            if not data_complete(run.task_run(series.prefix)):
                 check_data(scfg)
         except ValueError as error:
-            raise PreflightError(f"{where}{error}") from error
+            raise PreflightError(f"task {series.prefix}: {error}") from error
     logger.info(
         "preflight: model %s (%s, %d layers, %d tokens)",
         cfg.model,

@@ -146,8 +146,10 @@ def test_pipeline_runs_every_stage_then_reuses_them_from_disk(tiny_run, tmp_path
 def test_the_results_schema_declares_every_group_a_run_writes(tiny_run):
     _, outcome = tiny_run
     results = RunDir(outcome["run_dir"]).results()
-    # The freeze grid's groups need importance.freeze_grid (test_freeze_grid.py checks them).
-    expected = set(RESULT_GROUPS) - {"freeze_grid", "freeze_similarity"}
+    # The freeze grid's groups need importance.freeze_grid (test_freeze_grid.py checks them),
+    # the cross-task ones [[tasks]] (test_study.py).
+    elsewhere = {"freeze_grid", "freeze_similarity", "cross_similarity", "cross_similarity_ci"}
+    expected = set(RESULT_GROUPS) - elsewhere
     assert set(list_results(results)) == expected
     tree = xr.open_datatree(results, engine="zarr")
     for name in expected:
