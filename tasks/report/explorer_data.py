@@ -74,7 +74,9 @@ def group_entry(name: str, array: xr.DataArray) -> dict | None:
     for dim in array.dims:
         labels = array[dim].values if dim in array.coords else np.arange(array.sizes[dim])
         coords[dim] = labels_json(labels)
-    for key, coord in array.coords.items():  # 1-D labels beside a dim (bin_upper)
+    # Sorted: zarr may list a group's non-dim coordinates in any order, and the page
+    # must come out byte-identical for the same run.
+    for key, coord in sorted(array.coords.items(), key=lambda item: str(item[0])):
         if key not in array.dims and coord.ndim == 1:
             coords[str(key)] = labels_json(coord.values)
     if "checkpoint" in coords:  # training order, whatever order the writer used
