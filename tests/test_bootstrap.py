@@ -11,6 +11,7 @@ from test_similarity_metrics import REFERENCES
 from layerdrift.config import RunConfig
 from layerdrift.storage import RunDir, open_result
 from layerdrift.tasks.similarity.bootstrap import (
+    METRIC_RANGE,
     bootstrap_intervals,
     example_groups,
     resample_counts,
@@ -39,7 +40,8 @@ def test_resamples_are_seeded_draws_of_all_groups():
 
 def test_stage_intervals_equal_slow_recomputation(tmp_path, rng):
     """similarity_ci from the stage = percentiles of the textbook O(n²) formulas applied to
-    the resampled tokens themselves, for the same seeded resamples."""
+    the resampled tokens themselves, for the same seeded resamples, shifted by their mean
+    minus the formulas on all tokens, clipped to each metric's range."""
     run = RunDir(str(tmp_path / "run"))
     _, acts = random_store(run.activations(), rng, n_examples=24, token_chunk=16)
     cfg = RunConfig(
@@ -61,6 +63,8 @@ def test_stage_intervals_equal_slow_recomputation(tmp_path, rng):
     for a, b in [(0, 1), (0, 2), (1, 2)]:
         reference = "base" if a == 0 else "previous"
         for layer in range(acts.shape[1]):
+            x_all, y_all = x64[a, layer], x64[b, layer]
+            estimate = np.array([REFERENCES[m](x_all, y_all) for m in METRICS])
             values = []
             for weights in counts:
                 tokens = np.concatenate(
@@ -68,7 +72,12 @@ def test_stage_intervals_equal_slow_recomputation(tmp_path, rng):
                 )
                 x, y = x64[a, layer, tokens], x64[b, layer, tokens]
                 values.append([REFERENCES[m](x, y) for m in METRICS])
-            want = np.percentile(np.array(values), [2.5, 97.5], axis=0).T
+            values = np.array(values)
+            bias = values.mean(axis=0) - estimate
+            want = np.percentile(values, [2.5, 97.5], axis=0) - bias
+            for i, metric in enumerate(METRICS):
+                want[:, i] = np.clip(want[:, i], *METRIC_RANGE[metric])
+            want = want.T
             got = ci.sel(reference=reference, checkpoint=sim.checkpoint[b], layer=layer).values
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
     # A checkpoint against itself does not vary: both bounds are its value.
@@ -111,6 +120,27 @@ def test_intervals_cover_the_exact_value_and_shrink_like_root_n(rng):
     assert dict(zip(METRICS, ratio, strict=True)) == pytest.approx(
         dict.fromkeys(METRICS, 4.0), rel=0.25
     )
+
+
+def test_a_small_biased_cka_lies_inside_its_interval(rng):
+    """Unrelated X and Y: linear CKA is small, and resampling whole groups (duplicates)
+    biases it upwards, so the plain percentile interval lies above the estimate; the
+    bias-shifted one holds it, with the same width."""
+    x, y = rng.standard_normal((600, 16)), rng.standard_normal((600, 16))
+    per_group, pair = _group_moments(x, y, 12)
+    counts = resample_counts(400, 12, seed=1)
+    cka = METRICS.index("linear_cka")
+    low, high = bootstrap_intervals(per_group, [pair], counts)[pair][:, cka]
+    exact = all_metrics(*moments_from_arrays(x, y))[cka]
+    parts = np.array_split(np.arange(600), 12)  # the groups of _group_moments
+    replicates = []
+    for weights in counts:  # the plain percentile interval, from the resampled tokens
+        tokens = np.concatenate([parts[g] for g in range(12) for _ in range(weights[g])])
+        replicates.append(REFERENCES["linear_cka"](x[tokens], y[tokens]))
+    plain_low, plain_high = np.percentile(replicates, [2.5, 97.5])
+    assert plain_low > exact  # the failure this interval exists for
+    assert low <= exact <= high
+    assert high - low == pytest.approx(plain_high - plain_low, rel=1e-9)
 
 
 def test_grouped_pass_reads_each_chunk_once(tmp_path, rng, monkeypatch):

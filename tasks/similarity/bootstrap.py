@@ -7,9 +7,17 @@ of each group come from the same streaming pass that computes the point estimate
 (:func:`tasks.similarity.accumulate.group_moments`); they add up to the moments of all
 tokens. A bootstrap resample draws ``n_groups`` groups with replacement (multinomial counts
 ``w_g``, seeded), its moments are Σ_g w_g·M_g, exactly the moments of the resampled tokens,
-and every metric is recomputed from them. The interval is the percentile interval
-(Efron & Tibshirani 1993, ch. 13): the 2.5% and 97.5% quantiles over the resamples
-(numpy's linear interpolation). Resampling whole examples keeps the tokens of a sentence,
+and every metric is recomputed from them.
+
+The interval is the percentile interval (Efron & Tibshirani 1993, ch. 13: the 2.5% and
+97.5% quantiles over the resamples, numpy's linear interpolation) shifted by the bootstrap
+estimate of bias (ibid., ch. 10: mean over the resamples minus the estimate from all
+groups), then clipped to the metric's range. The shift matters for linear CKA near 0: a
+resample repeats whole groups, their tokens meet themselves more often than in the probe
+set, and CKA is biased upwards under that duplication, so the plain percentile interval
+of a small CKA can lie entirely above its own estimate (0.028 with 0.029–0.044 on the
+study preset). Shifted, the interval keeps the resamples' spread and is centred where the
+estimate is. Resampling whole examples keeps the tokens of a sentence,
 which are not independent, together; grouping examples keeps memory at n_groups moment
 sets, independent of the number of examples.
 """
@@ -28,6 +36,17 @@ from layerdrift.tasks.similarity.moments import CrossMoments, SelfMoments
 from layerdrift.tasks.similarity.tables import parallel_map
 
 LEVEL = 0.95
+# Where each metric can lie: shifted intervals are clipped to it. Debiased CKA can go
+# below 0, norm_ratio is any relative change above -1, procrustes a distance in [0, 2].
+METRIC_RANGE = {
+    "cosine": (-1.0, 1.0),
+    "linear_cka": (0.0, 1.0),
+    "debiased_cka": (-np.inf, 1.0),
+    "svcca": (0.0, 1.0),
+    "pwcca": (0.0, 1.0),
+    "procrustes": (0.0, 2.0),
+    "norm_ratio": (-1.0, np.inf),
+}
 GroupMoments = tuple[dict[Rep, SelfMoments], dict[Pair, CrossMoments]]
 
 
@@ -97,10 +116,29 @@ def _resample(stacks: tuple[dict, dict], weights: np.ndarray) -> GroupMoments:
     )
 
 
+def shifted_percentile_interval(
+    values: np.ndarray, estimate: np.ndarray, low_high: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """The 95% interval (2, ...) = (low, high): percentiles of ``values`` (R, ...) shifted
+    by the bootstrap bias (mean of ``values`` minus ``estimate`` (...)) and clipped to
+    ``low_high``, the metric's range, broadcast against ``estimate``.
+
+    NaN resamples are left out; a metric NaN in every resample stays NaN.
+    """
+    tail = 100.0 * (1.0 - LEVEL) / 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN metrics stay NaN
+        low, high = np.nanpercentile(values, [tail, 100.0 - tail], axis=0)
+        bias = np.nanmean(values, axis=0) - estimate
+    floor, ceiling = low_high
+    return np.stack([np.clip(low - bias, floor, ceiling), np.clip(high - bias, floor, ceiling)])
+
+
 def bootstrap_intervals(
     per_group: Sequence[GroupMoments], pairs: Sequence[Pair], counts: np.ndarray
 ) -> dict[Pair, np.ndarray]:
-    """Percentile intervals (2, len(METRICS)) = (low, high) of every pair's metrics.
+    """Bias-shifted percentile intervals (2, len(METRICS)) = (low, high) of every pair's
+    metrics (module docstring).
 
     ``per_group`` holds each group's moments (from
     :func:`tasks.similarity.accumulate.group_moments`); ``counts`` (R, G) the resamples
@@ -119,9 +157,11 @@ def bootstrap_intervals(
     if not distinct:
         return out
     values = np.stack(parallel_map(one, list(counts)))  # (R, pairs, metrics)
-    tail = 100.0 * (1.0 - LEVEL) / 2.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN metrics stay NaN
-        low, high = np.nanpercentile(values, [tail, 100.0 - tail], axis=0)
-    out.update({pair: np.stack([low[i], high[i]]) for i, pair in enumerate(distinct)})
+    estimate = one(np.ones(counts.shape[1]))  # every group once: the point estimate
+    metric_range = (
+        np.array([METRIC_RANGE[m][0] for m in METRICS]),
+        np.array([METRIC_RANGE[m][1] for m in METRICS]),
+    )
+    interval = shifted_percentile_interval(values, estimate, metric_range)  # (2, pairs, M)
+    out.update({pair: interval[:, i] for i, pair in enumerate(distinct)})
     return out

@@ -265,7 +265,7 @@ def _layer_metrics(ds, mask: np.ndarray, chosen: list[int], known: dict) -> dict
 def _bootstrap_attrs(cfg: RunConfig) -> dict[str, Any]:
     return {
         "level": LEVEL,
-        "method": "percentile bootstrap over groups of probe examples",
+        "method": "bias-shifted percentile bootstrap over groups of probe examples",
         "resamples": cfg.similarity.bootstrap_resamples,
         "groups": cfg.similarity.bootstrap_groups,
         "seed": cfg.seed,
