@@ -30,10 +30,12 @@ from layerdrift.tasks.extract.prefect_tasks import (
 )
 from layerdrift.tasks.features import (
     compare_features_task,
+    comparison_complete,
+    comparison_pair,
+    comparisons,
     crosscoder_complete,
     feature_layers,
     feature_results_written,
-    features_complete,
     train_crosscoders_on_dask_task,
     write_features_task,
 )
@@ -213,19 +215,29 @@ def _compare_features(ledger: StageLedger, run: RunDir, config: RunConfig) -> No
     if not layers:
         ledger.skipped("features", "no layer has both a base and a fine-tuned SAE")
         return
-    if config.dask_address is not None:
-        todo = [layer for layer in layers if not crosscoder_complete(run, layer)]
-        ledger.call("crosscoders", train_crosscoders_on_dask_task, run, config, todo, done=not todo)
-    for layer in layers:
-        ledger.call(
-            f"features:{layer}",
-            compare_features_task,
-            run,
-            config,
-            layer,
-            done=features_complete(run, layer),
-        )
-    ledger.call("features", write_features_task, run, config, done=feature_results_written(run))
+    # The run's main comparison keeps its task names; in a run of several tasks each other
+    # task final follows, named by its label (features:topic/final:3).
+    for finetuned in comparisons(config):
+        main = finetuned == config.features.finetuned
+        layers = feature_layers(run, config, finetuned)
+        if config.dask_address is not None:
+            pair = comparison_pair(config, finetuned)
+            todo = [layer for layer in layers if not crosscoder_complete(run, layer, pair)]
+            name = "crosscoders" if main else f"crosscoders:{finetuned}"
+            ledger.call(name, train_crosscoders_on_dask_task, run, config, todo,
+                        None if main else finetuned, done=not todo)  # fmt: skip
+        for layer in layers:
+            ledger.call(
+                f"features:{layer}" if main else f"features:{finetuned}:{layer}",
+                compare_features_task,
+                run,
+                config,
+                layer,
+                None if main else finetuned,
+                done=comparison_complete(run, config, layer, finetuned),
+            )
+    written = feature_results_written(run, config)
+    ledger.call("features", write_features_task, run, config, done=written)
 
 
 def _safe(check, *args) -> bool:

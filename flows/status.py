@@ -30,7 +30,7 @@ from layerdrift.storage.verify import (
 )
 from layerdrift.tasks.data import data_complete, read_dataset_info
 from layerdrift.tasks.extract.prefect_tasks import random_reference_complete
-from layerdrift.tasks.features import feature_results_written, features_complete
+from layerdrift.tasks.features import comparison_complete, comparisons, feature_results_written
 from layerdrift.tasks.finetune import planned_checkpoints
 from layerdrift.tasks.importance import (
     freeze_grid_complete,
@@ -109,9 +109,11 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
         done = [layer for layer in layers if sae_complete(run, checkpoint, layer)]
         rows.append(("sae", checkpoint, f"{len(done)}/{len(list(layers))} layers"))
     rows.append(("sae", "metrics", _state(saes_evaluated(run))))
-    compared = [layer for layer in layers if features_complete(run, layer)]
-    rows.append(("features", "layers", f"{len(compared)}/{len(list(layers))} layers"))
-    rows.append(("features", "results", _state(feature_results_written(run))))
+    for finetuned in comparisons(config):
+        compared = [layer for layer in layers if comparison_complete(run, config, layer, finetuned)]
+        what = "layers" if finetuned == config.features.finetuned else finetuned
+        rows.append(("features", what, f"{len(compared)}/{len(list(layers))} layers"))
+    rows.append(("features", "results", _state(feature_results_written(run, config))))
     rows.append(("report", REPORT_FILE, _state(run.exists(REPORT_FILE))))
     return rows
 

@@ -248,6 +248,31 @@ _ENTRIES = (
     ),
     # features stage
     ResultGroup(
+        "task_features",
+        ("checkpoint", "layer", "quantity"),
+        "float",
+        "features",
+        "a run of several tasks: base against each task final (checkpoint), per layer: "
+        "matched fractions (and control), transfer FVUs (and control), crosscoder latents "
+        "per group and those surviving Latent Scaling, accuracy recovered by the base SAE",
+        labels={
+            "quantity": (
+                "matched_fraction",
+                "matched_fraction_control",
+                "transfer_fvu_finetuned_on_base",
+                "transfer_fvu_base_on_finetuned",
+                "transfer_fvu_control",
+                "crosscoder_base_only",
+                "crosscoder_shared",
+                "crosscoder_finetuned_only",
+                "surviving_base_only",
+                "surviving_finetuned_only",
+                "accuracy_recovered_base_on_finetuned",
+            )
+        },
+        coords={"task": ("checkpoint",), "seed": ("checkpoint",), "method": ("checkpoint",)},
+    ),
+    ResultGroup(
         "crosscoder_counts",
         ("layer", "group"),
         "int",

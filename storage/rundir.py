@@ -14,10 +14,13 @@ Layout (see DESIGN.md)::
     saes-control/<checkpoint>/layer-<l>/   the reference's control SAE (another seed)
     crosscoders/layer-<l>/ base/fine-tuned crosscoders
     features/layer-<l>.json, features/cards.json
+    crosscoders/<label>/layer-<l>/, features/<label>/layer-<l>.json
+                           a run of several tasks: base against each other task final
     importance/freeze-<k>/ the freeze grid's fine-tune with layers 0 … k frozen: its data/,
                            checkpoints/final/ and freeze.json (its row of the grid)
     tasks/<prefix>/        a run of several tasks: each fine-tune's data/ (its checkpoints
-                           move to checkpoints/<prefix>/<label>/ once it finishes)
+                           move to checkpoints/<prefix>/<label>/ once it finishes) and
+                           base-metrics.json (its own scoring of base: the curve's start)
     figures/*.png, report.html, explorer.html
     run.lock               the lease of the live ``layerdrift run`` (absent when none runs)
 
@@ -153,9 +156,10 @@ class RunDir:
         """URL of the control SAE folder of (``checkpoint``, ``layer``)."""
         return self.child_url(CONTROL_SAES_DIR, checkpoint, f"layer-{layer}")
 
-    def crosscoder(self, layer: int) -> str:
-        """URL of the crosscoder folder of ``layer``."""
-        return self.child_url(CROSSCODERS_DIR, f"layer-{layer}")
+    def crosscoder(self, layer: int, pair: tuple[str, ...] = ()) -> str:
+        """URL of the crosscoder folder of ``layer``; ``pair`` the folder parts of a
+        comparison other than the run's main one (``("topic", "final")``)."""
+        return self.child_url(CROSSCODERS_DIR, *pair, f"layer-{layer}")
 
     def freeze_variant(self, k: int) -> RunDir:
         """The run folder of the freeze grid's fine-tune with layers 0 … ``k`` frozen."""

@@ -147,7 +147,7 @@ def write_results_from_schema(
     ``coords`` holds the labels of each open dim (``checkpoint``, ``layer``, ``bin`` …) and
     the non-dimension coordinates a group declares (``token_text``, ``bin_upper`` …, each
     as ``(dim, values)``); fixed-label dims take the schema's labels unless given. A group
-    with an open dim that ``coords`` does not give is not written.
+    with an open dim or a coordinate that ``coords`` does not give is not written.
     ``overrides`` maps a group name to its own values or to a dict of coords for it.
     Returns the arrays written, by group name.
     """
@@ -160,8 +160,10 @@ def write_results_from_schema(
         if group.stage not in stages:
             continue
         own = {**coords, **overrides.get(group.name, {})}
-        if any(d not in own and d not in group.labels for d in group.dims):
-            continue  # a group of other runs (``pair``: a run of several tasks) unless asked
+        if any(d not in own and d not in group.labels for d in group.dims) or any(
+            name not in own for name in group.coords
+        ):
+            continue  # a group of other runs (a run of several tasks: ``pair``, ``task``)
         dims = {d: own[d] for d in group.dims if d in own}
         shape = group.shape({d: len(v) for d, v in dims.items()})
         if group.dtype == "int":

@@ -181,6 +181,44 @@ def test_saes_for_every_task_final(study):
     assert config.features.finetuned == "a/seed-0/final"
 
 
+def test_features_compare_base_with_every_task_final(study):
+    """Each task final gets its crosscoder and comparison; task_features holds them side by
+    side, equal to each comparison's own file, the control shared; a head of another task
+    than the probe set's scores no accuracy."""
+    import json
+
+    config, run, outcome = study
+    finals = [f"{s}/final" for s in SERIES]
+    assert outcome["stages"]["features:1"] == "ran"
+    for label in finals[1:]:
+        assert outcome["stages"][f"features:{label}:1"] == "ran"
+        assert run.exists("crosscoders", *label.split("/"), "layer-1", "cfg.json")
+    table = open_result(run.results(), "task_features")["task_features"]
+    assert list(table["checkpoint"].values) == finals
+    assert list(table["task"].values) == ["a", "a", "b", "a-lora"]
+    assert list(table["seed"].values)[:2] == [0, 1]
+    main = open_result(run.results(), "matched_fraction")["matched_fraction"]
+    row = table.sel(checkpoint=finals[0], layer=1)
+    assert float(row.sel(quantity="matched_fraction")) == float(main.sel(layer=1))
+    saved = json.loads(run.read_text("features", "b", "final", "layer-1.json"))
+    assert saved["finetuned"] == "b/final" and saved["checkpoints"] == ["base", "b/final"]
+    b = table.sel(checkpoint=table.task == "b").squeeze("checkpoint").sel(layer=1)
+    assert float(b.sel(quantity="matched_fraction")) == saved["matched_fraction"]
+    assert float(b.sel(quantity="transfer_fvu_finetuned_on_base")) == pytest.approx(
+        saved["transfer_fvu"]["finetuned_on_base"]
+    )
+    assert float(b.sel(quantity="crosscoder_shared")) == saved["crosscoder_counts"]["shared"]
+    controls = table.sel(layer=1, quantity="matched_fraction_control").values
+    np.testing.assert_array_equal(controls, controls[0])  # one control SAE of base for all
+    # b's head was trained on other labels than the probe set's: nothing spliced into it.
+    assert saved["transfer_recovery_details"] == {}
+    lora = json.loads(run.read_text("features", "a-lora", "final", "layer-1.json"))
+    assert set(lora["transfer_recovery_details"]) == {"base_on_finetuned", "finetuned_on_finetuned"}
+    sae = open_result(run.results(), "sae_metrics")["sae_metrics"].sel(layer=1)
+    assert np.isnan(float(sae.sel(checkpoint="b/final", metric="loss_recovered")))
+    assert np.isfinite(float(sae.sel(checkpoint="a-lora/final", metric="loss_recovered")))
+
+
 def test_resume_after_a_failure_in_the_second_series(study, tmp_path, monkeypatch, caplog):
     config, reference, _ = study
     values = study_values(config.model, config.tasks[0].dataset[4:],
@@ -225,6 +263,29 @@ def test_report_draws_tasks_against_base_and_each_other(study):
     assert "Tasks against base and against each other" in page
     assert "Range across seeds: a " in page  # the reading names the seed spread
     assert "linear CKA to base is a " in page
+    assert run.exists("figures", "11-task-features.png")
+    assert "Features of each task against base" in page
+    assert "reconstructs base activations with FVU a/seed-0/final " in page
+
+
+def test_each_task_curve_starts_from_its_own_base(study):
+    """Base is scored once per task (its validation split, its head); the first task's is
+    the run's base checkpoint, later tasks keep theirs beside their data."""
+    import json
+
+    from layerdrift.tasks.report.figures_training import training_series
+    from layerdrift.tasks.report.load import load_inputs
+
+    config, run, _ = study
+    inputs = load_inputs(run)
+    assert set(inputs.series_bases) == set(SERIES)
+    shared = json.loads(run.read_text("checkpoints", "base", "metrics.json"))
+    assert inputs.series_bases["a/seed-0"]["val_accuracy"] == shared["val_accuracy"]
+    own = json.loads(run.task_run("b").read_text("base-metrics.json"))
+    assert own["task"] == "b" and own["step"] == 0
+    curves = training_series(inputs.metrics, inputs.series_bases)
+    assert list(curves["b"].index) == ["b/base", "b/step-000005", "b/final"]
+    assert curves["b"].loc["b/base", "val_accuracy"] == own["val_accuracy"]
 
 
 def test_study_preset_and_defaults():

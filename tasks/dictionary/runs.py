@@ -20,6 +20,7 @@ from layerdrift.tasks.dictionary.evaluate import recovered_metrics
 from layerdrift.tasks.dictionary.loader import ActivationLoader
 from layerdrift.tasks.dictionary.model import Dictionary
 from layerdrift.tasks.modeling import ModelNotFoundError, hook_names, resolve_model
+from layerdrift.tasks.study.series import head_knows_probe_labels
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +68,14 @@ def spliced_metrics(
     loader's layer, on the loader's held-out examples (:func:`.evaluate.recovered_metrics`).
 
     The mean ablation uses the mean of the loader's source ``source`` over a training
-    sample. Returns {} (with a warning) when the run has no such checkpoint folder.
+    sample. Returns {} (with a warning) when the run has no such checkpoint folder, and {}
+    when the checkpoint's head was trained on another task than the probe set's labels.
     """
     if not checkpoint_complete(run, checkpoint):
         logger.warning("no checkpoint %s in %s: recovered metrics left NaN", checkpoint, run.url)
+        return {}
+    if not head_knows_probe_labels(cfg, checkpoint):
+        logger.info("recovered metrics of %s left NaN: its head has another task", checkpoint)
         return {}
     ds, layer = loader.ds, int(loader.sources[source][1])
     if not is_labelled(ds["label"].values):

@@ -21,10 +21,13 @@ from layerdrift.tasks.retry import retry_unless_bad_input
     retry_delay_seconds=5,
     retry_condition_fn=retry_unless_bad_input,
 )
-def train_crosscoders_on_dask_task(run: RunDir, config: RunConfig, layers: list[int]) -> list[str]:
-    """Prefect task: :func:`train_crosscoder_for_run` of every layer in ``layers``, each a
-    task on the Dask cluster at ``config.dask_address``; returns the folder URLs."""
-    calls = [(run, config, layer) for layer in layers]
+def train_crosscoders_on_dask_task(
+    run: RunDir, config: RunConfig, layers: list[int], finetuned: str | None = None
+) -> list[str]:
+    """Prefect task: :func:`train_crosscoder_for_run` of every layer in ``layers`` (for the
+    comparison with ``finetuned``, default ``features.finetuned``), each a task on the Dask
+    cluster at ``config.dask_address``; returns the folder URLs."""
+    calls = [(run, config, layer, finetuned) for layer in layers]
     return map_on_cluster(config.dask_address, train_crosscoder_for_run, calls)
 
 
@@ -35,9 +38,11 @@ def train_crosscoders_on_dask_task(run: RunDir, config: RunConfig, layers: list[
     retry_condition_fn=retry_unless_bad_input,
     task_run_name="features-layer-{layer}",
 )
-def compare_features_task(run: RunDir, config: RunConfig, layer: int) -> dict:
+def compare_features_task(
+    run: RunDir, config: RunConfig, layer: int, finetuned: str | None = None
+) -> dict:
     """Prefect task: :func:`compare_features_for_run`; a retry resumes the crosscoder."""
-    return compare_features_for_run(run, config, layer)
+    return compare_features_for_run(run, config, layer, finetuned)
 
 
 @task(

@@ -16,9 +16,9 @@ import logging
 
 import torch
 
-from layerdrift.config import RunConfig
+from layerdrift.config import SERIES_SEPARATOR, RunConfig
 from layerdrift.storage.activations import open_store, store_generation
-from layerdrift.storage.results import list_results, open_result
+from layerdrift.storage.results import list_results, open_result, write_result
 from layerdrift.storage.results_schema import groups_of_stage
 from layerdrift.storage.rundir import CARDS_PATH, FEATURES_DIR, RunDir
 from layerdrift.storage.saes import sae_exists
@@ -35,32 +35,63 @@ from layerdrift.tasks.features.control import CONTROL_SOURCE, train_control_for_
 from layerdrift.tasks.features.latent_scaling import surviving_counts
 from layerdrift.tasks.features.results import write_feature_results as _write_results
 from layerdrift.tasks.features.scan import DictionaryView
+from layerdrift.tasks.features.task_table import task_features_table
 from layerdrift.tasks.features.transfer import transfer_recovery
 from layerdrift.tasks.modeling import select_device
+from layerdrift.tasks.study.series import run_series, task_coordinates
 
 logger = logging.getLogger(__name__)
 
-
-def crosscoder_url(run: RunDir, layer: int) -> str:
-    """Folder of the crosscoder of ``layer``: ``<run>/crosscoders/layer-<l>``."""
-    return run.crosscoder(layer)
+TASK_FEATURES = "task_features"
 
 
-def layer_file(layer: int) -> tuple[str, str]:
-    """Path parts of one layer's comparison inside the run."""
-    return FEATURES_DIR, f"layer-{layer}.json"
+def comparisons(cfg: RunConfig) -> list[str]:
+    """The checkpoints whose features are compared with ``features.base``: ``features.finetuned``
+    (the run's main comparison), then, in a run of several tasks, every other task final."""
+    main = cfg.features.finetuned
+    return [main, *(s.final for s in run_series(cfg) if s.final != main)]
 
 
-def features_complete(run: RunDir, layer: int) -> bool:
+def _comparison(cfg: RunConfig, finetuned: str | None) -> tuple[RunConfig, tuple[str, ...]]:
+    """(the config of the comparison of ``features.base`` with ``finetuned``, the folder
+    parts of its files): the run's own for None or ``features.finetuned`` (no parts, the
+    one-task layout), else ``features.finetuned`` set to it and the label's parts."""
+    if finetuned is None or finetuned == cfg.features.finetuned:
+        return cfg, ()
+    features = cfg.features.model_copy(update={"finetuned": finetuned})
+    return cfg.model_copy(update={"features": features}), tuple(finetuned.split(SERIES_SEPARATOR))
+
+
+def crosscoder_url(run: RunDir, layer: int, pair: tuple[str, ...] = ()) -> str:
+    """Folder of the crosscoder of ``layer``: ``<run>/crosscoders/[<pair>/]layer-<l>``."""
+    return run.crosscoder(layer, pair)
+
+
+def layer_file(layer: int, pair: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Path parts of one layer's comparison inside the run: ``features/[<pair>/]layer-<l>.json``."""
+    return (FEATURES_DIR, *pair, f"layer-{layer}.json")
+
+
+def features_complete(run: RunDir, layer: int, pair: tuple[str, ...] = ()) -> bool:
     """Whether the comparison of ``layer`` is done: its ``features/layer-<l>.json`` exists
     and was made from the store as it is now (files without a generation count as current)."""
-    if not run.exists(*layer_file(layer)):
+    if not run.exists(*layer_file(layer, pair)):
         return False
-    saved = json.loads(run.read_text(*layer_file(layer))).get("store_generation")
+    saved = json.loads(run.read_text(*layer_file(layer, pair))).get("store_generation")
     return saved is None or saved == store_generation(run.activations())
 
 
-def crosscoder_job(run: RunDir, cfg: RunConfig, layer: int) -> Job:
+def comparison_pair(cfg: RunConfig, finetuned: str | None) -> tuple[str, ...]:
+    """The folder parts of the comparison with ``finetuned`` (none for the main one)."""
+    return _comparison(cfg, finetuned)[1]
+
+
+def comparison_complete(run: RunDir, cfg: RunConfig, layer: int, finetuned: str | None) -> bool:
+    """:func:`features_complete` of the comparison of ``features.base`` with ``finetuned``."""
+    return features_complete(run, layer, comparison_pair(cfg, finetuned))
+
+
+def crosscoder_job(run: RunDir, cfg: RunConfig, layer: int, pair: tuple[str, ...] = ()) -> Job:
     """The dictionary job of the crosscoder of ``layer``: (base, fine-tuned) as its sources.
 
     Its file is no single model's SAE, so SAELens's ``model_name`` and ``hook_name`` stay
@@ -70,18 +101,26 @@ def crosscoder_job(run: RunDir, cfg: RunConfig, layer: int) -> Job:
     models = [checkpoint_metadata(run, cfg, c, layer) | {"checkpoint": c} for c in checkpoints]
     metadata = {"model_name": None, "hook_name": None, "context_size": cfg.data.max_length}
     sources = tuple((c, layer) for c in checkpoints)
-    return Job(crosscoder_url(run, layer), sources, metadata, {"models": models})
+    return Job(crosscoder_url(run, layer, pair), sources, metadata, {"models": models})
 
 
-def crosscoder_complete(run: RunDir, layer: int) -> bool:
+def crosscoder_complete(run: RunDir, layer: int, pair: tuple[str, ...] = ()) -> bool:
     """Whether the crosscoder of ``layer`` is saved, in this layout, from the current store."""
-    return folder_current(crosscoder_url(run, layer), store_generation(run.activations()))
+    return folder_current(crosscoder_url(run, layer, pair), store_generation(run.activations()))
 
 
-def train_crosscoder_for_run(run: RunDir, cfg: RunConfig, layer: int) -> str:
-    """Train (or resume, or keep) the crosscoder of ``layer``; returns its folder URL."""
-    job = crosscoder_job(run, cfg, layer)
-    if crosscoder_complete(run, layer):
+def train_crosscoder_for_run(
+    run: RunDir, cfg: RunConfig, layer: int, finetuned: str | None = None
+) -> str:
+    """Train (or resume, or keep) the crosscoder of (``features.base``, ``finetuned``, by
+    default ``features.finetuned``) at ``layer``; returns its folder URL."""
+    cfg, pair = _comparison(cfg, finetuned)
+    return _train_crosscoder(run, cfg, layer, pair)
+
+
+def _train_crosscoder(run: RunDir, cfg: RunConfig, layer: int, pair: tuple[str, ...]) -> str:
+    job = crosscoder_job(run, cfg, layer, pair)
+    if crosscoder_complete(run, layer, pair):
         return job.url
     train_dictionaries(
         open_store(run.activations()),
@@ -95,24 +134,31 @@ def train_crosscoder_for_run(run: RunDir, cfg: RunConfig, layer: int) -> str:
     return job.url
 
 
-def compare_features_for_run(run: RunDir, cfg: RunConfig, layer: int) -> dict:
+def compare_features_for_run(
+    run: RunDir, cfg: RunConfig, layer: int, finetuned: str | None = None
+) -> dict:
     """Compare base and fine-tuned features at ``layer``; returns the layer's result dict.
 
-    Needs the activation store and the SAEs of ``features.base`` and ``features.finetuned``
-    at ``layer``. The dict (also saved as ``features/layer-<l>.json``) holds
+    ``finetuned`` (default ``features.finetuned``) names the fine-tuned checkpoint; in a run
+    of several tasks each other task final is compared the same way, its files under
+    ``crosscoders/<label>/`` and ``features/<label>/``. Needs the activation store and the
+    SAEs of ``features.base`` and ``finetuned`` at ``layer``. The dict (also saved as
+    ``features/[<label>/]layer-<l>.json``) holds
     ``crosscoder_counts`` {base_only, shared, finetuned_only}, ``crosscoder_dead``,
     ``matched_fraction``, ``best_match_fraction``, ``matched_fraction_control`` and
     ``transfer_fvu_control`` (against a control SAE of the base model, trained here if
-    missing: :mod:`.control`), ``crosscoder_surviving`` {base_only, finetuned_only} (the
-    exclusive latents that pass :mod:`.latent_scaling`), ``task_specific_fraction`` {source},
-    ``transfer_fvu`` {direction}, ``transfer_accuracy_recovered`` {direction} (details in
-    ``transfer_recovery_details``), ``crosscoder_fvu`` {base, finetuned}, histograms and
-    ``cards``.
+    missing, shared by every comparison: :mod:`.control`), ``crosscoder_surviving``
+    {base_only, finetuned_only} (the exclusive latents that pass :mod:`.latent_scaling`),
+    ``task_specific_fraction`` {source}, ``transfer_fvu`` {direction},
+    ``transfer_accuracy_recovered`` {direction} (details in ``transfer_recovery_details``;
+    NaN for a head of another task than the probe set's), ``crosscoder_fvu`` {base,
+    finetuned}, histograms, ``cards`` and ``finetuned`` (the label compared).
     """
-    if features_complete(run, layer):
-        return json.loads(run.read_text(*layer_file(layer)))
+    cfg, pair = _comparison(cfg, finetuned)
+    if features_complete(run, layer, pair):
+        return json.loads(run.read_text(*layer_file(layer, pair)))
     fcfg, device = cfg.features, select_device(cfg.device)
-    crosscoder = load_dictionary(train_crosscoder_for_run(run, cfg, layer), device).eval()
+    crosscoder = load_dictionary(_train_crosscoder(run, cfg, layer, pair), device).eval()
     base = load_dictionary(run.sae(fcfg.base, layer), device)
     finetuned = load_dictionary(run.sae(fcfg.finetuned, layer), device)
     control = load_dictionary(train_control_for_run(run, cfg, layer), device)
@@ -136,14 +182,16 @@ def compare_features_for_run(run: RunDir, cfg: RunConfig, layer: int) -> dict:
     result["transfer_recovery_details"] = details
     result["config"] = fcfg.model_dump(mode="json")
     result["store_generation"] = store_generation(run.activations())
-    run.write_text(json.dumps(result, indent=1), *layer_file(layer))
+    result["finetuned"] = fcfg.finetuned
+    run.write_text(json.dumps(result, indent=1), *layer_file(layer, pair))
     return result
 
 
-def feature_layers(run: RunDir, cfg: RunConfig) -> list[int]:
+def feature_layers(run: RunDir, cfg: RunConfig, finetuned: str | None = None) -> list[int]:
     """Layers to compare: ``features.layers`` (else ``sae.layers``, else every stored layer)
-    for which both SAEs exist."""
-    fcfg = cfg.features
+    for which the SAEs of ``features.base`` and ``finetuned`` (default
+    ``features.finetuned``) exist."""
+    fcfg = _comparison(cfg, finetuned)[0].features
     layers = fcfg.layers if fcfg.layers is not None else cfg.sae.layers
     if layers is None:
         layers = range(open_store(run.activations()).sizes["layer"])
@@ -154,19 +202,35 @@ def feature_layers(run: RunDir, cfg: RunConfig) -> list[int]:
     ]
 
 
-def write_feature_results(run: RunDir, cfg: RunConfig, per_layer: list[dict] | None = None) -> None:
-    """Write ``results.zarr`` feature groups and ``features/cards.json`` for the run.
+def _saved_comparison(run: RunDir, cfg: RunConfig, finetuned: str | None) -> list[dict]:
+    """The saved per-layer results of one comparison, for its layers that are complete."""
+    pair = comparison_pair(cfg, finetuned)
+    return [
+        json.loads(run.read_text(*layer_file(layer, pair)))
+        for layer in feature_layers(run, cfg, finetuned)
+        if features_complete(run, layer, pair)
+    ]
 
-    ``per_layer`` are :func:`compare_features_for_run` results; None reads every
-    ``features/layer-<l>.json`` of the layers in :func:`feature_layers` that are complete.
+
+def write_feature_results(run: RunDir, cfg: RunConfig, per_layer: list[dict] | None = None) -> None:
+    """Write ``results.zarr`` feature groups and ``features/cards.json`` for the run; in a
+    run of several tasks also ``task_features``, every comparison side by side.
+
+    ``per_layer`` are :func:`compare_features_for_run` results of the main comparison; None
+    reads every ``features/layer-<l>.json`` of the layers in :func:`feature_layers` that are
+    complete.
     """
     if per_layer is None:
-        per_layer = [
-            json.loads(run.read_text(*layer_file(layer)))
-            for layer in feature_layers(run, cfg)
-            if features_complete(run, layer)
-        ]
-    _write_results(run, per_layer)
+        per_layer = _saved_comparison(run, cfg, None)
+    labels = comparisons(cfg)
+    if len(labels) > 1:
+        saved = {label: _saved_comparison(run, cfg, label) for label in labels[1:]}
+        per_comparison = {labels[0]: per_layer} | {k: v for k, v in saved.items() if v}
+        table = task_features_table(per_comparison, task_coordinates(cfg, list(per_comparison)))
+        generation = per_layer[0].get("store_generation", "") if per_layer else ""
+        write_result(run.results(), TASK_FEATURES, table.assign_attrs(
+            base=cfg.features.base, store_generation=generation))  # fmt: skip
+    _write_results(run, per_layer)  # cards.json last: it marks the stage written
     logger.info(
         "feature results for layers %s written; cards in %s",
         sorted(r["layer"] for r in per_layer),
@@ -174,11 +238,14 @@ def write_feature_results(run: RunDir, cfg: RunConfig, per_layer: list[dict] | N
     )
 
 
-def feature_results_written(run: RunDir) -> bool:
+def feature_results_written(run: RunDir, cfg: RunConfig | None = None) -> bool:
     """Whether ``features/cards.json`` (written last by :func:`write_feature_results`) exists,
     ``results.zarr`` holds every group the features stage declares (a run made before a
-    group was added writes it) and they come from the store as it is now."""
+    group was added writes it; ``task_features`` only when ``cfg`` compares several task
+    finals) and they come from the store as it is now."""
     declared = {group.name for group in groups_of_stage("features")}
+    if cfg is None or len(comparisons(cfg)) < 2:
+        declared.discard(TASK_FEATURES)
     if not run.exists(*CARDS_PATH) or not declared <= set(list_results(run.results())):
         return False
     attrs = open_result(run.results(), "crosscoder_counts")["crosscoder_counts"].attrs

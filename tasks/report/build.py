@@ -24,7 +24,7 @@ from layerdrift.tasks.report.figures import (
     png_bytes,
     theme,
 )
-from layerdrift.tasks.report.figures_study import fig_tasks
+from layerdrift.tasks.report.figures_study import fig_task_features, fig_tasks
 from layerdrift.tasks.report.figures_training import fig_features, fig_sae, fig_training
 from layerdrift.tasks.report.html import Picture, render
 from layerdrift.tasks.report.importance import fig_importance
@@ -47,7 +47,7 @@ def draw(inputs: ReportInputs) -> tuple[list[Plot], list[Sentence]]:
     plots = [fig_similarity(inputs), fig_evolution(inputs), fig_layer_by_layer(inputs)]
     plots += token_plots(sentences)
     plots += [fig_probes(inputs), fig_sae(inputs), fig_features(inputs), fig_training(inputs)]
-    plots += [fig_importance(inputs), fig_tasks(inputs)]
+    plots += [fig_importance(inputs), fig_tasks(inputs), fig_task_features(inputs)]
     return [p for p in plots if p is not None], sentences
 
 

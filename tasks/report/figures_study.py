@@ -6,6 +6,11 @@ its seeds with their range as a band, so the band's width is how much of the cha
 seed. Right: the ``cross_similarity`` of every two task finals per layer (solid: two tasks,
 dashed: one task with two methods, dotted: one task with two seeds), with its bootstrap
 band when the run has intervals.
+
+Figure 11 (:func:`fig_task_features`) compares features the same way: for each task final
+against base, the share of fine-tuned SAE latents matched in the base SAE and the FVU of
+the fine-tuned SAE on base activations, each beside the control (a second base SAE: what
+"no change" reads at this budget).
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ from layerdrift.tasks.report.figures import LAYER_AXIS, Plot, integer_layers, ou
 from layerdrift.tasks.report.load import ReportInputs
 
 FIGURE_NAME = "10-tasks"
+FEATURES_FIGURE_NAME = "11-task-features"
+FEATURE_PANELS = (
+    ("matched_fraction", "matched_fraction_control", "matched SAE latents (share)"),
+    ("transfer_fvu_finetuned_on_base", "transfer_fvu_control", "fine-tuned SAE on base (FVU)"),
+)
 METRIC = "linear_cka"
 KIND_STYLES = {"task": "-", "method": "--", "seed": ":"}
 
@@ -107,3 +117,46 @@ def tasks_reading(curves: dict[str, pd.DataFrame], cross: xr.DataArray) -> str:
         )
         text += f" at layer {last} (the band)."
     return text
+
+
+def fig_task_features(inputs: ReportInputs) -> Plot | None:
+    """Figure 11: each task final's features against base, beside the control, by layer."""
+    if not inputs.has("task_features"):
+        return None
+    table = inputs.results["task_features"]
+    fig, axes = plt.subplots(1, len(FEATURE_PANELS), figsize=(12.0, 4.0))
+    for ax, (quantity, control, title) in zip(axes, FEATURE_PANELS, strict=True):
+        for label in table.checkpoint.values:
+            row = table.sel(checkpoint=label, quantity=quantity)
+            ax.plot(row.layer.values, row.values, marker="o", label=str(label))
+        floor = table.sel(quantity=control).isel(checkpoint=0)  # one control SAE for all
+        ax.plot(floor.layer.values, floor.values, color="grey", linestyle="--",
+                label="control (second base SAE)")  # fmt: skip
+        ax.set(xlabel=LAYER_AXIS, title=title)
+        integer_layers(ax, table.layer.values)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return Plot(FEATURES_FIGURE_NAME, "Features of each task against base, by layer", fig,
+                task_features_reading(table))  # fmt: skip
+
+
+def task_features_reading(table: xr.DataArray) -> str:
+    """The figure's reading at the last layer compared: each task's transfer FVU and
+    matched share, and the control's."""
+    last = int(table.layer.values[-1])
+    at = table.sel(layer=last)
+    fvu = ", ".join(
+        f"{label} {float(at.sel(checkpoint=label, quantity='transfer_fvu_finetuned_on_base')):.3f}"
+        for label in at.checkpoint.values
+    )
+    control = float(at.sel(quantity="transfer_fvu_control").isel(checkpoint=0))
+    matched = ", ".join(
+        f"{label} {float(at.sel(checkpoint=label, quantity='matched_fraction')):.3f}"
+        for label in at.checkpoint.values
+    )
+    share = float(at.sel(quantity="matched_fraction_control").isel(checkpoint=0))
+    return (
+        f"At layer {last}, each task's fine-tuned SAE reconstructs base activations with FVU "
+        f"{fvu} (control {control:.3f}: higher than the control means the features moved); "
+        f"matched shares {matched} (control {share:.3f})."
+    )

@@ -158,20 +158,28 @@ def fig_features(inputs: ReportInputs) -> Plot | None:
     )
 
 
-def training_series(metrics: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def training_series(
+    metrics: pd.DataFrame, series_bases: dict[str, dict] | None = None
+) -> dict[str, pd.DataFrame]:
     """The metrics rows of each fine-tune: one series (``""``) for a run of one task; in a
-    run of several tasks, each task's rows (``topic/…``) after the shared ``base`` row."""
+    run of several tasks, each task's rows (``topic/…``) after its own evaluation of base
+    (``series_bases[prefix]``, labelled ``<prefix>/base``: its data, its head), or after
+    the shared ``base`` row when the series has none."""
     prefixes = [label.rsplit("/", 1)[0] if "/" in label else "" for label in metrics.index]
     named = list(dict.fromkeys(p for p in prefixes if p))
     if not named:
         return {"": metrics}
-    base = [label for label, p in zip(metrics.index, prefixes, strict=True) if not p]
-    return {
-        name: metrics.loc[
-            base + [m for m, p in zip(metrics.index, prefixes, strict=True) if p == name]
-        ]  # fmt: skip
-        for name in named
-    }
+    bases = series_bases or {}
+    shared = metrics.loc[[label for label, p in zip(metrics.index, prefixes, strict=True) if not p]]
+    out = {}
+    for name in named:
+        own = metrics.loc[[m for m, p in zip(metrics.index, prefixes, strict=True) if p == name]]
+        start = shared
+        if name in bases:
+            row = pd.DataFrame([bases[name]], index=[f"{name}/base"], columns=metrics.columns)
+            start = row.astype("float64")
+        out[name] = pd.concat([start, own])
+    return out
 
 
 def fig_training(inputs: ReportInputs) -> Plot | None:
@@ -180,7 +188,7 @@ def fig_training(inputs: ReportInputs) -> Plot | None:
     metrics = inputs.metrics
     if metrics.empty:
         return None
-    series = training_series(metrics)
+    series = training_series(metrics, inputs.series_bases)
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9.5, 3.6))
     for name, rows in series.items():
         for column, style in (("train_loss", "o-"), ("val_loss", "s--")):

@@ -20,10 +20,13 @@ from layerdrift.config import RunConfig, load_run_config
 from layerdrift.storage.results import list_results, open_result
 from layerdrift.storage.rundir import CARDS_PATH, CHECKPOINTS_DIR, CONFIG_FILE, RunDir
 from layerdrift.tasks.data import UNLABELLED_NOTE, data_complete, probe_set_labelled
+from layerdrift.tasks.study.finetune import SERIES_BASE_METRICS
+from layerdrift.tasks.study.series import run_series
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+METRIC_COLUMNS = ["step", "epoch", "train_loss", "val_loss", "val_accuracy"]
 
 # Which stage writes each results group; used to say what did not run.
 PRODUCERS = {
@@ -76,6 +79,9 @@ class ReportInputs:
     cards: list[dict]
     missing: list[str] = field(default_factory=list)
     final: str = "final"  # the fine-tuned checkpoint (given checkpoints keep their labels)
+    # A run of several tasks: each series' own evaluation of base (its data, its head), the
+    # start of its fine-tuning curve; {prefix: metrics row}.
+    series_bases: dict[str, dict] = field(default_factory=dict)
 
     def has(self, *names: str) -> bool:
         """Whether every named results group is present."""
@@ -92,17 +98,26 @@ def read_metrics(run: RunDir) -> tuple[pd.DataFrame, list[list[int]] | None, lis
     if run.exists(CHECKPOINTS_DIR):
         for label in _checkpoint_labels(run):
             data = json.loads(run.read_text(CHECKPOINTS_DIR, label, METRICS_FILE))
-            rows[label] = {
-                key: data.get(key) for key in ("step", "epoch", "train_loss", "val_loss")
-            } | {"val_accuracy": data.get("val_accuracy")}
+            rows[label] = {key: data.get(key) for key in METRIC_COLUMNS}
             if label == "final":
                 confusion = data.get("confusion_matrix")
             names = [str(n) for n in data.get("label_names") or names]
     labels = sorted(rows, key=checkpoint_order)
-    columns = ["step", "epoch", "train_loss", "val_loss", "val_accuracy"]
-    frame = pd.DataFrame([rows[label] for label in labels], index=labels, columns=columns)
+    frame = pd.DataFrame([rows[label] for label in labels], index=labels, columns=METRIC_COLUMNS)
     frame.index.name = "checkpoint"
     return frame.astype("float64"), confusion, names
+
+
+def read_series_bases(run: RunDir, config: RunConfig) -> dict[str, dict]:
+    """Per series of a run of several tasks, its evaluation of base before fine-tuning
+    (``tasks/<prefix>/base-metrics.json``), as a metrics row; {} for a run of one task."""
+    out = {}
+    for series in run_series(config):
+        sub = run.task_run(series.prefix)
+        if sub.exists(SERIES_BASE_METRICS):
+            data = json.loads(sub.read_text(SERIES_BASE_METRICS))
+            out[series.prefix] = {key: data.get(key) for key in METRIC_COLUMNS}
+    return out
 
 
 def _checkpoint_labels(run: RunDir) -> list[str]:
@@ -156,4 +171,7 @@ def load_inputs(run: RunDir) -> ReportInputs:
         missing.append("features: no features/cards.json")
     for line in missing:
         logger.info("report: skipped, %s", line)
-    return ReportInputs(run, config, metrics, confusion, names, results, cards, missing, final)
+    bases = read_series_bases(run, config)
+    return ReportInputs(
+        run, config, metrics, confusion, names, results, cards, missing, final, bases
+    )

@@ -27,6 +27,8 @@ from layerdrift.tasks.study.series import Series, find_series, run_series, serie
 
 logger = logging.getLogger(__name__)
 
+SERIES_BASE_METRICS = "base-metrics.json"
+
 
 def series_labels(run: RunDir, cfg: RunConfig, series: Series) -> list[tuple[str, str]]:
     """(series' own label, run's label) of every checkpoint the series adds to the run, in
@@ -75,6 +77,16 @@ def _adopt(source: RunDir, leaf: str, run: RunDir, label: str, extra: dict) -> N
     run.write_text(json.dumps(metrics, indent=2), CHECKPOINTS_DIR, label, METRICS_FILE)
 
 
+def _keep_base_metrics(sub: RunDir, extra: dict) -> None:
+    """Keep the series' own evaluation of base (its validation split, its fresh head) as
+    ``<run>/tasks/<prefix>/base-metrics.json``: the start of the series' fine-tuning curve.
+    Only the first series' base becomes a checkpoint of the run; a later task's base is
+    the same encoder with another head, scored on other data."""
+    if sub.exists(CHECKPOINTS_DIR, REFERENCE_LABEL, METRICS_FILE):
+        metrics = {**read_checkpoint_metrics(sub, REFERENCE_LABEL), **extra}
+        sub.write_text(json.dumps(metrics, indent=2), SERIES_BASE_METRICS)
+
+
 def finetune_series(run: RunDir, cfg: RunConfig, prefix: str) -> list[str]:
     """Fine-tune series ``prefix`` (resuming), adopt its checkpoints into ``run`` and delete
     the series' own copies; returns the run labels it added, in step order."""
@@ -98,6 +110,7 @@ def finetune_series(run: RunDir, cfg: RunConfig, prefix: str) -> list[str]:
         for (leaf, label), done in zip(pairs, adopted, strict=True):
             if not done:
                 _adopt(sub, leaf, run, label, extra)
+        _keep_base_metrics(sub, extra)
         logger.info("adopted %d checkpoints of %s into %s", len(pairs), prefix, run.url)
     if sub.exists(CHECKPOINTS_DIR):
         sub.fs.rm(sub.path(CHECKPOINTS_DIR), recursive=True)

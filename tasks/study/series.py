@@ -142,6 +142,20 @@ def final_pairs(cfg: RunConfig, labels: list[str]) -> list[FinalPair]:
     return [FinalPair(a.final, b.final, pair_kind(a, b)) for a, b in combinations(present, 2)]
 
 
+def head_knows_probe_labels(cfg: RunConfig, label: str) -> bool:
+    """Whether checkpoint ``label``'s classification head was trained on the labels the
+    probe set carries: always outside a run of several tasks; in one, when the label's task
+    reads the probe set's dataset, split and label column (a topic head scored on sentiment
+    labels measures nothing)."""
+    series = {s.prefix: s for s in run_series(cfg)}.get(series_of(label))
+    if series is None:
+        return True
+    task = series.task.data_fields()
+    return all(
+        task[key] == getattr(cfg.probe, key) for key in ("dataset", "label_column", "hf_split")
+    )
+
+
 def task_coordinates(cfg: RunConfig, labels: list[str]) -> dict[str, list]:
     """Per checkpoint label: its ``task`` (``""`` for base and one-task runs), ``seed`` (-1
     for base) and ``method``; coordinates of the results' ``checkpoint`` dim."""
