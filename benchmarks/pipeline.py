@@ -7,7 +7,10 @@ memory and the load average before and after. Prints a table and writes
 ``benchmarks/results/pipeline.json`` (``pipeline-<preset>.json`` for another preset). Times
 under load are pessimistic: read them with the load average printed beside them.
 
-    .venv/bin/python benchmarks/pipeline.py [--preset default] [--keep DIR]
+    .venv/bin/python benchmarks/pipeline.py [--preset default] [--config RUN.toml] [--keep DIR]
+
+``--config`` adds a TOML file on top of the preset, as ``layerdrift run RUN.toml`` does (the
+study preset with seeds: ``benchmarks/configs/study-seeds.toml``).
 """
 
 from __future__ import annotations
@@ -40,15 +43,18 @@ from layerdrift.flows.pipeline import pipeline  # noqa: E402
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="default", help="quick, default or paper.")
+    parser.add_argument("--config", default=None, help="A TOML file over the preset.")
     parser.add_argument("--keep", default=None, help="Runs folder to keep (default: temporary).")
     parser.add_argument("--out", default=None, help="Default: benchmarks/results/pipeline*.json")
     args = parser.parse_args(argv)
     suffix = "" if args.preset == "default" else f"-{args.preset}"
+    if args.config:
+        suffix += f"-{Path(args.config).stem}"
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"pipeline{suffix}.json")
 
     with tempfile.TemporaryDirectory() as tmp:
         runs_root = args.keep or tmp
-        config = build_config(args.preset, None, {"runs_root": runs_root})
+        config = build_config(args.preset, args.config, {"runs_root": runs_root})
         load_before = os.getloadavg()
         started = time.perf_counter()
         outcome = run_in_worker(pipeline, config)
@@ -56,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     stages = outcome["stage_seconds"]
     summary = {
         "preset": args.preset,
+        "config_file": args.config,
         "model": config.model,
         "total_seconds": total,
         "stage_seconds": stages,
