@@ -292,6 +292,20 @@ class SimilarityConfig(_Section):
         "`random` reference of `similarity`, the floor that similarity to base sits above "
         "(on in the presets).",
     )
+    pairs: tuple[tuple[str, str], ...] = Field(
+        (),
+        description="More pairs of checkpoint labels [X, Y] to compare at every layer, in the "
+        "same pass: `cross_similarity` with kind `asked` (beside every two task finals, which "
+        "a run of several tasks compares unasked).",
+    )
+
+    @field_validator("pairs")
+    @classmethod
+    def _distinct_pairs(cls, value: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        same = [list(pair) for pair in value if pair[0] == pair[1]]
+        if same:
+            raise ValueError(f"similarity.pairs {same} compare a checkpoint with itself")
+        return value
 
 
 ARCHITECTURE_NAMES = ("topk", "batchtopk", "jumprelu", "relu")
@@ -638,6 +652,8 @@ class RunConfig(_Section):
         payload["finetune"] = self.finetune.identity()
         if not self.tasks:
             del payload["tasks"]  # runs made before [[tasks]] existed keep their hashes
+        if not self.similarity.pairs:
+            del payload["similarity"]["pairs"]  # and before similarity.pairs
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

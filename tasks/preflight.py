@@ -128,18 +128,24 @@ def check_freeze_grid(cfg: RunConfig, info: ModelInfo) -> None:
 
 
 def check_checkpoint_labels(cfg: RunConfig) -> None:
-    """SAE and feature checkpoints must be among the checkpoints fine-tuning will write (or
-    among the checkpoints given)."""
+    """SAE and feature checkpoints, and the labels of ``similarity.pairs``, must be among the
+    checkpoints fine-tuning will write (or among the checkpoints given)."""
     if cfg.imports_checkpoints:
         planned = [item.label for item in given_checkpoints(cfg)]
     elif cfg.tasks:
         planned = planned_labels(cfg)
     else:
         planned = [label for _, label in planned_checkpoints(cfg, cfg.data.train_size)]
+    source = "the run has" if cfg.imports_checkpoints else "fine-tuning writes"
+    asked = sorted({label for pair in cfg.similarity.pairs for label in pair} - set(planned))
+    if asked:
+        raise PreflightError(
+            f"similarity.pairs names {asked}, not checkpoints of this run: {source} "
+            f"{', '.join(planned)}; pick from those"
+        )
     if cfg.sae.enabled:
         unknown = [label for label in cfg.sae.checkpoints if label not in planned]
         if unknown:
-            source = "the run has" if cfg.imports_checkpoints else "fine-tuning writes"
             raise PreflightError(
                 f"sae.checkpoints {unknown} are not checkpoints of this run: {source} "
                 f"{', '.join(planned)}; pick from those"

@@ -133,3 +133,14 @@ def test_lora_settings_change_the_hashes_and_full_runs_keep_theirs(tmp_path):
 def test_bad_lora_settings_are_refused(finetune, message):
     with pytest.raises(ValidationError, match=message):
         RunConfig.model_validate({"finetune": finetune})
+
+
+def test_similarity_pairs_change_the_hash_only_when_given():
+    plain = RunConfig()
+    asked = RunConfig.model_validate({"similarity": {"pairs": [["base", "step-000062"]]}})
+    assert asked.similarity.pairs == (("base", "step-000062"),)
+    assert asked.config_hash() != plain.config_hash()
+    # Runs made before the field existed keep their hash (tests/test_study.py pins the
+    # default's).
+    with pytest.raises(ValueError, match=r"similarity\.pairs \[\['final', 'final'\]\] compare"):
+        RunConfig.model_validate({"similarity": {"pairs": [["final", "final"]]}})

@@ -125,6 +125,12 @@ BAD = {
         PreflightError,
         r"sae\.checkpoints \['step-000003'\] are not checkpoints of this run: .*step-000005",
     ),
+    "similarity pair naming no checkpoint": (
+        lambda i: {"similarity": {"pairs": [["base", "final"], ["step-000003", "final"]]}},
+        PreflightError,
+        r"similarity\.pairs names \['step-000003'\], not checkpoints of this run: "
+        r"fine-tuning writes .*step-000005",
+    ),
     "features checkpoint without SAE": (
         lambda i: {"features": {"finetuned": "step-000005"}},
         PreflightError,

@@ -71,7 +71,9 @@ def study_values(model, two, three, root) -> dict:
         {"name": "b", "dataset": f"csv:{three}"},
         {"name": "a-lora", "dataset": f"csv:{two}", "finetune": {"method": "lora"}},
     ]
-    values["similarity"] = {**values["similarity"], "bootstrap_resamples": 5}
+    # One pair asked for, one a pair of finals already compared (not repeated).
+    asked = [["a/seed-0/step-000005", "b/final"], ["a/seed-0/final", "a/seed-1/final"]]
+    values["similarity"] = {**values["similarity"], "bootstrap_resamples": 5, "pairs": asked}
     return values
 
 
@@ -156,20 +158,23 @@ def test_cross_similarity_pairs_kinds_and_exact_cka(study):
     finals = [f"{s}/final" for s in SERIES]
     firsts, seconds = cross["first"].values, cross["second"].values
     pairs = [(str(a), str(b)) for a, b in zip(firsts, seconds, strict=True)]
-    assert pairs == [(a, b) for i, a in enumerate(finals) for b in finals[i + 1 :]]
+    asked = ("a/seed-0/step-000005", "b/final")
+    assert pairs == [(a, b) for i, a in enumerate(finals) for b in finals[i + 1 :]] + [asked]
     kinds = dict(zip(pairs, (str(k) for k in cross["kind"].values), strict=True))
+    assert kinds[asked] == "asked"
     assert kinds[("a/seed-0/final", "a/seed-1/final")] == "seed"
     assert kinds[("a/seed-0/final", "b/final")] == "task"
     assert kinds[("a/seed-0/final", "a-lora/final")] == "method"
     ci = open_result(run.results(), "cross_similarity_ci")["cross_similarity_ci"]
     assert ci.sizes["pair"] == len(pairs) and ci.sizes["bound"] == 2
     ds = open_store(run.activations())
-    for layer in (0, 2):
-        x = ds["activations"].sel(checkpoint="a/seed-0/final", layer=layer).values
-        y = ds["activations"].sel(checkpoint="b/final", layer=layer).values
-        expected = _gram_linear_cka(x.astype(np.float64), y.astype(np.float64))
-        got = cross.sel(pair="a/seed-0/final~b/final", layer=layer, metric="linear_cka")
-        assert float(got) == pytest.approx(expected, abs=1e-6)
+    for first, second in [("a/seed-0/final", "b/final"), asked]:
+        for layer in (0, 2):
+            x = ds["activations"].sel(checkpoint=first, layer=layer).values
+            y = ds["activations"].sel(checkpoint=second, layer=layer).values
+            expected = _gram_linear_cka(x.astype(np.float64), y.astype(np.float64))
+            got = cross.sel(pair=f"{first}~{second}", layer=layer, metric="linear_cka")
+            assert float(got) == pytest.approx(expected, abs=1e-6)
 
 
 def test_saes_for_every_task_final(study):

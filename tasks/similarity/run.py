@@ -56,7 +56,12 @@ from layerdrift.tasks.similarity.tables import (
     similarity_interval_table,
     similarity_table,
 )
-from layerdrift.tasks.study.series import FinalPair, final_pairs, previous_indices, task_coordinates
+from layerdrift.tasks.study.series import (
+    FinalPair,
+    compared_pairs,
+    previous_indices,
+    task_coordinates,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +114,7 @@ def _compute_similarity(run: RunDir, cfg: RunConfig, client: Any) -> dict[str, A
     if cfg.similarity.random_floor:
         acts, random, attrs["random_generation"] = with_random_reference(run, ds)
     previous = previous_indices(checkpoints)
-    finals = final_pairs(cfg, checkpoints)
+    finals = compared_pairs(cfg, checkpoints)
     crossed = [(checkpoints.index(p.first), checkpoints.index(p.second)) for p in finals]
     results = run.results()
     with _scheduler(client):

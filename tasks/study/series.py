@@ -24,8 +24,10 @@ from layerdrift.config import (
 from layerdrift.tasks.finetune.batches import planned_checkpoints
 
 FINAL = "final"
-# Kinds of a pair of series finals, for the cross-model comparison.
-PAIR_KINDS = ("task", "method", "seed")
+# Kinds of a compared pair: two series finals (what differs between them), or a pair the
+# config asks for (``similarity.pairs``).
+PAIR_KINDS = ("task", "method", "seed", "asked")
+ASKED = "asked"
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,25 @@ def final_pairs(cfg: RunConfig, labels: list[str]) -> list[FinalPair]:
     """Every pair of series finals present in ``labels``, in series order."""
     present = [s for s in run_series(cfg) if s.final in labels]
     return [FinalPair(a.final, b.final, pair_kind(a, b)) for a, b in combinations(present, 2)]
+
+
+def compared_pairs(cfg: RunConfig, labels: list[str]) -> list[FinalPair]:
+    """The checkpoint pairs of ``cross_similarity``: :func:`final_pairs`, then each pair of
+    ``similarity.pairs`` not among them (kind ``asked``). A label of ``similarity.pairs``
+    that ``labels`` lacks is a ValueError naming it."""
+    missing = sorted({label for pair in cfg.similarity.pairs for label in pair} - set(labels))
+    if missing:
+        raise ValueError(
+            f"similarity.pairs names {missing}, which the activation store does not hold "
+            f"(it holds {labels}): pick from those"
+        )
+    out = final_pairs(cfg, labels)
+    seen = {(p.first, p.second) for p in out}
+    for first, second in cfg.similarity.pairs:
+        if (first, second) not in seen:
+            out.append(FinalPair(first, second, ASKED))
+            seen.add((first, second))
+    return out
 
 
 def head_knows_probe_labels(cfg: RunConfig, label: str) -> bool:
