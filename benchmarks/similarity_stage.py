@@ -4,8 +4,9 @@ The earlier ``tasks/similarity`` package is taken from git (``--baseline``, a co
 temporary package, so both versions run in this one process on the same activation store
 (``<run>/activations.zarr``, e.g. of ``layerdrift run --preset quick``), each writing its own
 copy of the run's results. Timed: the baseline stage, this stage without intervals
-(``bootstrap_resamples = 0``, the baseline's work plus the probes' control task) and this
-stage as configured. Also reported: the largest difference between the two ``similarity``
+and without the random floor (``bootstrap_resamples = 0``, the baseline's work plus the
+probes' control task) and this stage as configured (intervals, and the floor when the run
+has ``random.zarr``). Also reported: the largest difference between the two ``similarity``
 tables (both exact, so rounding only).
 
 Usage: ``.venv/bin/python benchmarks/similarity_stage.py runs/quick [--baseline 9feacce]``.
@@ -51,9 +52,12 @@ def baseline_package(commit: str, into: Path) -> str:
 
 
 def copy_run(run: Path, into: Path) -> Path:
-    """A run folder sharing ``run``'s activation store (linked), without results."""
+    """A run folder sharing ``run``'s activation stores (linked: the probe set's and the
+    random floor's), without results."""
     into.mkdir(parents=True)
-    (into / "activations.zarr").symlink_to((run / "activations.zarr").resolve())
+    for store in ("activations.zarr", "random.zarr"):
+        if (run / store).exists():
+            (into / store).symlink_to((run / store).resolve())
     shutil.copy(run / "config.json", into / "config.json")
     return into
 
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_run_config((run / "config.json").read_text())
     if args.resamples is not None:
         cfg = _with_resamples(cfg, args.resamples)
-    no_ci = _with_resamples(cfg, 0)
+    no_ci = _with_resamples(cfg, 0, random_floor=False)  # the baseline's work
     work = Path(tempfile.mkdtemp(prefix="bench-stage-"))
     try:
         old = importlib.import_module(baseline_package(args.baseline, work) + ".run")
@@ -96,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
             seconds[name] = timed(fn)
             print(f"{name}: {seconds[name]:.2f} s, load {os.getloadavg()}", flush=True)
         tables = {k: open_result(runs[k].results(), "similarity")["similarity"] for k in runs}
+        # The baseline has no random floor: compare the references it has.
+        tables = {k: t.sel(reference=tables["old"].reference) for k, t in tables.items()}
         ci = open_result(runs["ci"].results(), "similarity_ci")["similarity_ci"]
         differences = {k: _max_rel(tables["old"], tables[k]) for k in ("new", "ci")}
     finally:
@@ -115,8 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def _with_resamples(cfg, resamples: int):
-    similarity = cfg.similarity.model_copy(update={"bootstrap_resamples": resamples})
+def _with_resamples(cfg, resamples: int, **more):
+    update = {"bootstrap_resamples": resamples, **more}
+    similarity = cfg.similarity.model_copy(update=update)
     return cfg.model_copy(update={"similarity": similarity})
 
 
@@ -133,7 +140,7 @@ def print_table(r: dict) -> None:
     s = r["seconds"]
     print(f"similarity stage on {r['run']} ({r['tokens']} tokens), baseline {r['baseline']}")
     print(f"  baseline stage                      {s['baseline']:8.2f} s")
-    print(f"  this stage, no intervals            {s['new_without_intervals']:8.2f} s")
+    print(f"  this stage, no intervals, no floor  {s['new_without_intervals']:8.2f} s")
     b = r["bootstrap"]
     print(f"  this stage, {b['resamples']} resamples x {b['groups']} groups"
           f"{s['new_as_configured']:10.2f} s")  # fmt: skip
