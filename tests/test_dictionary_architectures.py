@@ -118,6 +118,9 @@ def test_loss_and_every_gradient_match_the_dense_formula(architecture, n_models,
     model, x, dead = _model(architecture, n_models, **kw)
     loss, parts, fired = model.loss(x, dead)
     loss.backward()
+    # The sparse path's encoder gradient arrives in the encoder's own memory layout, so
+    # autograd keeps it without a transposing copy.
+    assert model.W_enc.grad.stride() == model.W_enc.stride() == (1, model.W_enc.shape[0])
     ours = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
 

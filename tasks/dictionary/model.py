@@ -87,7 +87,10 @@ class Dictionary(nn.Module, ABC):
         w_dec = torch.randn(spec.d_sae, spec.d_in, generator=generator)
         w_dec /= w_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w_dec)
-        self.W_enc = nn.Parameter(w_dec.t().clone())  # encoder = decoder transpose at init
+        # Encoder = decoder transpose at init, kept in that memory layout ([d_sae, d_in]
+        # rows, viewed as [d_in, d_sae]): the sparse backward reads and writes it by latent
+        # without transposing copies (:mod:`.sparse`); dense products take either layout.
+        self.W_enc = nn.Parameter(w_dec.clone().t())
         self.b_enc = nn.Parameter(torch.zeros(spec.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(spec.d_in))
         self.register_buffer("scale", torch.ones(spec.n_models))

@@ -6,8 +6,8 @@ written on those pairs only:
 
 - :class:`SelectedPre` gathers the encoder pre-activations of the pairs from the already
   computed dense ``pre`` [B, d_sae], and its backward touches only those pairs: grad
-  ``W_enc`` = xcᵀ G and grad ``xc`` = G W_encᵀ with G sparse (N non-zeros), instead of two
-  dense [B, d_in] × [d_in, d_sae] products;
+  ``W_enc`` = xcᵀ G and grad ``xc`` = G W_encᵀ with G sparse (N non-zeros), both embedding
+  bags, instead of two dense [B, d_in] × [d_in, d_sae] products;
 - :func:`decode_pairs` reconstructs [B, d_in] from the pairs as an embedding bag that reads
   only the N selected decoder rows (its backward is sparse too).
 
@@ -76,9 +76,20 @@ class SelectedPre(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = decode_pairs(rows, cols, grad, W_enc.t().contiguous(), n)
         if ctx.needs_input_grad[1]:
-            pairs = torch.stack([cols, rows])
-            sparse = torch.sparse_coo_tensor(pairs, grad, (d_sae, n), check_invariants=False)
-            grad_w = torch.sparse.mm(sparse, xc.detach()).t().contiguous()
+            # Row c of grad W_encᵀ is Σ over the pairs of latent c of grad · xc[row]: an
+            # embedding bag over the pairs sorted by latent, [d_sae, d_in], returned as its
+            # transpose without a copy. The encoder is stored in that layout (a transposed
+            # [d_sae, d_in] block, :class:`.model.Dictionary`), so autograd accumulates the
+            # gradient as it is. A sparse COO product here cost as much as the dense one, and
+            # two transposing copies (ours and autograd's, to match the parameter) a third.
+            by_col, order = cols.sort(stable=True)
+            grad_w = F.embedding_bag(
+                rows[order],
+                xc.detach(),
+                row_offsets(by_col, d_sae),
+                mode="sum",
+                per_sample_weights=grad[order],
+            ).t()
         if ctx.needs_input_grad[2]:
             grad_b = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device)
             grad_b.index_add_(0, cols, grad)
