@@ -144,3 +144,20 @@ def test_similarity_pairs_change_the_hash_only_when_given():
     # default's).
     with pytest.raises(ValueError, match=r"similarity\.pairs \[\['final', 'final'\]\] compare"):
         RunConfig.model_validate({"similarity": {"pairs": [["final", "final"]]}})
+
+
+def test_benchmark_configs_build_and_name_their_preset():
+    """The TOML files the README and benchmarks run: each builds on its own (its preset
+    named inside) and equals the benchmark's --preset form."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
+    files = sorted(folder.glob("*.toml"))
+    assert files
+    for path in files:
+        alone = build_config("default", path)
+        assert alone.config_hash() == build_config(alone.preset, path).config_hash()
+    seeds = build_config("default", folder / "study-seeds.toml")
+    assert [prefix for prefix, _, _ in seeds.series()] == [
+        "sentiment/seed-0", "sentiment/seed-1", "sentiment/seed-2", "topic"
+    ]  # fmt: skip
