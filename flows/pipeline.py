@@ -224,8 +224,8 @@ def _compare_features(ledger: StageLedger, run: RunDir, config: RunConfig) -> No
             pair = comparison_pair(config, finetuned)
             todo = [layer for layer in layers if not crosscoder_complete(run, layer, pair)]
             name = "crosscoders" if main else f"crosscoders:{finetuned}"
-            ledger.call(name, train_crosscoders_on_dask_task, run, config, todo,
-                        None if main else finetuned, done=not todo)  # fmt: skip
+            ledger.call(name, train_crosscoders_on_dask_task, run, config, todo, finetuned,
+                        done=not todo)  # fmt: skip
         for layer in layers:
             ledger.call(
                 f"features:{layer}" if main else f"features:{finetuned}:{layer}",
@@ -233,7 +233,7 @@ def _compare_features(ledger: StageLedger, run: RunDir, config: RunConfig) -> No
                 run,
                 config,
                 layer,
-                None if main else finetuned,
+                finetuned,
                 done=comparison_complete(run, config, layer, finetuned),
             )
     written = feature_results_written(run, config)

@@ -76,20 +76,14 @@ class SelectedPre(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = decode_pairs(rows, cols, grad, W_enc.t().contiguous(), n)
         if ctx.needs_input_grad[1]:
-            # Row c of grad W_encᵀ is Σ over the pairs of latent c of grad · xc[row]: an
-            # embedding bag over the pairs sorted by latent, [d_sae, d_in], returned as its
-            # transpose without a copy. The encoder is stored in that layout (a transposed
-            # [d_sae, d_in] block, :class:`.model.Dictionary`), so autograd accumulates the
-            # gradient as it is. A sparse COO product here cost as much as the dense one, and
-            # two transposing copies (ours and autograd's, to match the parameter) a third.
+            # Row c of grad W_encᵀ is Σ over the pairs of latent c of grad · xc[row]: the
+            # decode of the pairs with the roles of rows and latents swapped, [d_sae, d_in],
+            # returned as its transpose without a copy. The encoder is stored in that layout
+            # (a transposed [d_sae, d_in] block, :class:`.model.Dictionary`), so autograd
+            # accumulates the gradient as it is. A sparse COO product here cost as much as the
+            # dense one, and two transposing copies (ours and autograd's) a third.
             by_col, order = cols.sort(stable=True)
-            grad_w = F.embedding_bag(
-                rows[order],
-                xc.detach(),
-                row_offsets(by_col, d_sae),
-                mode="sum",
-                per_sample_weights=grad[order],
-            ).t()
+            grad_w = decode_pairs(by_col, rows[order], grad[order], xc.detach(), d_sae).t()
         if ctx.needs_input_grad[2]:
             grad_b = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device)
             grad_b.index_add_(0, cols, grad)
