@@ -31,7 +31,8 @@ SOURCE_OF: dict[str, tuple[str, str | None]] = {
     "surviving_finetuned_only": ("crosscoder_surviving", "finetuned_only"),
     "accuracy_recovered_base_on_finetuned": ("transfer_accuracy_recovered", "base_on_finetuned"),
 }
-QUANTITY_NAMES: tuple[str, ...] = RESULT_GROUPS["task_features"].labels["quantity"]
+GROUP = RESULT_GROUPS["task_features"]
+QUANTITY_NAMES: tuple[str, ...] = GROUP.labels["quantity"]
 
 
 def _value(result: dict, key: str, label: str | None) -> float:
@@ -44,7 +45,8 @@ def _value(result: dict, key: str, label: str | None) -> float:
 def task_features_table(
     per_comparison: dict[str, list[dict]], coordinates: dict[str, list]
 ) -> xr.DataArray:
-    """``task_features`` (checkpoint, layer, quantity) float64.
+    """``task_features`` (checkpoint, layer, quantity) float64, built and checked by its
+    schema entry.
 
     ``per_comparison`` maps each compared checkpoint label, in order, to its per-layer
     result dicts (:func:`tasks.features.run.compare_features_for_run`); ``coordinates`` the
@@ -58,12 +60,11 @@ def task_features_table(
         for result in per_comparison[label]:
             j = layers.index(int(result["layer"]))
             values[i, j] = [_value(result, *SOURCE_OF[name]) for name in QUANTITY_NAMES]
-    coords = {
-        "checkpoint": np.array(labels, dtype=object),
-        "layer": layers,
-        "quantity": np.array(QUANTITY_NAMES, dtype=object),
-        "task": ("checkpoint", np.array(coordinates["task"], dtype=object)),
-        "seed": ("checkpoint", np.asarray(coordinates["seed"], dtype=np.int64)),
-        "method": ("checkpoint", np.array(coordinates["method"], dtype=object)),
-    }
-    return xr.DataArray(values, dims=("checkpoint", "layer", "quantity"), coords=coords)
+    return GROUP.new(
+        values,
+        checkpoint=labels,
+        layer=layers,
+        task=("checkpoint", list(coordinates["task"])),
+        seed=("checkpoint", np.asarray(coordinates["seed"], dtype=np.int64)),
+        method=("checkpoint", list(coordinates["method"])),
+    )
