@@ -211,15 +211,16 @@ def _compare_features(ledger: StageLedger, run: RunDir, config: RunConfig) -> No
     if not probe_set_labelled(run):
         ledger.skipped("features", UNLABELLED_NOTE)
         return
-    layers = feature_layers(run, config)
-    if not layers:
+    layers_of = {
+        finetuned: feature_layers(run, config, finetuned) for finetuned in comparisons(config)
+    }
+    if not layers_of[config.features.finetuned]:
         ledger.skipped("features", "no layer has both a base and a fine-tuned SAE")
         return
     # The run's main comparison keeps its task names; in a run of several tasks each other
     # task final follows, named by its label (features:topic/final:3).
-    for finetuned in comparisons(config):
+    for finetuned, layers in layers_of.items():
         main = finetuned == config.features.finetuned
-        layers = feature_layers(run, config, finetuned)
         if config.dask_address is not None:
             pair = comparison_pair(config, finetuned)
             todo = [layer for layer in layers if not crosscoder_complete(run, layer, pair)]
