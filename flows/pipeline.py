@@ -46,6 +46,7 @@ from layerdrift.tasks.importance import (
     freeze_variant_task,
     importance_complete,
     importance_task,
+    refresh_drift_importance_task,
     variant_complete,
 )
 from layerdrift.tasks.imports import given_checkpoints, import_checkpoints_task, imports_complete
@@ -100,19 +101,14 @@ def pipeline(config: RunConfig) -> dict[str, Any]:
             config,
             done=_safe(similarity_complete, run),
         )
-        if config.imports_checkpoints:
-            ledger.skipped("importance", "checkpoints are imported, not fine-tuned here")
-        elif config.tasks:
-            ledger.skipped("importance", "a run of several tasks: run one task for it")
-        elif info.shared_module is not None:
-            ledger.skipped("importance", f"{info.shared_module} is shared between layers")
-        else:
-            done = _safe(importance_complete, run)
-            ledger.call("importance", importance_task, run, config, done=done)
-            _freeze_grid(ledger, run, config)
+        importance = _importance(ledger, run, config, info.shared_module)
         if config.sae.enabled:
             _train_saes(ledger, run, config)
             _compare_features(ledger, run, config)
+            if importance and ledger.outcomes.get("features") == "ran":
+                # The features stage's transfer FVUs join the measures drift is ranked by.
+                refresh = refresh_drift_importance_task
+                ledger.call("drift-importance", refresh, run, config, done=False)
         else:
             ledger.skipped("sae", "sae.enabled is false")
         report_path = None
@@ -174,6 +170,23 @@ def _extract_checkpoints(
     for label in labels:
         done = not missing_chunks(store_url, label)
         ledger.call(f"extract:{label}", extract_checkpoint_task, run, config, label, done=done)
+
+
+def _importance(
+    ledger: StageLedger, run: RunDir, config: RunConfig, shared_module: str | None
+) -> bool:
+    """Layer reversion and its correlation with drift (every task final in a run of several
+    tasks), then the freeze grid; False when the run cannot have them."""
+    if config.imports_checkpoints:
+        ledger.skipped("importance", "checkpoints are imported, not fine-tuned here")
+        return False
+    if shared_module is not None:
+        ledger.skipped("importance", f"{shared_module} is shared between layers")
+        return False
+    done = _safe(importance_complete, run, config)
+    ledger.call("importance", importance_task, run, config, done=done)
+    _freeze_grid(ledger, run, config)
+    return True
 
 
 def _freeze_grid(ledger: StageLedger, run: RunDir, config: RunConfig) -> None:

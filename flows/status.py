@@ -91,12 +91,10 @@ def run_status(run_url: str) -> list[tuple[str, str, str]]:
     if results_lost:
         state = f"incomplete: {_chunks(results_lost)} missing or damaged (layerdrift verify)"
     rows.append(("similarity", "results.zarr", state))
-    importance = _state(importance_complete(run))
+    importance = _state(importance_complete(run, config))
     if config.imports_checkpoints:
         importance = "skipped (checkpoints are imported, not fine-tuned here)"
-    elif config.tasks:
-        importance = "skipped (a run of several tasks: run one task for it)"
-    rows.append(("importance", "layer_reversion", importance))
+    rows.append(("importance", "task_reversion" if config.tasks else "layer_reversion", importance))
     grid = config.importance.freeze_grid
     for k in grid:
         rows.append(("importance", f"freeze-{k}", _state(variant_complete(run, config, k))))

@@ -453,9 +453,39 @@ _ENTRIES = (
         ("measure",),
         "float",
         "importance",
-        "Spearman rho over layers between drift (1 − similarity to base) and the accuracy "
-        "lost by reverting the layer",
-        labels={"measure": ("linear_cka", "cosine")},
+        "Spearman rho over layers between drift (1 − linear CKA or cosine to base; the base "
+        "SAE's FVU on the fine-tuned tokens) and the accuracy lost by reverting the layer "
+        "(NaN with fewer than three layers to rank)",
+        labels={"measure": ("linear_cka", "cosine", "transfer_fvu")},
+    ),
+    ResultGroup(
+        "task_reversion",
+        ("checkpoint", "layer", "variant", "quantity"),
+        "float",
+        "importance",
+        "a run of several tasks: layer_reversion of every task final (checkpoint) against "
+        "its own base, on its own validation split",
+        labels={
+            "variant": ("final", "base", "revert", "transplant", "revert_from", "revert_through"),
+            "quantity": ("accuracy", "loss"),
+        },
+        coords={
+            "unit": ("layer",),
+            "parameters": ("checkpoint", "layer"),
+            "task": ("checkpoint",),
+            "seed": ("checkpoint",),
+            "method": ("checkpoint",),
+        },
+    ),
+    ResultGroup(
+        "task_drift_importance",
+        ("checkpoint", "measure"),
+        "float",
+        "importance",
+        "a run of several tasks: drift_importance of every task final over its layers, and "
+        "'pooled' over every (task, layer) point",
+        labels={"checkpoint": ("pooled",), "measure": ("linear_cka", "cosine", "transfer_fvu")},
+        coords={"task": ("checkpoint",), "seed": ("checkpoint",), "method": ("checkpoint",)},
     ),
     ResultGroup(
         "freeze_grid",

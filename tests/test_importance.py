@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xarray as xr
@@ -187,6 +188,39 @@ def test_drift_importance_is_spearman_over_layers():
     assert float(rho.sel(measure="linear_cka")) == pytest.approx(1.0)
     expected = spearmanr(1 - np.array(cosine), lost).statistic
     assert float(rho.sel(measure="cosine")) == pytest.approx(expected)
+    # No features compared: the transfer measure is NaN, and says it had no layer.
+    assert np.isnan(float(rho.sel(measure="transfer_fvu"))) and rho.attrs["transfer_layers"] == []
+    # The base SAE's FVU on the fine-tuned tokens is drift as it is (higher: moved more).
+    fvu = xr.DataArray([0.5, 0.2, 0.9], dims=("layer",), coords={"layer": [2, 0, 1]})
+    rho = drift_importance(similarity, reversion, fvu)
+    assert float(rho.sel(measure="transfer_fvu")) == pytest.approx(
+        spearmanr([0.2, 0.9, 0.5], lost).statistic
+    )
+    assert rho.attrs["transfer_layers"] == [0, 1, 2]
+    # Two layers with SAEs are too few to rank: NaN, not ±1.
+    rho = drift_importance(similarity, reversion, fvu.sel(layer=[0, 1]))
+    assert np.isnan(float(rho.sel(measure="transfer_fvu")))
+    assert rho.attrs["transfer_layers"] == [0, 1]
+
+
+def test_pooled_correlation_ranks_every_task_and_layer_together():
+    from layerdrift.tasks.importance.correlation import LayerEvidence, correlations
+
+    first = LayerEvidence((0, 1, 2), {"linear_cka": np.array([0.1, 0.2, 0.3]),
+                                      "cosine": np.array([0.3, 0.2, 0.1]),
+                                      "transfer_fvu": np.array([np.nan] * 3)},
+                          np.array([0.0, 0.1, 0.2]))  # fmt: skip
+    second = LayerEvidence((0, 1, 2), {"linear_cka": np.array([0.4, 0.5, 0.6]),
+                                       "cosine": np.array([0.0, 0.5, 0.4]),
+                                       "transfer_fvu": np.array([0.2, 0.1, np.nan])},
+                           np.array([0.3, 0.4, 0.5]))  # fmt: skip
+    pooled = correlations([first, second])
+    ranks = {m: pd.Series(np.concatenate([first.drift[m], second.drift[m]])).rank()
+             for m in ("linear_cka", "cosine")}  # fmt: skip
+    lost = pd.Series(np.concatenate([first.lost, second.lost])).rank()
+    assert pooled[0] == pytest.approx(ranks["linear_cka"].corr(lost)) == pytest.approx(1.0)
+    assert pooled[1] == pytest.approx(ranks["cosine"].corr(lost))
+    assert np.isnan(pooled[2])  # two known points across both tasks
 
 
 def test_the_pipeline_writes_reversion_that_reproduces_the_checkpoints(tiny_run):
@@ -212,8 +246,18 @@ def test_the_pipeline_writes_reversion_that_reproduces_the_checkpoints(tiny_run)
         p.numel() for p in load_classifier(run.checkpoint("final")).parameters()
     )
     rho = open_result(run.results(), "drift_importance")["drift_importance"]
-    assert set(rho.measure.values) == {"linear_cka", "cosine"}
+    assert set(rho.measure.values) == {"linear_cka", "cosine", "transfer_fvu"}
     assert np.all(np.isnan(rho.values) | (np.abs(rho.values) <= 1))
+    # Taken again once the features stage wrote its transfer FVUs, over the SAE layers.
+    assert outcome["stages"]["drift-importance"] == "ran"
+    transfer = open_result(run.results(), "transfer_fvu")["transfer_fvu"]
+    drift = transfer.sel(direction="base_on_finetuned").sel(layer=[0, 1, 2]).values
+    accuracy = array.sel(quantity="accuracy").isel(layer=slice(0, -1))
+    lost = (accuracy.sel(variant="final") - accuracy.sel(variant="revert")).values
+    assert rho.attrs["transfer_layers"] == [0, 1, 2]
+    expected = pd.Series(drift).rank().corr(pd.Series(lost).rank())
+    found = float(rho.sel(measure="transfer_fvu"))
+    assert (np.isnan(found) and np.isnan(expected)) or found == pytest.approx(expected)
     table = group_table(run, "layer_reversion")
     assert {"layer", "variant", "unit", "accuracy", "loss"} <= set(table.columns)
     assert len(table) == 4 * len(VARIANTS)

@@ -115,7 +115,7 @@ def make_run(
     if not full:
         return run
     write_result(url, "layer_reversion", _reversion())
-    rho = RESULT_GROUPS["drift_importance"].new(np.array([0.4, -0.2]))
+    rho = RESULT_GROUPS["drift_importance"].new(np.array([0.4, -0.2, np.nan]))
     write_result(url, "drift_importance", rho)
     card = {
         "layer": 2,
@@ -240,7 +240,8 @@ def test_report_is_valid_html_with_every_figure(built):
     assert "Fine-tune block 3 and keep the rest at base" in text
     assert "96.7% of the gain from base (0.500) to full fine-tuning (0.800)" in text
     assert "variant transplant: base with only that unit fine-tuned" in text
-    assert "1 − linear_cka: 0.40, 1 − cosine: -0.20" in text
+    assert "1 − linear CKA: 0.40, 1 − cosine: -0.20, base SAE" in text
+    assert "FVU on the fine-tuned tokens: too few layers or nothing to rank" in text
     assert "reversion-table" in page.ids and "recommendation" in page.ids
 
 

@@ -98,7 +98,6 @@ def test_labels_carry_the_series_and_match_one_task_finetunes(study, tmp_path):
     assert outcome["checkpoints"] == expected
     ds = open_store(run.activations())
     assert [str(c) for c in ds["checkpoint"].values] == expected
-    assert outcome["stages"]["importance"].startswith("skipped")
     for series in run_series(config):
         assert not run.task_run(series.prefix).exists("checkpoints")  # adopted, then removed
         metrics = read_checkpoint_metrics(run, series.final)
@@ -291,6 +290,67 @@ def test_each_task_curve_starts_from_its_own_base(study):
     curves = training_series(inputs.metrics, inputs.series_bases)
     assert list(curves["b"].index) == ["b/base", "b/step-000005", "b/final"]
     assert curves["b"].loc["b/base", "val_accuracy"] == own["val_accuracy"]
+
+
+def test_every_task_final_is_reverted_against_its_own_base(study):
+    """Each task final's layer reversion scores its own validation split against its own
+    base (the run's encoder, the head its fine-tune started from): the unmodified rows are
+    that final's metrics.json and that task's base-metrics.json. Drift is ranked against
+    importance per task and over every (task, layer) point pooled."""
+    import json
+
+    import pandas as pd
+
+    config, run, outcome = study
+    assert outcome["stages"]["importance"] == "ran"
+    table = open_result(run.results(), "task_reversion")["task_reversion"].load()
+    finals = [f"{prefix}/final" for prefix in SERIES]
+    assert list(table.checkpoint.values) == finals
+    assert list(table.task.values) == ["a", "a", "b", "a-lora"]
+    for prefix, label in zip(SERIES, finals, strict=True):
+        own_base = json.loads(run.task_run(prefix).read_text("base-metrics.json"))
+        for variant, metrics in (("final", read_checkpoint_metrics(run, label)),
+                                 ("base", own_base)):  # fmt: skip
+            row = table.sel(checkpoint=label, variant=variant)
+            assert (row.sel(quantity="accuracy") == metrics["val_accuracy"]).all(), label
+            loss = row.sel(quantity="loss").values
+            assert np.allclose(loss, metrics["val_loss"], rtol=1e-6, atol=0), (label, variant)
+    # Task b has three labels: its base head is not the run's base checkpoint's.
+    assert (
+        table.sel(checkpoint="b/final", variant="base", quantity="loss").values[0]
+        != (read_checkpoint_metrics(run, "base")["val_loss"])
+    )
+    main = open_result(run.results(), "layer_reversion")["layer_reversion"].load()
+    assert main.attrs["final"] == config.features.finetuned == "a/seed-0/final"
+    np.testing.assert_array_equal(main.values, table.sel(checkpoint="a/seed-0/final").values)
+
+    rho = open_result(run.results(), "task_drift_importance")["task_drift_importance"].load()
+    assert list(rho.checkpoint.values) == [*finals, "pooled"]
+    similarity = open_result(run.results(), "similarity")["similarity"].load()
+    drift, lost = {}, {}
+    for label in finals:
+        sim = similarity.sel(reference="base", checkpoint=label, metric="linear_cka")
+        drift[label] = 1 - sim.sel(layer=[0, 1, 2]).values.astype(np.float64)
+        accuracy = table.sel(checkpoint=label, quantity="accuracy").isel(layer=slice(0, -1))
+        lost[label] = (accuracy.sel(variant="final") - accuracy.sel(variant="revert")).values
+
+    def ranked(x, y):
+        x, y = pd.Series(x), pd.Series(y)
+        return float("nan") if x.nunique() < 2 or y.nunique() < 2 else x.rank().corr(y.rank())
+
+    for label in finals:
+        found = float(rho.sel(checkpoint=label, measure="linear_cka"))
+        np.testing.assert_allclose(found, ranked(drift[label], lost[label]), equal_nan=True)
+    pooled = ranked(np.concatenate(list(drift.values())), np.concatenate(list(lost.values())))
+    found = float(rho.sel(checkpoint="pooled", measure="linear_cka"))
+    np.testing.assert_allclose(found, pooled, equal_nan=True)
+    # One SAE layer per task: too few to rank transfer FVUs.
+    assert np.isnan(rho.sel(measure="transfer_fvu").values).all()
+    single = open_result(run.results(), "drift_importance")["drift_importance"].load()
+    np.testing.assert_array_equal(single.values, rho.sel(checkpoint="a/seed-0/final").values)
+    page = run.read_text("report.html")
+    assert "The reversion study here is a/seed-0/final" in page
+    assert "Across tasks, over every (task final, layer) point pooled" in page
 
 
 def test_study_preset_and_defaults():

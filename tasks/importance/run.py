@@ -1,4 +1,4 @@
-"""The importance stage of a run: ``layer_reversion`` and ``drift_importance`` in results.zarr.
+"""The importance stage of a run of one task: ``layer_reversion`` and ``drift_importance``.
 
 Loads the ``base`` and ``final`` checkpoints and the validation split the way fine-tuning
 did (same tokenizer, batch size and padding), so the unmodified rows reproduce the two
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import torch
 import xarray as xr
 
 from layerdrift.config import RunConfig
@@ -87,46 +88,77 @@ def validation_evaluator(run: RunDir, cfg: RunConfig, device) -> Evaluate:
     return score
 
 
+def reversion_of(
+    final: torch.nn.Module, base: torch.nn.Module, score: Evaluate, attrs: dict
+) -> xr.DataArray:
+    """``layer_reversion`` (layer, variant, quantity) of ``final`` against ``base`` (two
+    classifiers of one architecture), every variant scored by ``score``."""
+    layout = layer_parameters(final)
+    device = next(final.parameters()).device
+    weights = {k: v.to(device) for k, v in base_weights(base, layout).items()}
+    params = dict(final.named_parameters())
+    sizes = [sum(params[n].numel() for n in layout.names([u])) for u in layout.rows()]
+    values = reversion_values(final, weights, layout, score)
+    return reversion_array(values, layout.num_layers, sizes, attrs)
+
+
 def layer_reversion(run: RunDir, cfg: RunConfig) -> xr.DataArray:
     """Evaluate every reversion variant of ``final`` against ``base``; write and return
     ``layer_reversion`` (layer, variant, quantity)."""
     device = select_device(cfg.device)
     final = load_classifier(local_checkpoint_path(run, FINAL)).to(device)
     base = load_classifier(local_checkpoint_path(run, BASE))
-    layout = layer_parameters(final)
-    weights = {k: v.to(device) for k, v in base_weights(base, layout).items()}
-    del base
-    params = dict(final.named_parameters())
-    sizes = [sum(params[n].numel() for n in layout.names([u])) for u in layout.rows()]
-    values = reversion_values(final, weights, layout, validation_evaluator(run, cfg, device))
     attrs = {
         "base": BASE,
         "final": FINAL,
         "fingerprint": read_checkpoint_metrics(run, FINAL).get("fingerprint", ""),
         "n_validation": int(read_dataset_info(run)["split_sizes"]["validation"]),
     }
-    array = reversion_array(values, layout.num_layers, sizes, attrs)
+    array = reversion_of(final, base, validation_evaluator(run, cfg, device), attrs)
     write_result(run.results(), "layer_reversion", array)
     return array
 
 
-def write_drift_importance(run: RunDir, reversion: xr.DataArray) -> xr.DataArray:
-    """Write and return ``drift_importance`` from the run's ``similarity`` group."""
-    similarity = open_result(run.results(), "similarity")["similarity"].load()
-    rho = drift_importance(similarity, reversion)
+def _transfer_fvu(results: str, cfg: RunConfig, checkpoint: str) -> xr.DataArray | None:
+    """The base SAE's FVU on ``checkpoint``'s tokens, (layer,); None when the features stage
+    has not written ``transfer_fvu`` or compares another pair of checkpoints."""
+    compared = (cfg.features.base, cfg.features.finetuned) == (BASE, checkpoint)
+    if not compared or "transfer_fvu" not in list_results(results):
+        return None
+    found = open_result(results, "transfer_fvu")["transfer_fvu"].load()
+    return found.sel(direction="base_on_finetuned")
+
+
+def write_drift_importance(run: RunDir, cfg: RunConfig, reversion: xr.DataArray) -> xr.DataArray:
+    """Write and return ``drift_importance`` from the run's ``similarity`` group and, when
+    the features stage has run, its ``transfer_fvu``."""
+    results = run.results()
+    similarity = open_result(results, "similarity")["similarity"].load()
+    checkpoint = reversion.attrs.get("final", FINAL)
+    transfer = _transfer_fvu(results, cfg, checkpoint)
+    rho = drift_importance(similarity, reversion, transfer, checkpoint)
     rho.attrs["store_generation"] = similarity.attrs.get("store_generation", "")
-    write_result(run.results(), "drift_importance", rho)
+    rho.attrs["final"] = checkpoint
+    write_result(results, "drift_importance", rho)
     logger.info("drift vs importance (Spearman): %s", rho.to_series().to_dict())
     return rho
 
 
-def compute_importance(run: RunDir, cfg: RunConfig) -> None:
-    """The stage: ``layer_reversion`` (unless already complete), then ``drift_importance``."""
+def compute_single_importance(run: RunDir, cfg: RunConfig) -> None:
+    """The stage for a run of one task: ``layer_reversion`` (unless already complete), then
+    ``drift_importance``."""
     if reversion_complete(run):
         reversion = open_result(run.results(), "layer_reversion")["layer_reversion"].load()
     else:
         reversion = layer_reversion(run, cfg)
-    write_drift_importance(run, reversion)
+    write_drift_importance(run, cfg, reversion)
+
+
+def refresh_single_drift_importance(run: RunDir, cfg: RunConfig) -> None:
+    """Recompute ``drift_importance`` from the groups now in results.zarr (after the
+    features stage, so ``transfer_fvu`` joins the measures); milliseconds."""
+    reversion = open_result(run.results(), "layer_reversion")["layer_reversion"].load()
+    write_drift_importance(run, cfg, reversion)
 
 
 def reversion_complete(run: RunDir) -> bool:
@@ -137,7 +169,7 @@ def reversion_complete(run: RunDir) -> bool:
     return found.get("fingerprint") == read_checkpoint_metrics(run, FINAL).get("fingerprint")
 
 
-def importance_complete(run: RunDir) -> bool:
+def single_importance_complete(run: RunDir) -> bool:
     """Whether both groups are there, for this final checkpoint and this activation store."""
     if not reversion_complete(run) or "drift_importance" not in list_results(run.results()):
         return False

@@ -21,6 +21,7 @@ from layerdrift.tasks.report.importance import (
     freeze_frame,
     recommendation_lines,
     reversion_frame,
+    task_drift_frame,
 )
 from layerdrift.tasks.report.load import ReportInputs
 from layerdrift.tasks.report.summary import COUNT_COLUMNS
@@ -184,6 +185,9 @@ def importance_section(inputs: ReportInputs, pictures: list[Picture]) -> list[st
     if inputs.has("freeze_grid"):
         out.append("<h3>Freeze grid: the task fine-tuned again with layers 0 … k frozen</h3>")
         out.append(table_html(freeze_frame(inputs), "freeze-grid-table", index=True))
+    if inputs.has("task_drift_importance"):
+        out.append("<h3>Does drift predict importance, task by task (Spearman rho)</h3>")
+        out.append(table_html(task_drift_frame(inputs), "task-drift-table", index=True))
     out += [figure_html(p) for p in pictures if p.name == FIGURE_NAME]
     return out
 

@@ -1,7 +1,8 @@
 """The report's recommendation: which layers to fine-tune, with the reversion evidence.
 
-Reads ``layer_reversion``, ``freeze_grid`` (when the run has one), ``drift_importance`` and
-``similarity``; the recommendation itself is :func:`tasks.importance.recommend`'s. One figure
+Reads ``layer_reversion``, ``freeze_grid`` (when the run has one), ``drift_importance``
+(and in a run of several tasks ``task_drift_importance``) and ``similarity``; the
+recommendation itself is :func:`tasks.importance.recommend`'s. One figure
 puts the reversion curves, the freeze curve (accuracy with layers 0 … k frozen, at k) and the
 similarity curves on one layer axis (the head as the last tick).
 """
@@ -14,7 +15,7 @@ import pandas as pd
 import seaborn as sns
 import xarray as xr
 
-from layerdrift.tasks.importance import NONE, Recommendation, recommend
+from layerdrift.tasks.importance import NONE, POOLED, Recommendation, recommend
 from layerdrift.tasks.importance.recommend import FREEZE_GRID
 from layerdrift.tasks.report.figures import LAYER_AXIS, Plot, outside_legend
 from layerdrift.tasks.report.load import ReportInputs
@@ -91,7 +92,7 @@ def fig_importance(inputs: ReportInputs) -> Plot | None:
     top.legend()
     outside_legend(top)
     if inputs.has("similarity"):
-        sim = inputs.results["similarity"].sel(reference="base", checkpoint="final")
+        sim = inputs.results["similarity"].sel(reference="base", checkpoint=final_label(inputs))
         for metric in ("cosine", "linear_cka"):
             bottom.plot(sim.layer.values, sim.sel(metric=metric).values, marker="s", label=metric)
         bottom.legend()
@@ -113,26 +114,74 @@ def fig_importance(inputs: ReportInputs) -> Plot | None:
 
 def recommendation_lines(inputs: ReportInputs) -> list[str]:
     """The recommendation and the drift-importance correlation, as sentences."""
+    lines = _recommendation(inputs)
+    final = final_label(inputs)
+    if final != "final":
+        lines.insert(0, f"The reversion study here is {final}'s, on its task's validation "
+                        "split against its own base; every task's correlation is in the table "
+                        "below.")  # fmt: skip
+    if inputs.has("drift_importance"):
+        lines.append(
+            "Does drift predict importance? Spearman rank correlation over layers between "
+            f"drift and the accuracy lost by reverting the layer — "
+            f"{_rho_words(inputs.results['drift_importance'])}."
+        )
+    if inputs.has("task_drift_importance"):
+        pooled = inputs.results["task_drift_importance"].sel(checkpoint=POOLED)
+        lines.append(
+            f"Across tasks, over every (task final, layer) point pooled: {_rho_words(pooled)}."
+        )
+    return lines
+
+
+# How each drift measure reads in a sentence.
+MEASURE_WORDS = {
+    "linear_cka": "1 − linear CKA",
+    "cosine": "1 − cosine",
+    "transfer_fvu": "base SAE's FVU on the fine-tuned tokens",
+}
+
+
+def _rho_words(rho: xr.DataArray) -> str:
+    """``1 − linear CKA: 0.40, …`` for the measures with a value; NaN ones said so."""
+    words = []
+    for measure in rho.measure.values:
+        value = float(rho.sel(measure=measure))
+        name = MEASURE_WORDS.get(str(measure), str(measure))
+        words.append(f"{name}: too few layers or nothing to rank" if np.isnan(value)
+                     else f"{name}: {value:.2f}")  # fmt: skip
+    return ", ".join(words)
+
+
+def final_label(inputs: ReportInputs) -> str:
+    """The checkpoint ``layer_reversion`` reverts (``final``, or a task final in a study)."""
+    return str(inputs.results["layer_reversion"].attrs.get("final", "final"))
+
+
+def task_drift_frame(inputs: ReportInputs) -> pd.DataFrame:
+    """Spearman rho per task final (and ``pooled``) and measure, with each row's task."""
+    table = inputs.results["task_drift_importance"]
+    frame = table.transpose("checkpoint", "measure").to_pandas()
+    frame.columns = [MEASURE_WORDS.get(str(c), str(c)) for c in frame.columns]
+    frame.index = [str(v) for v in frame.index]
+    frame.index.name = "task final"
+    return frame
+
+
+def _recommendation(inputs: ReportInputs) -> list[str]:
+    """The smallest set of layers worth fine-tuning, and where that comes from."""
     grid = inputs.results.get("freeze_grid")
     found = recommend(inputs.results["layer_reversion"], freeze_grid=grid)
     if found is None:
         return ["Fine-tuning did not raise validation accuracy, so there is no gain to recover."]
     pct = f"{found.target:.0%}"
-    lines = [
+    return [
         f"Fine-tune {', '.join(found.units)} and keep the rest at base: that model reaches "
         f"validation accuracy {found.accuracy:.3f}, "
         f"{found.recovered:.1%} of the gain from base ({found.base_accuracy:.3f}) to full "
         f"fine-tuning ({found.final_accuracy:.3f}); the smallest set found to recover ≥ {pct}.",
         _evidence(found, grid),
     ]
-    if inputs.has("drift_importance"):
-        rho = inputs.results["drift_importance"]
-        values = ", ".join(f"1 − {m}: {float(rho.sel(measure=m)):.2f}" for m in rho.measure.values)
-        lines.append(
-            "Does drift predict importance? Spearman rank correlation over layers between "
-            f"drift and the accuracy lost by reverting the layer — {values}."
-        )
-    return lines
 
 
 def _evidence(found: Recommendation, grid: xr.DataArray | None) -> str:
