@@ -250,17 +250,37 @@ def run_group_pass(
     share their reads, so one compute reads each block once. A group without tokens gets
     zero moments.
     """
+    flats = run_group_flats(acts, plan, groups, n_groups, shifts, scheduler, split_every, multiply)
+    return [_unpack_pass(f, plan, shifts, acts.shape[3]) for f in flats]
+
+
+def run_group_flats(
+    acts: da.Array,
+    plan: PassPlan,
+    groups: np.ndarray,
+    n_groups: int,
+    shifts: dict[Rep, np.ndarray],
+    scheduler: Any = None,
+    split_every: int = 4,
+    multiply: np.dtype | type = MULTIPLY_DTYPE,
+) -> np.ndarray:
+    """:func:`run_group_pass` before unpacking: each group's packed moments, (G, P) float64,
+    row g in :func:`_unpack_pass` layout (``plan``'s self moments, then its pairs)."""
     acts = acts.rechunk({0: 1, 1: 1, 3: -1})
+    size = plan.packed_size(acts.shape[3])
     totals = []
     for g in range(n_groups):
         mask = groups == g
         if mask.any():
             totals.append(_pass_total(acts, plan, mask, shifts, split_every, multiply))
         else:
-            totals.append(da.zeros(plan.packed_size(acts.shape[3])))
+            totals.append(da.zeros(size))
     with threadpool_limits(limits=1, user_api="blas"):
         (flats,) = dask.compute(totals, scheduler=scheduler)
-    return [_unpack_pass(np.asarray(f), plan, shifts, acts.shape[3]) for f in flats]
+    out = np.empty((n_groups, size))
+    for g, flat in enumerate(flats):
+        out[g] = flat
+    return out
 
 
 def _unpack_pass(
@@ -364,6 +384,24 @@ def group_moments(
     group, with one shift per representation, so they add up to the moments of all
     selected tokens. Memory holds n_groups packed moment vectors.
     """
+    flats, plan, shifts = group_moment_flats(
+        acts, pairs, groups, n_groups, scheduler, split_every, multiply
+    )
+    return [_unpack_pass(f, plan, shifts, acts.shape[3]) for f in flats]
+
+
+def group_moment_flats(
+    acts: da.Array,
+    pairs: Sequence[Pair],
+    groups: np.ndarray,
+    n_groups: int,
+    scheduler: Any = None,
+    split_every: int = 4,
+    multiply: np.dtype | type = MULTIPLY_DTYPE,
+) -> tuple[np.ndarray, PassPlan, dict[Rep, np.ndarray]]:
+    """:func:`group_moments` still packed: the (G, P) float64 moments of every group (row g
+    as :func:`_unpack_pass` reads it), the pass's plan and the shifts (hidden,) per
+    representation. The bootstrap weights the rows without unpacking every group."""
     if groups.shape != (acts.shape[2],):
         raise ValueError(f"groups has shape {groups.shape}, the store has {acts.shape[2]} tokens")
     reps = list(dict.fromkeys(r for p in pairs for r in p))
@@ -377,4 +415,5 @@ def group_moments(
         len(plan.pairs),
         n_groups,
     )
-    return run_group_pass(acts, plan, groups, n_groups, shifts, scheduler, split_every, multiply)
+    flats = run_group_flats(acts, plan, groups, n_groups, shifts, scheduler, split_every, multiply)
+    return flats, plan, shifts

@@ -26,13 +26,20 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 
 import numpy as np
 
-from layerdrift.tasks.similarity.accumulate import Pair, Rep
+from layerdrift.tasks.similarity.accumulate import Pair, PassPlan, Rep
 from layerdrift.tasks.similarity.metrics import METRICS, all_metrics
-from layerdrift.tasks.similarity.moments import CrossMoments, SelfMoments
+from layerdrift.tasks.similarity.moments import (
+    CrossMoments,
+    SelfMoments,
+    cross_fields,
+    field_size,
+    self_fields,
+)
 from layerdrift.tasks.similarity.tables import parallel_map
 
 LEVEL = 0.95
@@ -72,6 +79,9 @@ def resample_counts(n_resamples: int, n_groups: int, seed: int) -> np.ndarray:
     return rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples)
 
 
+Fields = list[tuple[str, tuple[int, ...]]]
+
+
 @dataclass(frozen=True)
 class _Stack:
     """One representation's or pair's moments of every group, field by field (G, ...)."""
@@ -82,9 +92,23 @@ class _Stack:
 
     @classmethod
     def of(cls, parts: Sequence[SelfMoments | CrossMoments]) -> _Stack:
-        names = [f.name for f in fields(parts[0]) if f.name not in ("shift", "_derived")]
+        names = [f.name for f in dataclass_fields(parts[0]) if f.name not in ("shift", "_derived")]
         stacked = {name: np.stack([np.asarray(getattr(p, name)) for p in parts]) for name in names}
         return cls(type(parts[0]), stacked, getattr(parts[0], "shift", None))
+
+    @classmethod
+    def of_columns(
+        cls, kind: type, flats: np.ndarray, offset: int, fields_: Fields, shift: np.ndarray | None
+    ) -> _Stack:
+        """The fields at ``offset`` of packed rows ``flats`` (G, P), each copied contiguous
+        (G, ...): the same arrays :meth:`of` stacks from unpacked groups."""
+        stacked: dict[str, np.ndarray] = {}
+        for name, shape in fields_:
+            size = int(np.prod(shape, dtype=np.int64))
+            columns = flats[:, offset : offset + size]
+            stacked[name] = np.ascontiguousarray(columns).reshape(flats.shape[0], *shape)
+            offset += size
+        return cls(kind, stacked, shift)
 
     def at(self, weights: np.ndarray) -> SelfMoments | CrossMoments:
         """Σ_g weights[g]·moments of group g."""
@@ -97,23 +121,70 @@ class _Stack:
         return self.kind(**values)
 
 
-def total_moments(per_group: Sequence[GroupMoments]) -> GroupMoments:
+@dataclass(frozen=True)
+class MomentStack:
+    """Every group's moments of some representations and pairs, stacked field by field.
+
+    ``selves`` and ``crosses`` map each representation and pair to its fields over the
+    groups (G, ...). Built once per layer and shared by the point estimate and every
+    resample (stacking the groups took about as long as the metrics of two resamples).
+    A resample's moments are Σ_g w_g·M_g, one ``tensordot`` per field: a single
+    matrix-vector product over all fields at once changed the scalars' sums in the last
+    bit (BLAS sums a vector and a matrix column in different orders), so the per-field
+    products stay and the intervals stay bit-identical.
+    """
+
+    selves: dict[Rep, _Stack]
+    crosses: dict[Pair, _Stack]
+
+    @classmethod
+    def of(cls, per_group: Sequence[GroupMoments]) -> MomentStack:
+        """Stack a list over groups of (self moments, cross moments), as the pass returns."""
+        selves = {r: _Stack.of([g[0][r] for g in per_group]) for r in per_group[0][0]}
+        crosses = {p: _Stack.of([g[1][p] for g in per_group]) for p in per_group[0][1]}
+        return cls(selves, crosses)
+
+    @classmethod
+    def of_pass(
+        cls, flats: np.ndarray, plan: PassPlan, shifts: dict[Rep, np.ndarray], hidden: int
+    ) -> MomentStack:
+        """Stack the packed (G, P) rows of :func:`tasks.similarity.accumulate.group_moment_flats`
+        without unpacking each group first."""
+        s_fields, c_fields = self_fields(hidden), cross_fields(hidden, hidden)
+        s_size, c_size = field_size(s_fields), field_size(c_fields)
+        selves = {
+            r: _Stack.of_columns(SelfMoments, flats, i * s_size, s_fields, shifts[r])
+            for i, r in enumerate(plan.self_reps)
+        }
+        start = len(plan.self_reps) * s_size
+        crosses = {
+            p: _Stack.of_columns(CrossMoments, flats, start + i * c_size, c_fields, None)
+            for i, p in enumerate(plan.pairs)
+        }
+        return cls(selves, crosses)
+
+    @property
+    def n_groups(self) -> int:
+        """G, the number of groups."""
+        first = next(iter(self.selves.values()))
+        return next(iter(first.fields.values())).shape[0]
+
+    def at(self, weights: np.ndarray) -> GroupMoments:
+        """Σ_g weights[g]·moments of group g, for ``weights`` (G,)."""
+        return (
+            {r: s.at(weights) for r, s in self.selves.items()},
+            {p: c.at(weights) for p, c in self.crosses.items()},
+        )
+
+
+def total_moments(per_group: Sequence[GroupMoments] | MomentStack) -> GroupMoments:
     """The moments of all groups together (what an ungrouped pass returns)."""
-    return _resample(_stacks(per_group), np.ones(len(per_group)))
+    stack = _as_stack(per_group)
+    return stack.at(np.ones(stack.n_groups))
 
 
-def _stacks(per_group: Sequence[GroupMoments]) -> tuple[dict, dict]:
-    selves = {r: _Stack.of([g[0][r] for g in per_group]) for r in per_group[0][0]}
-    crosses = {p: _Stack.of([g[1][p] for g in per_group]) for p in per_group[0][1]}
-    return selves, crosses
-
-
-def _resample(stacks: tuple[dict, dict], weights: np.ndarray) -> GroupMoments:
-    selves, crosses = stacks
-    return (
-        {r: s.at(weights) for r, s in selves.items()},
-        {p: c.at(weights) for p, c in crosses.items()},
-    )
+def _as_stack(per_group: Sequence[GroupMoments] | MomentStack) -> MomentStack:
+    return per_group if isinstance(per_group, MomentStack) else MomentStack.of(per_group)
 
 
 def shifted_percentile_interval(
@@ -135,33 +206,41 @@ def shifted_percentile_interval(
 
 
 def bootstrap_intervals(
-    per_group: Sequence[GroupMoments], pairs: Sequence[Pair], counts: np.ndarray
+    per_group: Sequence[GroupMoments] | MomentStack,
+    pairs: Sequence[Pair],
+    counts: np.ndarray,
+    estimate: dict[Pair, np.ndarray] | None = None,
 ) -> dict[Pair, np.ndarray]:
     """Bias-shifted percentile intervals (2, len(METRICS)) = (low, high) of every pair's
     metrics (module docstring).
 
     ``per_group`` holds each group's moments (from
-    :func:`tasks.similarity.accumulate.group_moments`); ``counts`` (R, G) the resamples
-    (:func:`resample_counts`). A pair ``(a, a)`` does not vary and gets NaN (the caller
-    gives it its value); a metric NaN in some resamples uses the others. Resamples run on
-    every core.
+    :func:`tasks.similarity.accumulate.group_moments`, or packed as a :class:`MomentStack`);
+    ``counts`` (R, G) the resamples (:func:`resample_counts`). ``estimate`` maps each pair
+    to its metrics (len(METRICS),) from all groups, when the caller has them already (they
+    are the same computation on the same moments); else they are computed here. A pair
+    ``(a, a)`` does not vary and gets NaN (the caller gives it its value); a metric NaN in
+    some resamples uses the others. Resamples run on every core.
     """
-    stacks = _stacks(per_group)
+    stack = _as_stack(per_group)
     distinct = [p for p in pairs if p[0] != p[1]]
 
     def one(weights: np.ndarray) -> np.ndarray:
-        selves, crosses = _resample(stacks, weights)
+        selves, crosses = stack.at(weights)
         return np.stack([all_metrics(selves[a], selves[b], crosses[(a, b)]) for a, b in distinct])
 
     out = {pair: np.full((2, len(METRICS)), np.nan) for pair in pairs}
     if not distinct:
         return out
     values = np.stack(parallel_map(one, list(counts)))  # (R, pairs, metrics)
-    estimate = one(np.ones(counts.shape[1]))  # every group once: the point estimate
+    if estimate is None:
+        point = one(np.ones(counts.shape[1]))  # every group once: the point estimate
+    else:
+        point = np.stack([estimate[pair] for pair in distinct])
     metric_range = (
         np.array([METRIC_RANGE[m][0] for m in METRICS]),
         np.array([METRIC_RANGE[m][1] for m in METRICS]),
     )
-    interval = shifted_percentile_interval(values, estimate, metric_range)  # (2, pairs, M)
+    interval = shifted_percentile_interval(values, point, metric_range)  # (2, pairs, M)
     out.update({pair: interval[:, i] for i, pair in enumerate(distinct)})
     return out

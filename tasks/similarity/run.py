@@ -32,9 +32,10 @@ from layerdrift.storage.activations import open_store, read_attrs
 from layerdrift.storage.rundir import SIMILARITY_CSV as CSV_FILE
 from layerdrift.tasks.data.probe import UNLABELLED_NOTE, is_labelled
 from layerdrift.tasks.retry import retry_unless_bad_input
-from layerdrift.tasks.similarity.accumulate import group_moments, iter_moments, token_mask
+from layerdrift.tasks.similarity.accumulate import group_moment_flats, iter_moments, token_mask
 from layerdrift.tasks.similarity.bootstrap import (
     LEVEL,
+    MomentStack,
     bootstrap_intervals,
     example_groups,
     resample_counts,
@@ -217,11 +218,14 @@ def _checkpoint_metrics(
     intervals: dict = {}
     for layer in tqdm(range(n_layers), total=n_layers, desc="bootstrap", leave=False):
         pairs = layer_pairs_of(layer)
-        per_group = group_moments(acts, pairs, groups, n_groups)
-        s, crosses = total_moments(per_group)
+        flats, plan, shifts = group_moment_flats(acts, pairs, groups, n_groups)
+        stack = MomentStack.of_pass(flats, plan, shifts, acts.shape[3])
+        s, crosses = total_moments(stack)
         selves.update(s)
-        values.update(pair_metrics(s, crosses))
-        intervals.update(bootstrap_intervals(per_group, pairs, counts))
+        point = pair_metrics(s, crosses)
+        values.update(point)
+        # The point estimates are the bootstrap's centre: pass them rather than recompute.
+        intervals.update(bootstrap_intervals(stack, pairs, counts, estimate=point))
     return values, intervals, selves
 
 
