@@ -353,6 +353,37 @@ def test_every_task_final_is_reverted_against_its_own_base(study):
     assert "Across tasks, over every (task final, layer) point pooled" in page
 
 
+def test_task_reversion_resumes_from_the_finals_already_reverted(study, monkeypatch):
+    """A kill after three of the four finals leaves their rows: the rerun reverts the
+    fourth only, to the same values."""
+    import json
+
+    from layerdrift.storage.results import write_result
+    from layerdrift.tasks.importance import study as importance_study
+
+    config, run, _ = study
+    before = open_result(run.results(), "task_reversion")["task_reversion"].load()
+    prints = json.loads(before.attrs["fingerprints"])
+    del prints["b/final"]
+    kept = [label for label in before.checkpoint.values.tolist() if label != "b/final"]
+    partial = before.sel(checkpoint=kept).assign_attrs(fingerprints=json.dumps(prints))
+    write_result(run.results(), "task_reversion", partial)
+    assert not importance_study.task_reversion_complete(run, config)
+    redone, real = [], importance_study.series_reversion
+
+    def counted(run_, cfg_, series):
+        redone.append(series.final)
+        return real(run_, cfg_, series)
+
+    monkeypatch.setattr(importance_study, "series_reversion", counted)
+    with one_thread():
+        after = importance_study.task_reversion(run, config)
+    assert redone == ["b/final"]
+    assert importance_study.task_reversion_complete(run, config)
+    assert list(after.checkpoint.values) == list(before.checkpoint.values)
+    np.testing.assert_array_equal(after.values, before.values)
+
+
 def test_study_preset_and_defaults():
     from layerdrift.config import build_config
 

@@ -111,16 +111,9 @@ def _row(stored: xr.DataArray, label: str) -> xr.DataArray:
     return row.assign_coords(parameters=("layer", row["parameters"].values))
 
 
-def task_reversion(run: RunDir, cfg: RunConfig) -> xr.DataArray:
-    """Revert every task final (a series whose rows are on disk for its current final is
-    kept); write ``task_reversion`` and the main series' ``layer_reversion``; return the
-    former, (checkpoint, layer, variant, quantity)."""
-    current = _fingerprints(cfg, run)
-    rows = _stored_rows(run, current)
-    for series in run_series(cfg):
-        if series.final not in rows:
-            rows[series.final] = series_reversion(run, cfg, series)
-    labels = [s.final for s in run_series(cfg)]
+def _stack(cfg: RunConfig, rows: dict[str, xr.DataArray], current: dict[str, str]) -> xr.DataArray:
+    """``task_reversion`` from per-final ``layer_reversion`` rows, in series order."""
+    labels = [s.final for s in run_series(cfg) if s.final in rows]
     arrays = [rows[label].drop_vars("parameters") for label in labels]
     stacked = xr.concat(arrays, dim="checkpoint", combine_attrs="drop")
     # A head's size is its task's label count: parameters per task final and layer.
@@ -134,7 +127,21 @@ def task_reversion(run: RunDir, cfg: RunConfig) -> xr.DataArray:
         "base": "each task's own base",
         "fingerprints": json.dumps({label: current.get(label, "") for label in labels}),
     }
-    write_result(run.results(), TASK_REVERSION, stacked)
+    return stacked
+
+
+def task_reversion(run: RunDir, cfg: RunConfig) -> xr.DataArray:
+    """Revert every task final and write ``task_reversion`` after each one (a rerun keeps
+    the rows of finals unchanged since), then the main series' ``layer_reversion``; return
+    the former, (checkpoint, layer, variant, quantity)."""
+    current = _fingerprints(cfg, run)
+    rows = _stored_rows(run, current)
+    stacked = _stack(cfg, rows, current) if rows else None
+    for series in run_series(cfg):
+        if series.final not in rows:
+            rows[series.final] = series_reversion(run, cfg, series)
+            stacked = _stack(cfg, rows, current)
+            write_result(run.results(), TASK_REVERSION, stacked)
     main = main_series(cfg).final
     write_result(run.results(), "layer_reversion", rows[main].assign_attrs(final=main))
     return stacked
