@@ -29,7 +29,8 @@ from torch import nn
 
 from layerdrift.tasks.dictionary.model import Dictionary, DictionarySpec, Parts, register
 from layerdrift.tasks.dictionary.sparse import (
-    decode_pairs,
+    LatentOrder,
+    decode_trained,
     fired_latents,
     mask_pairs,
     selected_pre,
@@ -111,10 +112,12 @@ class JumpReLU(Dictionary):
             fired = (codes.detach() > 0).any(dim=0)
         else:
             rows, cols = mask_pairs(mask)
-            values = selected_pre(xc, self.W_enc, self.b_enc, rows, cols, pre.detach())
+            by_latent = LatentOrder(rows, cols)  # one sort for both weights' gradients
+            values = selected_pre(xc, self.W_enc, self.b_enc, rows, cols, pre.detach(), by_latent)
             theta = self.threshold[cols]
             codes = JumpFn.apply(values, theta, eps)
-            recon = decode_pairs(rows, cols, codes, self.W_dec, len(xn)) + self.b_dec
+            recon = decode_trained(rows, cols, codes, self.W_dec, len(xn), by_latent)
+            recon = recon + self.b_dec
             l0 = StepFn.apply(values.detach(), theta, eps).sum() / len(xn)
             fired = fired_latents(cols, codes, self.d_sae)
         mse = (recon - xn).pow(2).mean()

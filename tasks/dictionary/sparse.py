@@ -9,7 +9,10 @@ written on those pairs only:
   ``W_enc`` = xcᵀ G and grad ``xc`` = G W_encᵀ with G sparse (N non-zeros), both embedding
   bags, instead of two dense [B, d_in] × [d_in, d_sae] products;
 - :func:`decode_pairs` reconstructs [B, d_in] from the pairs as an embedding bag that reads
-  only the N selected decoder rows (its backward is sparse too).
+  only the N selected decoder rows (its backward is sparse too);
+- :class:`LatentOrder` regroups the pairs by latent once per step: the encoder's gradient
+  and, through :func:`decode_trained`, the decoder's are embedding bags over latents that
+  share it (torch's own embedding-bag backward sorts the pairs again for the decoder).
 
 Only the forward pre-activation product stays dense, so a step costs one dense matmul
 instead of five (Gao et al. 2024, appendix D, make the same observation for TopK). That pays
@@ -54,17 +57,48 @@ def fired_latents(cols: torch.Tensor, values: torch.Tensor, d_sae: int) -> torch
     return fired
 
 
+class LatentOrder:
+    """The pairs regrouped by latent (a stable sort of ``cols``), made on first use.
+
+    :meth:`sorted` gives ``cols`` [N] sorted, the pairs' tokens ``rows`` [N] in that order
+    and the permutation ``order`` [N] (a pair's value ``v`` [N] in row order is ``v[order]``
+    in latent order). Both the encoder's and the decoder's gradients are sums over each
+    latent's pairs, so one sort per step serves them both; it is lazy so that a loss
+    evaluated without a backward pays nothing for it.
+    """
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        self.rows, self.cols = rows, cols  # row order, as selected
+        self._sorted: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def sorted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(cols, rows, order) [N] each, sorted by latent, ties in token order."""
+        if self._sorted is None:
+            by_col, order = self.cols.sort(stable=True)
+            self._sorted = (by_col, self.rows[order], order)
+        return self._sorted
+
+    def sum_by_latent(self, weights: torch.Tensor, table: torch.Tensor, d_sae: int) -> torch.Tensor:
+        """Σ over each latent's pairs of ``weights · table[row]``: [d_sae, d_table].
+
+        ``weights`` [N] in row order, ``table`` [B, d_table].
+        """
+        by_col, rows, order = self.sorted()
+        return decode_pairs(by_col, rows, weights[order], table, d_sae)
+
+
 class SelectedPre(torch.autograd.Function):
     """``pre[rows, cols]`` of ``pre = xc @ W_enc + b_enc`` with a sparse backward.
 
     Inputs: ``xc`` [B, d_in] (centred normalised activations), ``W_enc`` [d_in, d_sae],
     ``b_enc`` [d_sae], ``rows``/``cols`` [N] (rows sorted), ``pre`` [B, d_sae] computed
-    without grad. Output [N].
+    without grad, ``by_latent`` the pairs' :class:`LatentOrder`. Output [N].
     """
 
     @staticmethod
-    def forward(ctx, xc, W_enc, b_enc, rows, cols, pre):  # noqa: N803 - SAELens's name
+    def forward(ctx, xc, W_enc, b_enc, rows, cols, pre, by_latent):  # noqa: N803
         ctx.save_for_backward(xc, W_enc, rows, cols)
+        ctx.by_latent = by_latent
         return pre[rows, cols]
 
     @staticmethod
@@ -82,12 +116,11 @@ class SelectedPre(torch.autograd.Function):
             # (a transposed [d_sae, d_in] block, :class:`.model.Dictionary`), so autograd
             # accumulates the gradient as it is. A sparse COO product here cost as much as the
             # dense one, and two transposing copies (ours and autograd's) a third.
-            by_col, order = cols.sort(stable=True)
-            grad_w = decode_pairs(by_col, rows[order], grad[order], xc.detach(), d_sae).t()
+            grad_w = ctx.by_latent.sum_by_latent(grad, xc.detach(), d_sae).t()
         if ctx.needs_input_grad[2]:
             grad_b = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device)
             grad_b.index_add_(0, cols, grad)
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def selected_pre(
@@ -97,9 +130,55 @@ def selected_pre(
     rows: torch.Tensor,
     cols: torch.Tensor,
     pre: torch.Tensor,
+    by_latent: LatentOrder | None = None,
 ) -> torch.Tensor:
-    """The pre-activations of the selected pairs [N], differentiable sparsely (see above)."""
-    return SelectedPre.apply(xc, W_enc, b_enc, rows, cols, pre)
+    """The pre-activations of the selected pairs [N], differentiable sparsely (see above).
+
+    ``by_latent``: the pairs' :class:`LatentOrder`, shared with :func:`decode_trained`
+    (default: one of its own).
+    """
+    order = LatentOrder(rows, cols) if by_latent is None else by_latent
+    return SelectedPre.apply(xc, W_enc, b_enc, rows, cols, pre, order)
+
+
+class _DecoderGradient(torch.autograd.Function):
+    """Identity on a reconstruction [B, d_in] whose backward also gives ``W_dec`` its gradient.
+
+    Row c of grad ``W_dec`` [d_sae, d_in] is Σ over latent c's pairs of value · grad[row]:
+    an embedding bag over the :class:`LatentOrder` the encoder's gradient sorted already.
+    """
+
+    @staticmethod
+    def forward(ctx, recon, W_dec, values, by_latent):  # noqa: N803 - SAELens's name
+        ctx.save_for_backward(values)
+        ctx.by_latent, ctx.d_sae = by_latent, W_dec.shape[0]
+        return recon.view_as(recon)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (values,) = ctx.saved_tensors
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = ctx.by_latent.sum_by_latent(values, grad.contiguous(), ctx.d_sae)
+        return grad, grad_w, None, None
+
+
+def decode_trained(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+    W_dec: torch.Tensor,  # noqa: N803 - SAELens's name
+    n_rows: int,
+    by_latent: LatentOrder,
+) -> torch.Tensor:
+    """:func:`decode_pairs` [n_rows, d_in] for the loss, its decoder gradient by latent.
+
+    torch's embedding bag gives ``values`` [N] their gradient, the per-pair dot products;
+    ``W_dec`` [d_sae, d_in] gets its own from :class:`_DecoderGradient`, which reuses the
+    pairs' ``by_latent`` order instead of the sort inside torch's embedding-bag backward.
+    """
+    recon = decode_pairs(rows, cols, values, W_dec.detach(), n_rows)
+    return _DecoderGradient.apply(recon, W_dec, values.detach(), by_latent)
 
 
 def mask_pairs(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
