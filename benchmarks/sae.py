@@ -22,7 +22,10 @@ runs in a subprocess (``--saelens-python``, default this interpreter: ``pip inst
 
 ``--rows jumprelu relu --batch 1024 --tokens 1000000 --lr 1e-3 --l1 1e-2 --l0 3 --out
 benchmarks/results/sae-sparse.json`` trains the penalty architectures long enough for their
-codes to become sparse (at 48 steps of 4096 they stay half dense).
+codes to become sparse (at 48 steps of 4096 they stay half dense). The two JumpReLU trainers
+reach different L0s at the same coefficient (L0 83 against 140 at 3; one difference between
+them: SAELens starts its decoder rows at norm 0.1, layerdrift at 1), so ``--saelens-l0``
+gives SAELens a coefficient of its own, chosen to compare the two at equal L0.
 """
 
 from __future__ import annotations
@@ -91,7 +94,9 @@ def saelens_worker(job_path: str) -> dict:
     if arch in ("topk", "batchtopk"):
         fields |= {"k": job["k"], "aux_loss_coefficient": job["aux_coefficient"]}
     elif arch == "jumprelu":
-        fields |= {"l0_coefficient": job["l0_coefficient"], "jumprelu_bandwidth": job["bandwidth"]}
+        # Its own coefficient (--saelens-l0): at the same one the two reach different L0s.
+        fields |= {"l0_coefficient": job["saelens_l0_coefficient"]}
+        fields |= {"jumprelu_bandwidth": job["bandwidth"]}
         fields |= {"jumprelu_init_threshold": job["init_threshold"]}
     else:
         fields["l1_coefficient"] = job["l1_coefficient"] * d_in  # SAELens sums the MSE over d_in
@@ -185,6 +190,8 @@ def make_jobs(args: argparse.Namespace, cfg, d_in: int) -> dict[str, dict]:
             **dictionary.model_dump(), "d_sae": dictionary.expansion_factor * d_in,
             "batch": batch, "lr": lr, "warmup": min(warmup, steps // 2), "steps": steps,
             "dead_tokens": dead_tokens, "threads": torch.get_num_threads(),
+            "saelens_l0_coefficient": dictionary.l0_coefficient if args.saelens_l0 is None
+            else args.saelens_l0,
         }  # fmt: skip
 
     training = cfg.sae.training
@@ -236,6 +243,10 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="default: benchmarks/results/sae.json")
     parser.add_argument("--l1", type=float, default=1e-3, help="relu rows' l1_coefficient")
     parser.add_argument("--l0", type=float, default=1.0, help="jumprelu rows' l0_coefficient")
+    parser.add_argument(
+        "--saelens-l0", type=float, default=None,
+        help="SAELens's jumprelu l0_coefficient (default: --l0), to compare at equal L0",
+    )  # fmt: skip
     parser.add_argument("--rows", nargs="*", default=["preset", *ARCHITECTURES])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--saelens-python", default=sys.executable)
