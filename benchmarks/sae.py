@@ -99,6 +99,10 @@ def saelens_worker(job_path: str) -> dict:
         fields |= {"l0_coefficient": job["saelens_l0_coefficient"]}
         fields |= {"jumprelu_bandwidth": job["bandwidth"]}
         fields |= {"jumprelu_init_threshold": job["init_threshold"]}
+        if job.get("saelens_decoder_init_norm") is not None:
+            # SAELens starts decoder rows at norm 0.1, layerdrift at 1: the start sets how
+            # far the thresholds must travel, so L0 follows it more than the coefficient.
+            fields |= {"decoder_init_norm": job["saelens_decoder_init_norm"]}
     else:
         fields["l1_coefficient"] = job["l1_coefficient"] * d_in  # SAELens sums the MSE over d_in
     torch.manual_seed(0)
@@ -193,6 +197,7 @@ def make_jobs(args: argparse.Namespace, cfg, d_in: int) -> dict[str, dict]:
             "dead_tokens": dead_tokens, "threads": torch.get_num_threads(),
             "saelens_l0_coefficient": dictionary.l0_coefficient if args.saelens_l0 is None
             else args.saelens_l0,
+            "saelens_decoder_init_norm": args.saelens_decoder_norm,
         }  # fmt: skip
 
     training = cfg.sae.training
@@ -247,6 +252,10 @@ def main() -> None:
     parser.add_argument(
         "--saelens-l0", type=float, default=None,
         help="SAELens's jumprelu l0_coefficient (default: --l0), to compare at equal L0",
+    )  # fmt: skip
+    parser.add_argument(
+        "--saelens-decoder-norm", type=float, default=None,
+        help="SAELens's jumprelu decoder_init_norm (default: its own, 0.1); 1 is layerdrift's",
     )  # fmt: skip
     parser.add_argument("--rows", nargs="*", default=["preset", *ARCHITECTURES])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
