@@ -149,7 +149,7 @@ def test_the_results_schema_declares_every_group_a_run_writes(tiny_run):
     # The freeze grid's groups need importance.freeze_grid (test_freeze_grid.py checks them),
     # the cross-task ones [[tasks]] (test_study.py).
     elsewhere = {"freeze_grid", "freeze_similarity", "cross_similarity", "cross_similarity_ci",
-                 "task_features"}  # fmt: skip
+                 "task_features", "task_reversion", "task_drift_importance"}  # fmt: skip
     expected = set(RESULT_GROUPS) - elsewhere
     assert set(list_results(results)) == expected
     tree = xr.open_datatree(results, engine="zarr")
