@@ -233,27 +233,6 @@ def run_pass(
     return _unpack_pass(np.asarray(flat), plan, shifts, acts.shape[3])
 
 
-def run_group_pass(
-    acts: da.Array,
-    plan: PassPlan,
-    groups: np.ndarray,
-    n_groups: int,
-    shifts: dict[Rep, np.ndarray],
-    scheduler: Any = None,
-    split_every: int = 4,
-    multiply: np.dtype | type = MULTIPLY_DTYPE,
-) -> list[tuple[dict[Rep, SelfMoments], dict[Pair, CrossMoments]]]:
-    """One pass that sums the moments of each token group apart: a list over groups.
-
-    ``groups`` (token,) int gives each selected token its group 0..n_groups-1 and -1 to
-    the others. Every group's sum is one Dask graph over the blocks it touches; the graphs
-    share their reads, so one compute reads each block once. A group without tokens gets
-    zero moments.
-    """
-    flats = run_group_flats(acts, plan, groups, n_groups, shifts, scheduler, split_every, multiply)
-    return [_unpack_pass(f, plan, shifts, acts.shape[3]) for f in flats]
-
-
 def run_group_flats(
     acts: da.Array,
     plan: PassPlan,
@@ -264,8 +243,14 @@ def run_group_flats(
     split_every: int = 4,
     multiply: np.dtype | type = MULTIPLY_DTYPE,
 ) -> np.ndarray:
-    """:func:`run_group_pass` before unpacking: each group's packed moments, (G, P) float64,
-    row g in :func:`_unpack_pass` layout (``plan``'s self moments, then its pairs)."""
+    """One pass that sums the moments of each token group apart: each group's packed
+    moments, (G, P) float64, row g laid out as :func:`pass_slices` says.
+
+    ``groups`` (token,) int gives each selected token its group 0..n_groups-1 and -1 to
+    the others. Every group's sum is one Dask graph over the blocks it touches; the graphs
+    share their reads, so one compute reads each block once. A group without tokens gets
+    zero moments.
+    """
     acts = acts.rechunk({0: 1, 1: 1, 3: -1})
     size = plan.packed_size(acts.shape[3])
     totals = []
@@ -277,27 +262,33 @@ def run_group_flats(
             totals.append(da.zeros(size))
     with threadpool_limits(limits=1, user_api="blas"):
         (flats,) = dask.compute(totals, scheduler=scheduler)
-    out = np.empty((n_groups, size))
-    for g, flat in enumerate(flats):
-        out[g] = flat
-    return out
+    return np.stack([np.asarray(flat) for flat in flats])
+
+
+def pass_slices(plan: PassPlan, hidden: int) -> tuple[dict[Rep, slice], dict[Pair, slice]]:
+    """Where each representation's self moments and each pair's cross moments lie in a
+    packed pass vector of width ``hidden``: ``plan``'s self moments in order, then its pairs."""
+    s_size = field_size(self_fields(hidden))
+    c_size = field_size(cross_fields(hidden, hidden))
+    selves = {rep: slice(i * s_size, (i + 1) * s_size) for i, rep in enumerate(plan.self_reps)}
+    start = len(plan.self_reps) * s_size
+    crosses = {
+        pair: slice(start + i * c_size, start + (i + 1) * c_size)
+        for i, pair in enumerate(plan.pairs)
+    }
+    return selves, crosses
 
 
 def _unpack_pass(
     flat: np.ndarray, plan: PassPlan, shifts: dict[Rep, np.ndarray], hidden: int
 ) -> tuple[dict[Rep, SelfMoments], dict[Pair, CrossMoments]]:
     s_fields, c_fields = self_fields(hidden), cross_fields(hidden, hidden)
-    s_size, c_size = field_size(s_fields), field_size(c_fields)
-    selves: dict[Rep, SelfMoments] = {}
-    offset = 0
-    for rep in plan.self_reps:
-        values = unpack(flat[offset : offset + s_size], s_fields)
-        selves[rep] = SelfMoments(shift=shifts[rep], **values)
-        offset += s_size
-    crosses: dict[Pair, CrossMoments] = {}
-    for pair in plan.pairs:
-        crosses[pair] = CrossMoments(**unpack(flat[offset : offset + c_size], c_fields))
-        offset += c_size
+    self_at, cross_at = pass_slices(plan, hidden)
+    selves = {
+        rep: SelfMoments(shift=shifts[rep], **unpack(flat[at], s_fields))
+        for rep, at in self_at.items()
+    }
+    crosses = {pair: CrossMoments(**unpack(flat[at], c_fields)) for pair, at in cross_at.items()}
     return selves, crosses
 
 
@@ -400,7 +391,7 @@ def group_moment_flats(
     multiply: np.dtype | type = MULTIPLY_DTYPE,
 ) -> tuple[np.ndarray, PassPlan, dict[Rep, np.ndarray]]:
     """:func:`group_moments` still packed: the (G, P) float64 moments of every group (row g
-    as :func:`_unpack_pass` reads it), the pass's plan and the shifts (hidden,) per
+    as :func:`pass_slices` lays it out), the pass's plan and the shifts (hidden,) per
     representation. The bootstrap weights the rows without unpacking every group."""
     if groups.shape != (acts.shape[2],):
         raise ValueError(f"groups has shape {groups.shape}, the store has {acts.shape[2]} tokens")

@@ -26,19 +26,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
-from dataclasses import fields as dataclass_fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-from layerdrift.tasks.similarity.accumulate import Pair, PassPlan, Rep
+from layerdrift.tasks.similarity.accumulate import Pair, PassPlan, Rep, pass_slices
 from layerdrift.tasks.similarity.metrics import METRICS, all_metrics
 from layerdrift.tasks.similarity.moments import (
     CrossMoments,
     SelfMoments,
     cross_fields,
-    field_size,
     self_fields,
+    unpack_columns,
 )
 from layerdrift.tasks.similarity.tables import parallel_map
 
@@ -79,9 +78,6 @@ def resample_counts(n_resamples: int, n_groups: int, seed: int) -> np.ndarray:
     return rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples)
 
 
-Fields = list[tuple[str, tuple[int, ...]]]
-
-
 @dataclass(frozen=True)
 class _Stack:
     """One representation's or pair's moments of every group, field by field (G, ...)."""
@@ -92,23 +88,9 @@ class _Stack:
 
     @classmethod
     def of(cls, parts: Sequence[SelfMoments | CrossMoments]) -> _Stack:
-        names = [f.name for f in dataclass_fields(parts[0]) if f.name not in ("shift", "_derived")]
+        names = [f.name for f in fields(parts[0]) if f.name not in ("shift", "_derived")]
         stacked = {name: np.stack([np.asarray(getattr(p, name)) for p in parts]) for name in names}
         return cls(type(parts[0]), stacked, getattr(parts[0], "shift", None))
-
-    @classmethod
-    def of_columns(
-        cls, kind: type, flats: np.ndarray, offset: int, fields_: Fields, shift: np.ndarray | None
-    ) -> _Stack:
-        """The fields at ``offset`` of packed rows ``flats`` (G, P), each copied contiguous
-        (G, ...): the same arrays :meth:`of` stacks from unpacked groups."""
-        stacked: dict[str, np.ndarray] = {}
-        for name, shape in fields_:
-            size = int(np.prod(shape, dtype=np.int64))
-            columns = flats[:, offset : offset + size]
-            stacked[name] = np.ascontiguousarray(columns).reshape(flats.shape[0], *shape)
-            offset += size
-        return cls(kind, stacked, shift)
 
     def at(self, weights: np.ndarray) -> SelfMoments | CrossMoments:
         """Σ_g weights[g]·moments of group g."""
@@ -151,15 +133,14 @@ class MomentStack:
         """Stack the packed (G, P) rows of :func:`tasks.similarity.accumulate.group_moment_flats`
         without unpacking each group first."""
         s_fields, c_fields = self_fields(hidden), cross_fields(hidden, hidden)
-        s_size, c_size = field_size(s_fields), field_size(c_fields)
+        self_at, cross_at = pass_slices(plan, hidden)
         selves = {
-            r: _Stack.of_columns(SelfMoments, flats, i * s_size, s_fields, shifts[r])
-            for i, r in enumerate(plan.self_reps)
+            r: _Stack(SelfMoments, unpack_columns(flats[:, at], s_fields), shifts[r])
+            for r, at in self_at.items()
         }
-        start = len(plan.self_reps) * s_size
         crosses = {
-            p: _Stack.of_columns(CrossMoments, flats, start + i * c_size, c_fields, None)
-            for i, p in enumerate(plan.pairs)
+            p: _Stack(CrossMoments, unpack_columns(flats[:, at], c_fields), None)
+            for p, at in cross_at.items()
         }
         return cls(selves, crosses)
 

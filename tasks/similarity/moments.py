@@ -19,7 +19,7 @@ With ``x_i`` the shifted rows, ``d_i = ||x_i||²`` (and ``y_i``, ``e_i`` for the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -136,16 +136,35 @@ def pack(values: dict[str, object], fields: list[tuple[str, tuple[int, ...]]]) -
     )
 
 
-def unpack(flat: np.ndarray, fields: list[tuple[str, tuple[int, ...]]]) -> dict[str, object]:
-    """Inverse of :func:`pack`: scalars become floats, the rest arrays of their shapes."""
-    out: dict[str, object] = {}
+def _spans(
+    fields: list[tuple[str, tuple[int, ...]]],
+) -> Iterator[tuple[str, tuple[int, ...], slice]]:
+    """Each field's name, shape and place in a packed vector, in :func:`pack`'s order."""
     offset = 0
     for name, shape in fields:
         size = int(np.prod(shape, dtype=np.int64))
-        chunk = flat[offset : offset + size]
-        out[name] = float(chunk[0]) if shape == () else chunk.reshape(shape).copy()
+        yield name, shape, slice(offset, offset + size)
         offset += size
+
+
+def unpack(flat: np.ndarray, fields: list[tuple[str, tuple[int, ...]]]) -> dict[str, object]:
+    """Inverse of :func:`pack`: scalars become floats, the rest arrays of their shapes."""
+    out: dict[str, object] = {}
+    for name, shape, at in _spans(fields):
+        chunk = flat[at]
+        out[name] = float(chunk[0]) if shape == () else chunk.reshape(shape).copy()
     return out
+
+
+def unpack_columns(
+    flats: np.ndarray, fields: list[tuple[str, tuple[int, ...]]]
+) -> dict[str, np.ndarray]:
+    """:func:`unpack` of every row of packed rows ``flats`` (G, P) at once: each field as one
+    contiguous (G, *shape) array (scalars (G,))."""
+    return {
+        name: np.ascontiguousarray(flats[:, at]).reshape(flats.shape[0], *shape)
+        for name, shape, at in _spans(fields)
+    }
 
 
 # The per-block kernel ------------------------------------------------------------------------
