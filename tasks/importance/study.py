@@ -31,6 +31,7 @@ from layerdrift.storage.checkpoints import (
     read_checkpoint_metrics,
 )
 from layerdrift.storage.results import list_results, open_result, write_result
+from layerdrift.storage.results_schema import RESULT_GROUPS
 from layerdrift.storage.rundir import RunDir
 from layerdrift.tasks.data import read_dataset_info
 from layerdrift.tasks.importance.correlation import (
@@ -180,17 +181,17 @@ def write_task_drift_importance(run: RunDir, cfg: RunConfig) -> xr.DataArray:
                       + [correlations(list(evidence.values()))])  # fmt: skip
     coords = task_coordinates(cfg, labels)
     generation = store_generation(run.activations())
-    table = xr.DataArray(
-        values,
-        dims=("checkpoint", "measure"),
-        coords={
-            "checkpoint": [*labels, POOLED],
-            "measure": list(MEASURES),
-            "task": ("checkpoint", [*coords["task"], ""]),
-            "seed": ("checkpoint", [*coords["seed"], -1]),
-            "method": ("checkpoint", [*coords["method"], ""]),
-        },
-        attrs={"store_generation": generation},
+    table = (
+        RESULT_GROUPS[TASK_DRIFT]
+        .new(
+            values,
+            checkpoint=[*labels, POOLED],
+            measure=list(MEASURES),  # the order correlations() returns
+            task=("checkpoint", [*coords["task"], ""]),
+            seed=("checkpoint", [*coords["seed"], -1]),
+            method=("checkpoint", [*coords["method"], ""]),
+        )
+        .assign_attrs(store_generation=generation)
     )
     write_result(run.results(), TASK_DRIFT, table)
     main = main_series(cfg).final

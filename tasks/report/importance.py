@@ -159,7 +159,7 @@ def final_label(inputs: ReportInputs) -> str:
 
 
 def task_drift_frame(inputs: ReportInputs) -> pd.DataFrame:
-    """Spearman rho per task final (and ``pooled``) and measure, with each row's task."""
+    """Spearman rho per task final (and ``pooled``) and measure: rows × measures."""
     table = inputs.results["task_drift_importance"]
     frame = table.transpose("checkpoint", "measure").to_pandas()
     frame.columns = [MEASURE_WORDS.get(str(c), str(c)) for c in frame.columns]
