@@ -163,10 +163,11 @@ def run(
 @app.command()
 def report(run_dir: Annotated[str, typer.Argument(help="A run directory or URL.")]) -> None:
     """Rebuild the figures and report.html from the stores, recomputing nothing."""
+    run = _existing_run(run_dir)  # before the report's imports, which take seconds
     from layerdrift.storage import RunDir
     from layerdrift.tasks.report import build_report
 
-    path = build_report(RunDir(_existing_run(run_dir)))
+    path = build_report(RunDir(run))
     console.print(f"[bold green]report[/bold green] {path}")
 
 
@@ -182,6 +183,7 @@ def show(
     fmt: Annotated[str, typer.Option("--format", help="table, csv, markdown or json.")] = "table",
 ) -> None:
     """Print the per-layer table of a run, its feature table, or any results group."""
+    run_dir = _existing_run(run_dir)  # before the report's imports, which take seconds
     from layerdrift.storage import RunDir
     from layerdrift.tasks.report import tables
 
@@ -189,7 +191,7 @@ def show(
         raise UserError(f"unknown --format {fmt!r}: use one of {', '.join(tables.FORMATS)}")
     if table not in tables.TABLES:
         raise UserError(f"unknown --table {table!r}: use one of {', '.join(tables.TABLES)}")
-    run = RunDir(_existing_run(run_dir))
+    run = RunDir(run_dir)
     if group is not None:
         _print_frame(tables.group_table(run, group), f"results group {group}", fmt)
     else:
@@ -204,10 +206,11 @@ def explore(
     ] = True,
 ) -> None:
     """Write explorer.html (the interactive page) for a run and open it, or print its path."""
+    run = _existing_run(run_dir)  # before the report's imports, which take seconds
     from layerdrift.storage import RunDir
     from layerdrift.tasks.report import build_explorer
 
-    path = build_explorer(RunDir(_existing_run(run_dir)))
+    path = build_explorer(RunDir(run))
     console.print(f"[bold green]explorer[/bold green] {path}")
     if open_page and not _open_in_browser(path):
         console.print("no graphical browser here: open the file above in one")
@@ -219,19 +222,19 @@ def compare(
     out: Annotated[Path, typer.Option(help="Folder for the comparison figure.")] = Path("compare"),
 ) -> None:
     """Draw the per-layer curves of several runs in one figure."""
-    from layerdrift.storage import RunDir
-    from layerdrift.tasks.report import compare_runs
-
     if len(run_dirs) < 2:
         raise UserError("compare needs at least two run directories")
+    existing = [_existing_run(r) for r in run_dirs]  # before the report's imports
     import itertools
 
     import pandas as pd
 
+    from layerdrift.storage import RunDir
+    from layerdrift.tasks.report import compare_runs
     from layerdrift.tasks.report.compare import CROSS_RUN_CSV
     from layerdrift.tasks.report.crossrun import incomparable
 
-    runs = [RunDir(_existing_run(r)) for r in run_dirs]
+    runs = [RunDir(r) for r in existing]
     path = compare_runs(runs, out)
     for a, b in itertools.combinations(runs, 2):
         why = incomparable(a, b)

@@ -101,11 +101,14 @@ def test_readme_python_snippets_run_against_a_real_run(quick_run):
         (["run", "--runs-root", "r", "--checkpoint", "ft"], "is not LABEL=PATH_OR_NAME"),
         (["run", "--runs-root", "r", "--checkpoint", "ft=./no-such-model"], "does not exist"),
         (["show", "nowhere"], "not a layerdrift run directory"),
-        (["show", "nowhere", "--format", "xml"], "unknown --format 'xml'"),
+        (["show", "run", "--format", "xml"], "unknown --format 'xml'"),
         (["explore", "nowhere", "--no-open"], "not a layerdrift run directory"),
     ],
 )
 def test_bad_input_exits_2_with_a_reason(tmp_path, args, message):
+    # A folder that passes the cheap check (a config.json), for the options checked after it.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
     done = _layerdrift(*args, cwd=tmp_path, check=False)
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
