@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 
 ROWS_PER_STEP = 2048  # rows multiplied at a time inside a token block
 MULTIPLY_DTYPE = np.float64  # dtype of the d×d products (summed in float64); see block_moments
@@ -171,10 +172,18 @@ def unpack_columns(
 
 
 def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise dot products (t,) summed in float64, whatever the inputs' float dtype."""
-    if a.dtype == np.float64:
-        return np.einsum("ij,ij->i", a, b, optimize=True)
-    return np.multiply(a, b).sum(axis=1, dtype=np.float64)
+    """Row-wise dot products (t,) of two float64 (t, d) arrays."""
+    return np.einsum("ij,ij->i", a, b, optimize=True)
+
+
+def _as_float(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``block`` in ``dtype``. float16 goes through torch, whose conversion uses the CPU's
+    half-precision instructions: 0.14 ms for 2048 x 384 values against numpy's 1.5 ms, which
+    was the largest cost of a float32 step after the products. Exact either way."""
+    if block.dtype == np.float16 and dtype in (np.float32, np.float64):
+        half = torch.from_numpy(np.ascontiguousarray(block))
+        return half.to(torch.float32).numpy().astype(dtype, copy=False)
+    return block.astype(dtype)  # always a copy, which the caller shifts in place
 
 
 @dataclass(frozen=True)
@@ -192,9 +201,10 @@ class _Rows:
 
 def _rows(block: np.ndarray, shift: np.ndarray, dtype: np.dtype) -> _Rows:
     shift = shift.astype(dtype).astype(np.float64)
-    x = block.astype(dtype) - shift.astype(dtype)
+    x = _as_float(block, dtype)
+    x -= shift.astype(dtype)
     x64 = x if dtype == np.float64 else x.astype(np.float64)
-    sq = _rowdot(x, x)
+    sq = _rowdot(x64, x64)
     raw_sq = np.maximum(sq + 2.0 * (x64 @ shift) + float(shift @ shift), 0.0)
     return _Rows(x, x64, shift, sq, raw_sq)
 
