@@ -202,3 +202,14 @@ def test_folding_decoder_norms_changes_no_output_or_penalty(architecture):
         torch.testing.assert_close(model(x), before_out)
         assert ((model.encode(x) > 0) == (before_codes > 0)).all()
         torch.testing.assert_close(model.loss(x, dead)[0], before_loss)
+
+
+def test_jumprelu_clips_its_gradient_as_saelens_does():
+    """Norm 1 on SAELens's scale (the squared error summed over d_in): 1 / d_in here."""
+    model, x, dead = _model("jumprelu", 1, l0_coefficient=2.0, bandwidth=0.4)
+    loss, _, _ = model.loss(x, dead)
+    (loss * 1e3).backward()  # far above the limit
+    model.after_backward()
+    norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    assert float(norm) == pytest.approx(1 / model.spec.d_in)
+    assert ARCHITECTURES["relu"].max_grad_norm is None  # the others train unclipped

@@ -77,6 +77,9 @@ class Dictionary(nn.Module, ABC):
     name: ClassVar[str]  # layerdrift's architecture name, the registry key
     saelens_architecture: ClassVar[str]  # the inference architecture SAELens loads it as
     unit_norm_decoder: ClassVar[bool] = False  # decoder rows held at unit norm in training
+    # Clip the gradient's norm to this, measured on the loss times d_in (the squared error
+    # summed over d_in, SAELens's scale, where SAELens clips every SAE at 1); None: never.
+    max_grad_norm: ClassVar[float | None] = None
     hyperparameters: ClassVar[tuple[str, ...]] = ()  # the spec fields its loss reads
 
     def __init__(self, spec: DictionarySpec, generator: torch.Generator | None = None) -> None:
@@ -193,10 +196,13 @@ class Dictionary(nn.Module, ABC):
 
     @torch.no_grad()
     def after_backward(self) -> None:
-        """Unit-norm decoders: drop the gradient component parallel to each decoder row."""
+        """Unit-norm decoders: drop the gradient component parallel to each decoder row.
+        Then clip the gradient at :attr:`max_grad_norm` (in the loss's units, / d_in)."""
         if self.unit_norm_decoder and self.W_dec.grad is not None:
             w, g = self.W_dec, self.W_dec.grad
             g -= (g * w).sum(dim=1, keepdim=True) * w
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm / self.spec.d_in)
 
     @torch.no_grad()
     def after_step(self) -> None:
