@@ -33,6 +33,7 @@ import xarray as xr
 import zarr
 from scipy.linalg.blas import dsyrk
 from threadpoolctl import threadpool_limits
+from zarr.codecs import Crc32cCodec
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -65,6 +66,11 @@ def write_store(path: str, n_ckpt: int, n_layer: int, n_token: int, hidden: int 
         chunks=(1, 1, CHUNK, hidden),
         dtype="float16",
         dimension_names=["checkpoint", "layer", "token", "hidden"],
+        # As the extract stage writes its store (storage/activations.py): raw float16 bytes
+        # with a CRC32C checksum, NaN for chunks not written; not zarr's default zstd,
+        # whose decoding took half of a pair's read time.
+        compressors=[Crc32cCodec()],
+        fill_value=np.nan,
     )
     for layer in range(n_layer):
         for i, start in enumerate(range(0, n_token, CHUNK)):
