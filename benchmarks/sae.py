@@ -27,7 +27,7 @@ reach different L0s at the same coefficient (L0 83 against 140 at 3; one differe
 them: SAELens starts its decoder rows at norm 0.1, layerdrift at 1), so ``--saelens-l0``
 gives SAELens a coefficient of its own. Before layerdrift's JumpReLU clipped its gradient
 as SAELens does, L0 barely followed the coefficient over 976 steps; clipped, 0.15 here meets
-SAELens's 0.2 (README).
+SAELens's 0.2 (README). ``--saelens-l1`` does the same for the ReLU rows.
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ def saelens_worker(job_path: str) -> dict:
             # SAELens starts decoder rows at norm 0.1, layerdrift at 1: the start sets how
             # far the thresholds must travel, so L0 follows it more than the coefficient.
             fields |= {"decoder_init_norm": job["saelens_decoder_init_norm"]}
-    else:
-        fields["l1_coefficient"] = job["l1_coefficient"] * d_in  # SAELens sums the MSE over d_in
+    else:  # its own coefficient (--saelens-l1), as for JumpReLU; SAELens sums the MSE over d_in
+        fields["l1_coefficient"] = job.get("saelens_l1_coefficient", job["l1_coefficient"]) * d_in
     torch.manual_seed(0)
     sae = sae_class(cfg_class(**fields))
     cfg = SAETrainerConfig(
@@ -199,6 +199,8 @@ def make_jobs(args: argparse.Namespace, cfg, d_in: int) -> dict[str, dict]:
             "saelens_l0_coefficient": dictionary.l0_coefficient if args.saelens_l0 is None
             else args.saelens_l0,
             "saelens_decoder_init_norm": args.saelens_decoder_norm,
+            "saelens_l1_coefficient": dictionary.l1_coefficient if args.saelens_l1 is None
+            else args.saelens_l1,
         }  # fmt: skip
 
     training = cfg.sae.training
@@ -253,6 +255,10 @@ def main() -> None:
     parser.add_argument(
         "--saelens-l0", type=float, default=None,
         help="SAELens's jumprelu l0_coefficient (default: --l0), to compare at equal L0",
+    )  # fmt: skip
+    parser.add_argument(
+        "--saelens-l1", type=float, default=None,
+        help="SAELens's relu l1_coefficient (default: --l1), to compare at equal L0",
     )  # fmt: skip
     parser.add_argument(
         "--saelens-decoder-norm", type=float, default=None,
