@@ -105,7 +105,7 @@ def saelens_worker(job_path: str) -> dict:
             # far the thresholds must travel, so L0 follows it more than the coefficient.
             fields |= {"decoder_init_norm": job["saelens_decoder_init_norm"]}
     else:  # its own coefficient (--saelens-l1), as for JumpReLU; SAELens sums the MSE over d_in
-        fields["l1_coefficient"] = job.get("saelens_l1_coefficient", job["l1_coefficient"]) * d_in
+        fields["l1_coefficient"] = job["saelens_l1_coefficient"] * d_in
     torch.manual_seed(0)
     sae = sae_class(cfg_class(**fields))
     cfg = SAETrainerConfig(
