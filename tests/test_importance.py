@@ -11,7 +11,7 @@ import pytest
 import torch
 import xarray as xr
 from factories import separable_texts
-from families import make_family_model
+from families import FAMILIES, make_family_model
 
 from layerdrift.tasks.finetune.batches import encode_texts
 from layerdrift.tasks.finetune.evaluate import evaluate
@@ -352,3 +352,53 @@ def test_every_variant_of_a_decoder_equals_the_model_built_by_hand(family_dirs):
             assert tuple(values[row, v]) == expected[reverted], (units[row], variant)
     assert tuple(values[0, VARIANTS.index("revert_from")]) == score(base)
     assert tuple(values[-1, VARIANTS.index("final")]) == score(final)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "albert"])
+def test_replayed_layers_give_the_scores_of_full_passes_in_every_family(family, tmp_path, caplog):
+    """Every family: the scores with shared layers replayed (:mod:`.replay`) are exactly
+    those of a copy of final with the variant's units loaded from base, and the first block
+    runs far fewer times than once per variant and batch."""
+    from layerdrift.tasks.importance import reverted_units
+    from layerdrift.tasks.modeling import find_layer_sites
+
+    base, tokenizer = _classifier(make_family_model(family, tmp_path / family))
+    final = copy.deepcopy(base)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for param in final.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    frame = separable_texts(20, seed=7)
+    encoded = encode_texts(tokenizer, frame["text"].tolist(), 24)
+    labels = (frame["label"] == "pos").to_numpy(np.int64)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def score(model):
+        found = evaluate(model, encoded, labels, 8, torch.device("cpu"), pad, 2)
+        return found["val_accuracy"], found["val_loss"]
+
+    layout = layer_parameters(final)
+    site = find_layer_sites(final)[1]
+    calls = []
+    block = final.base_model.get_submodule(site.module)
+    inner = next(m for m in block.modules() if getattr(m, "weight", torch.ones(1)).ndim == 2)
+    handle = inner.register_forward_hook(lambda *_: calls.append(1))  # skipped when replayed
+    with caplog.at_level("WARNING"):
+        values = reversion_values(final, base_weights(base, layout), layout, score)
+    handle.remove()
+    assert "in full" not in caplog.text
+    units, state = layout.rows(), base.state_dict()
+    built, expected = copy.deepcopy(final), {}
+    for row in range(len(units)):
+        for v, variant in enumerate(VARIANTS):
+            reverted = reverted_units(variant, row, units)
+            if reverted not in expected:
+                built.load_state_dict(final.state_dict())
+                built.load_state_dict({n: state[n] for n in layout.names(reverted)}, strict=False)
+                expected[reverted] = score(built)
+            assert tuple(values[row, v]) == expected[reverted], (family, units[row], variant)
+    # 12 distinct variants of a 2-layer model: full passes would run block 1 12 times per
+    # batch. It need run once per distinct weights of units 0 and 1 (4), and once more for
+    # the check of the first replay.
+    prefixes = {tuple(u in r for u in units[:2]) for r in expected}
+    assert len(prefixes) == 4 and len(calls) == 5 * -(-len(labels) // 8), len(calls)

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from layerdrift.tasks.modeling import LayerParameters
+from layerdrift.tasks.importance.replay import PrefixReplay, replay_plan
+from layerdrift.tasks.modeling import LayerParameters, SiteNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,16 @@ def base_weights(base: nn.Module, layout: LayerParameters) -> dict[str, torch.Te
     return {name: params[name].detach().clone() for name in layout.names(layout.rows())}
 
 
+def _replayer(model: nn.Module) -> PrefixReplay | None:
+    """Replay of shared layers for ``model`` (:mod:`.replay`); None where its layer sites
+    cannot be found, and every variant is then scored in full."""
+    try:
+        return PrefixReplay(model)
+    except (SiteNotFoundError, ValueError) as error:
+        logger.warning("layer reversion scores every variant in full: %s", error)
+        return None
+
+
 def reversion_values(
     final: nn.Module,
     base: dict[str, torch.Tensor],
@@ -84,7 +95,9 @@ def reversion_values(
 
     ``final`` is the fine-tuned classifier (left unchanged), ``base`` the base weights of
     every unit (:func:`base_weights`), ``evaluate`` one pass over the validation split
-    returning (accuracy, loss). Each distinct set of reverted units costs one pass.
+    returning (accuracy, loss); it must use the same batches, in the same order, on every
+    call. Each distinct set of reverted units costs one pass, less the layers it shares
+    with the variant scored before it (:mod:`.replay`).
     """
     units = layout.rows()
     wanted = {
@@ -93,11 +106,19 @@ def reversion_values(
         for v, variant in enumerate(VARIANTS)
     }
     distinct = list(dict.fromkeys(wanted.values()))
+    keys = [tuple(unit in reverted for unit in units) for reverted in distinct]
+    plan = replay_plan(keys, layout.num_layers)
+    replayer = _replayer(final)
     scores: dict[frozenset, tuple[float, float]] = {}
-    for reverted in tqdm(distinct, desc="layer reversion", unit="variant"):
-        weights = {name: base[name] for name in layout.names(sorted(reverted, key=units.index))}
-        with swapped(final, weights):
-            scores[reverted] = evaluate(final)
+    with replayer.installed() if replayer else contextlib.nullcontext():
+        for pos in tqdm(range(len(distinct)), desc="layer reversion", unit="variant"):
+            reverted = distinct[plan.order[pos]]
+            names = layout.names(sorted(reverted, key=units.index))
+            with swapped(final, {name: base[name] for name in names}):
+                if replayer is None:
+                    scores[reverted] = evaluate(final)
+                else:
+                    scores[reverted] = replayer.score(evaluate, plan.replay[pos], plan.record[pos])
     values = np.empty((len(units), len(VARIANTS), len(QUANTITIES)))
     for (row, v), reverted in wanted.items():
         values[row, v] = scores[reverted]
