@@ -189,3 +189,27 @@ def test_inlined_json_cannot_close_its_script_element():
     inlined = script_json({"text": [text]})
     assert "<" not in inlined and "\u2028" not in inlined
     assert json.loads(inlined) == {"text": [text]}
+
+
+def test_prediction_batches_hold_examples_of_similar_length(dictionary_run, monkeypatch):
+    """Every batch's padded size stays within BATCH_TOKENS (a lone wider example aside),
+    and the probabilities do not depend on how the examples were batched."""
+    from layerdrift.tasks.report import predictions
+
+    run, _, _ = dictionary_run
+    store = xr.open_zarr(run.activations())
+    ids, starts = store.token_id.values, store.token_start.values
+    counts = store.token_count.values
+    model = predictions.load_classifier(run.child_url("checkpoints", CHECKPOINTS[-1]))
+    whole = predictions.class_probabilities(model, ids, starts, counts)
+    budget = 2 * int(np.median(counts))
+    monkeypatch.setattr(predictions, "BATCH_TOKENS", budget)
+    shapes = []
+    handle = model.register_forward_pre_hook(
+        lambda _, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    small = predictions.class_probabilities(model, ids, starts, counts)
+    handle.remove()
+    assert sum(n for n, _ in shapes) == len(counts) and len(shapes) > 1
+    assert all(n * width <= budget or n == 1 for n, width in shapes), shapes
+    np.testing.assert_allclose(small, whole, atol=1e-5)
