@@ -206,16 +206,18 @@ def bootstrap_intervals(
     stack = _as_stack(per_group)
     distinct = [p for p in pairs if p[0] != p[1]]
 
-    def one(weights: np.ndarray) -> np.ndarray:
+    def one(weights: np.ndarray, resample: bool = True) -> np.ndarray:
         selves, crosses = stack.at(weights)
-        return np.stack([all_metrics(selves[a], selves[b], crosses[(a, b)]) for a, b in distinct])
+        return np.stack(
+            [all_metrics(selves[a], selves[b], crosses[(a, b)], resample) for a, b in distinct]
+        )
 
     out = {pair: np.full((2, len(METRICS)), np.nan) for pair in pairs}
     if not distinct:
         return out
     values = np.stack(parallel_map(one, list(counts)))  # (R, pairs, metrics)
     if estimate is None:
-        point = one(np.ones(counts.shape[1]))  # every group once: the point estimate
+        point = one(np.ones(counts.shape[1]), resample=False)  # every group once: the estimate
     else:
         point = np.stack([estimate[pair] for pair in distinct])
     metric_range = (
