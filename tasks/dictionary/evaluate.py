@@ -19,7 +19,6 @@ the denominator is ~0 (e.g. an untrained head where ablation changes nothing).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 
 from layerdrift.tasks.dictionary.model import Dictionary
 from layerdrift.tasks.modeling import load_classifier, load_tokenizer, splice
+from layerdrift.tasks.modeling.sites import SiteRecord, recording, replayed
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ def recovered_metrics(
             f"{classifier.config.num_labels} labels: the store and checkpoint do not match"
         )
     mean = mean_activation.to(device, torch.float32)
+    replay = _SplicedPasses(classifier, layer)
     modes = {"clean": None, "sae": lambda h: model(h.float()), "mean": lambda h: mean.expand_as(h)}
     sums = {name: [0.0, 0.0] for name in modes}  # loss sum, correct count
     for start in range(0, len(texts), batch_size):
@@ -124,12 +125,10 @@ def recovered_metrics(
         mask = (real & ~special if exclude_special else real).to(device)
         batch = {k: v.to(device) for k, v in batch.items()}
         y = labels_t[start : start + batch_size].to(device)
+        with recording(classifier, layer) as record:
+            clean = classifier(**batch).logits.float()
         for name, replace in modes.items():
-            spliced = contextlib.nullcontext()
-            if replace is not None:
-                spliced = splice(classifier, layer, replace, mask)
-            with spliced:
-                logits = classifier(**batch).logits.float()
+            logits = clean if replace is None else replay.logits(batch, replace, mask, record)
             sums[name][0] += F.cross_entropy(logits, y, reduction="sum").item()
             sums[name][1] += (logits.argmax(dim=-1) == y).sum().item()
     n = max(len(texts), 1)
@@ -141,6 +140,44 @@ def recovered_metrics(
         out["accuracy_mean"], out["accuracy_sae"], out["accuracy_clean"]
     )
     return out
+
+
+class _SplicedPasses:
+    """A classifier's logits with ``hidden_states[layer]`` replaced on some tokens.
+
+    The clean pass of a batch has computed layers 0 … ``layer`` already; the spliced passes
+    start from its recorded hidden state (:func:`tasks.modeling.sites.replayed`) instead of
+    computing those layers again. The first spliced pass is also run in full and must give
+    the same logits to the bit; where it does not, or where the model's layers cannot be
+    replayed, every pass runs in full through the splice.
+    """
+
+    def __init__(self, classifier: torch.nn.Module, layer: int) -> None:
+        self.classifier, self.layer = classifier, layer
+        self.checked, self.full_only = False, False
+
+    def logits(self, batch: dict, replace, mask: torch.Tensor, record: SiteRecord) -> torch.Tensor:
+        """Logits (batch, num_labels) float32 with ``replace`` applied to the ``mask`` tokens
+        of ``hidden_states[layer]``; ``record`` holds the batch's clean pass."""
+        if self.full_only or record.error is not None or record.hidden is None:
+            return self._full(batch, replace, mask)
+        hidden = record.hidden.clone()
+        hidden[mask] = replace(record.hidden[mask]).to(hidden.dtype)
+        with replayed(self.classifier, record, hidden):
+            logits = self.classifier(**batch).logits.float()
+        if not self.checked:
+            self.checked = True
+            full = self._full(batch, replace, mask)
+            if not torch.equal(full, logits):
+                logger.warning("spliced passes run in full: replaying layer %d changed the "
+                               "logits", self.layer)  # fmt: skip
+                self.full_only = True
+                return full
+        return logits
+
+    def _full(self, batch: dict, replace, mask: torch.Tensor) -> torch.Tensor:
+        with splice(self.classifier, self.layer, replace, mask):
+            return self.classifier(**batch).logits.float()
 
 
 def _recovered(ablated: float, spliced: float, clean: float) -> float:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from layerdrift.tasks.modeling import find_layer_sites
+from layerdrift.tasks.modeling.sites import in_form, output_form
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class _State:
     record: frozenset[int] = frozenset()
     slots: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     shapes: list[tuple[int, ...]] = field(default_factory=list)
-    tuple_sizes: dict[int, int | None] = field(default_factory=dict)  # None: a bare tensor
+    tuple_sizes: dict[int, int | None] = field(default_factory=dict)  # sites.output_form
     unsupported: str | None = None
 
 
@@ -176,10 +177,11 @@ class PrefixReplay:
         def hook(module, args, output):
             state = self.state
             if depth not in state.tuple_sizes:
-                state.tuple_sizes[depth] = _tuple_size(output)
-                if isinstance(output, tuple) and any(item is not None for item in output[1:]):
-                    name = type(module).__name__
-                    state.unsupported = f"{name} returns more than the hidden state"
+                try:
+                    state.tuple_sizes[depth] = output_form(output)
+                except ValueError as error:
+                    state.tuple_sizes[depth] = None
+                    state.unsupported = f"{type(module).__name__}: {error}"
             if depth in state.record and depth > state.replay:
                 hidden = output if state.tuple_sizes[depth] is None else output[0]
                 state.slots[depth].append(hidden.detach().clone())
@@ -193,12 +195,6 @@ class PrefixReplay:
 
         def forward(*args, **kwargs):
             state = self.state
-            hidden = state.slots[state.replay][state.batch]
-            size = state.tuple_sizes.get(depth)
-            return hidden if size is None else (hidden,) + (None,) * (size - 1)
+            return in_form(state.slots[state.replay][state.batch], state.tuple_sizes[depth])
 
         return forward
-
-
-def _tuple_size(output) -> int | None:
-    return None if isinstance(output, torch.Tensor) else len(output)

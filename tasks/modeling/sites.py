@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -218,3 +218,91 @@ def splice(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def output_form(output) -> int | None:
+    """How a site module returns its hidden state: None for a bare tensor, else the length of
+    its tuple. Raises ValueError when the tuple carries more than the hidden state (cached
+    keys and values, attention weights), which a replayed output could not reproduce."""
+    if isinstance(output, torch.Tensor):
+        return None
+    if any(item is not None for item in output[1:]):
+        raise ValueError(f"a layer module returns {len(output)} items, not only its hidden state")
+    return len(output)
+
+
+def in_form(hidden: torch.Tensor, form: int | None):
+    """``hidden`` as a site module of ``form`` (:func:`output_form`) returns it."""
+    return hidden if form is None else (hidden,) + (None,) * (form - 1)
+
+
+@dataclass
+class SiteRecord:
+    """The output of the site of ``hidden_states[layer]`` in the last forward pass, and the
+    form (:func:`output_form`) of every site up to it; ``error`` says why it cannot be
+    replayed (None: it can)."""
+
+    layer: int
+    hidden: torch.Tensor | None = None
+    forms: dict[int, int | None] = field(default_factory=dict)
+    error: str | None = None
+
+
+@contextlib.contextmanager
+def recording(model: nn.Module, layer: int) -> Iterator[SiteRecord]:
+    """Record, in every forward pass inside the block, the output of the site of
+    ``hidden_states[layer]`` (before any splice there replaces it) and how the sites up to
+    it return their outputs, for :func:`replayed`."""
+    base = getattr(model, "base_model", model)
+    every = find_layer_sites(base)
+    sites = every[: layer + 1]
+    record = SiteRecord(layer)
+    if any(site.call != 0 for site in every):  # ALBERT's one shared layer
+        record.error = "a layer module runs at several depths"
+
+    def hook_for(depth: int):
+        def hook(module, args, output):
+            try:
+                record.forms[depth] = output_form(output)
+            except ValueError as error:
+                record.error = str(error)
+            if depth == layer:
+                record.hidden = _tensor_of(output)
+
+        return hook
+
+    handles = [
+        base.get_submodule(site.module).register_forward_hook(hook_for(depth), prepend=True)
+        for depth, site in enumerate(sites)
+    ]
+    try:
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def replayed(model: nn.Module, record: SiteRecord, hidden: torch.Tensor) -> Iterator[None]:
+    """While active, the modules that produce ``hidden_states[0 … record.layer]`` compute
+    nothing: each returns ``hidden`` in its own form, so a forward pass goes on from
+    ``hidden`` at ``record.layer``. Everything after that point is the same arithmetic on
+    the same input as a full pass whose hidden state there was ``hidden``. The batch must
+    be the one ``record`` saw (same shape); ``record.error`` must be None."""
+    if record.error is not None:
+        raise ValueError(f"cannot replay layer {record.layer}: {record.error}")
+    base = getattr(model, "base_model", model)
+    sites = find_layer_sites(base)[: record.layer + 1]
+    modules = [base.get_submodule(site.module) for site in sites]
+
+    def skip(depth: int):
+        form = record.forms[depth]
+        return lambda *args, **kwargs: in_form(hidden, form)
+
+    try:
+        for depth, module in enumerate(modules):
+            module.forward = skip(depth)  # an instance attribute shadows the class's forward
+        yield
+    finally:
+        for module in modules:
+            module.__dict__.pop("forward", None)
