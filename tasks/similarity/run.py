@@ -216,9 +216,10 @@ def _checkpoint_metrics(
     n_groups = int(groups.max()) + 1
     counts = resample_counts(resamples, n_groups, cfg.seed)
     intervals: dict = {}
+    flats = None  # each layer's rows go where the previous layer's were
     for layer in tqdm(range(n_layers), total=n_layers, desc="bootstrap", leave=False):
         pairs = layer_pairs_of(layer)
-        flats, plan, shifts = group_moment_flats(acts, pairs, groups, n_groups)
+        flats, plan, shifts = group_moment_flats(acts, pairs, groups, n_groups, out=flats)
         stack = MomentStack.of_pass(flats, plan, shifts, acts.shape[3])
         s, crosses = total_moments(stack)
         selves.update(s)
