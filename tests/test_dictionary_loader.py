@@ -113,3 +113,38 @@ def test_order_seed_reorders_the_same_training_tokens(tmp_path, rng):
     assert set(first.tolist()) <= train and set(second.tolist()) <= train
     assert len(set(first.tolist()) & set(second.tolist())) > len(first) - 16
     assert not np.array_equal(first, second)  # in another order
+
+
+def test_chunks_are_read_once_and_kept_within_the_budget(tmp_path, rng, monkeypatch):
+    """A stream over three epochs reads each store chunk once, yields the batches of a
+    loader that keeps nothing, and the kept chunks cannot be written to; over the budget
+    the chunks are read again (and the stream is still the same)."""
+    from layerdrift.tasks.dictionary import loader as module
+
+    ds = _store(tmp_path, rng)
+    reads = []
+    variable = type(ds["activations"].variable)
+    original = variable.__getitem__
+
+    def counted(self, key):
+        reads.append(key)
+        return original(self, key)
+
+    monkeypatch.setattr(variable, "__getitem__", counted)
+
+    def stream(keep_bytes: int) -> np.ndarray:
+        monkeypatch.setattr(module, "KEEP_BYTES", keep_bytes)
+        loader = ActivationLoader(ds, [("base", 1), ("final", 2)], batch_size=32, seed=0)
+        batches = loader.batches()
+        steps = 3 * loader.n_train_tokens // 32
+        out = np.stack([next(batches) for _ in range(steps)])
+        assert all(not kept.flags.writeable for kept in loader._kept.values())
+        return out, len(loader.chunks)
+
+    reads.clear()
+    kept, n_chunks = stream(2**30)
+    assert len(reads) == 2 * n_chunks  # two sources, each chunk read once
+    reads.clear()
+    again, _ = stream(0)
+    assert len(reads) > 4 * n_chunks  # every epoch reads every chunk again
+    np.testing.assert_array_equal(kept, again)
