@@ -213,3 +213,31 @@ def test_prediction_batches_hold_examples_of_similar_length(dictionary_run, monk
     assert sum(n for n, _ in shapes) == len(counts) and len(shapes) > 1
     assert all(n * width <= budget or n == 1 for n, width in shapes), shapes
     np.testing.assert_allclose(small, whole, atol=1e-5)
+
+
+def test_latent_tables_are_the_same_with_the_codes_kept_or_encoded_again(
+    dictionary_run, monkeypatch
+):
+    """The second pass over a layer reuses the first pass's codes; with no room to keep
+    them it reads and encodes every block again, and every table field is the same."""
+    from layerdrift.tasks.report import latents
+
+    run, _, _ = dictionary_run
+    inputs = load_inputs(run)
+    store = xr.open_zarr(run.activations())
+    encoded = []
+    original = latents._encoded
+
+    def counted(*args):
+        encoded.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(latents, "_encoded", counted)
+    kept = latent_tables(run, inputs.config, store)
+    assert not encoded
+    monkeypatch.setattr(latents, "KEEP_CODES_BYTES", 0)
+    again = latent_tables(run, inputs.config, store)
+    assert encoded
+    for one, other in zip(kept, again, strict=True):
+        for name in ("auroc", "density", "max_act", "hist", "examples", "peaks", "windows"):
+            np.testing.assert_array_equal(getattr(one, name), getattr(other, name), name)

@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 TOP, BOTTOM, CONTEXT, HIST_BINS = 5, 3, 8, 16
 BLOCK_TOKENS = 4096
+# The first pass's codes are kept (sparse) for the second while they fit here: the second
+# pass then neither reads nor encodes again. The default run's layer: 27k tokens at L0 ≈ 60
+# in three dictionaries, about 100 MB.
+KEEP_CODES_BYTES = 512 * 2**20
 SOURCES = ("base_sae", "finetuned_sae", "crosscoder")
 
 
@@ -128,13 +132,21 @@ def scan_dictionaries(
     maxima: dict[str, torch.Tensor] = {}
     fires: dict[str, torch.Tensor] = {}
     n_scored = max(int(data.scored.sum()), 1)
+    kept: list[tuple[int, int, dict[str, torch.Tensor]]] | None = []
+    kept_bytes = 0
     for a, b, pair in data.blocks(f"latents layer {layer} (1/2)"):
         keep = torch.from_numpy(data.scored[a:b])
         ex = torch.from_numpy(data.example_of_token[a:b].astype(np.int64))
+        sparse: dict[str, torch.Tensor] = {}
         for name, encode in encoders.items():
             codes = encode(pair).clamp_min(0) * keep[:, None]
             maxima[name] = segment_max(codes, ex, n_ex, maxima.get(name))
             fires[name] = fires.get(name, 0) + (codes > 0).sum(dim=0)
+            if kept is not None:
+                sparse[name] = codes.to_sparse()
+                kept_bytes += sparse[name].values().numel() * 20  # value and two indices
+        if kept is not None:
+            kept = kept + [(a, b, sparse)] if kept_bytes <= KEEP_CODES_BYTES else None
     tables = {}
     for name in encoders:
         per_example = np.nan_to_num(maxima[name].numpy(), neginf=0.0)
@@ -149,13 +161,27 @@ def scan_dictionaries(
             peaks=np.zeros((per_example.shape[1], TOP + BOTTOM), dtype=np.int64),
             windows=np.zeros((per_example.shape[1], TOP + BOTTOM, 2 * CONTEXT + 1), np.float32),
         )
-    for a, b, pair in data.blocks(f"latents layer {layer} (2/2)"):
-        keep = torch.from_numpy(data.scored[a:b])
-        for name, encode in encoders.items():
-            codes = (encode(pair).clamp_min(0) * keep[:, None]).numpy()
+    for a, b, codes_of in kept if kept is not None else _encoded(data, encoders, layer):
+        for name in encoders:
+            codes = codes_of[name].to_dense().numpy()
             _histogram(tables[name], codes)
             _windows(tables[name], codes, a, b, data.starts, data.counts)
     return tables
+
+
+def _encoded(data: _Pass, encoders: dict[str, Encoder], layer: int):
+    """The second pass when the first pass's codes were too many to keep: read and encode
+    every block again; yields (a, b, codes (sparse) by dictionary name)."""
+    for a, b, pair in data.blocks(f"latents layer {layer} (2/2)"):
+        keep = torch.from_numpy(data.scored[a:b])
+        yield (
+            a,
+            b,
+            {
+                name: (encode(pair).clamp_min(0) * keep[:, None]).to_sparse()
+                for name, encode in encoders.items()
+            },
+        )
 
 
 def _histogram(table: LatentTable, codes: np.ndarray) -> None:
