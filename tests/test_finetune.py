@@ -274,3 +274,21 @@ def test_remote_checkpoint_cache_follows_the_remote(tmp_path, monkeypatch):
     assert (local_checkpoint_path(run, "final") / "model.safetensors").read_bytes() == b"v2"
     with pytest.raises(FileNotFoundError, match="'step-000007'.*missing or incomplete"):
         local_checkpoint_path(run, "step-000007")
+
+
+def test_the_optimizer_is_fused_adamw_with_decay_on_matrices_only(tiny_model_dir):
+    """AdamW, fused on the CPU, weight decay on matrices and none on biases and norms."""
+    from layerdrift.config import RunConfig
+    from layerdrift.tasks.finetune.train import build_optimizer
+    from layerdrift.tasks.modeling import load_classifier, load_tokenizer
+    from layerdrift.tasks.optimizers import fused_supported
+
+    model = load_classifier(tiny_model_dir, load_tokenizer(str(tiny_model_dir)), ["a", "b"])
+    cfg = RunConfig(finetune={"weight_decay": 0.05, "learning_rate": 3e-4})
+    optimizer = build_optimizer(model, cfg)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.05 and all(p.ndim >= 2 for p in decayed["params"])
+    assert plain["weight_decay"] == 0.0 and all(p.ndim < 2 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    assert not fused_supported([torch.zeros(3, dtype=torch.long)])

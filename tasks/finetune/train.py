@@ -60,6 +60,7 @@ from layerdrift.tasks.modeling import (
     resolve_model,
     select_device,
 )
+from layerdrift.tasks.optimizers import adam
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def build_optimizer(model, cfg: RunConfig) -> torch.optim.AdamW:
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.finetune.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.finetune.learning_rate)
+    return adam(groups, cfg.finetune.learning_rate, decoupled_weight_decay=True)
 
 
 class _Trainer:

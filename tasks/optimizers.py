@@ -1,0 +1,37 @@
+"""AdamW as the fine-tune uses it: fused where torch can.
+
+torch's fused Adam(W) updates every parameter in one vectorised kernel instead of a chain
+of tensor ops per parameter. On 2 cores, one AdamW step over the bundled model's 22.7M
+parameters (mostly the 30,522 × 384 embedding matrix) took 16 ms fused against 100 ms for
+the default single-tensor loop; over 76 fine-tuning steps of the quick preset that is 6 s.
+The fused update rounds differently: after 20 steps on a 384 × 1536 matrix the two paths
+differed by at most 2.4e-7 on weights of size up to 4.6 (float32 rounding). Each path is
+deterministic, so a fine-tune and its resume still agree to the bit (tests/test_resume.py).
+
+The dictionaries keep torch's default Adam: with the fused one, an SAE whose training was
+killed and resumed in a new process came out different from the uninterrupted one in
+tests/test_resume.py (resumed in the same process it was equal), and their Adam step is a
+smaller share of a training step (14% of the quick preset's SAE training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def fused_supported(params: Iterable[torch.Tensor]) -> bool:
+    """Whether torch's fused Adam kernels take every one of ``params``: floating point, on
+    a CPU or CUDA device."""
+    return all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
+
+
+def adam(params: list, lr: float, decoupled_weight_decay: bool = False) -> torch.optim.Optimizer:
+    """``torch.optim.AdamW`` (``decoupled_weight_decay``) or ``Adam`` over ``params`` (tensors
+    or parameter groups, as torch takes them), fused when :func:`fused_supported`."""
+    tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
+    kind = torch.optim.AdamW if decoupled_weight_decay else torch.optim.Adam
+    return kind(params, lr=lr, fused=True if fused_supported(tensors) else None)
