@@ -673,7 +673,7 @@ class RunConfig(_Section):
 L1_CROSSCODER: dict[str, Any] = {"architecture": "relu", "l1_coefficient": 3e-3}
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The whole pipeline in about four minutes on two quiet cores (222 s measured,
+    # The whole pipeline in three and a half minutes on two cores (202.7 s measured,
     # benchmarks/results/pipeline-quick.json).
     "quick": {
         "name": "quick",
@@ -704,7 +704,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "features": {"dictionary": L1_CROSSCODER, "training": {"token_budget": 20_000}},
         "report": {"token_pictures": 2},
     },
-    # The bundled default: about ten minutes on two cores.
+    # The bundled default: about 18 minutes on two cores (benchmarks/results/pipeline.json).
     "default": {
         "name": "default",
         "data": {"train_size": 2000, "val_size": 500, "probe_size": 1000, "max_length": 128},
