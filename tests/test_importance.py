@@ -317,47 +317,11 @@ def test_freeze_layers_are_checked_against_the_model(tiny_model_dir, separable_c
         RunConfig.model_validate({"finetune": {"freeze_layers": [-1, 2]}})
 
 
-def test_every_variant_of_a_decoder_equals_the_model_built_by_hand(family_dirs):
-    """GPT-2: each variant's score is that of a copy of final with the same units loaded
-    from base by ``load_state_dict`` (an independent construction)."""
-    from layerdrift.tasks.importance import reverted_units
-
-    base, tokenizer = _classifier(family_dirs["gpt2"])
-    final = copy.deepcopy(base)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in final.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=generator))
-    frame = separable_texts(24, seed=5)
-    encoded = encode_texts(tokenizer, frame["text"].tolist(), 32)
-    labels = (frame["label"] == "pos").to_numpy(np.int64)
-
-    def score(model):
-        found = evaluate(model, encoded, labels, 8, torch.device("cpu"),
-                         tokenizer.pad_token_id, 2)  # fmt: skip
-        return found["val_accuracy"], found["val_loss"]
-
-    layout = layer_parameters(final)
-    values = reversion_values(final, base_weights(base, layout), layout, score)
-    units, state = layout.rows(), base.state_dict()
-    built, expected = copy.deepcopy(final), {}
-    for row in range(len(units)):
-        for v, variant in enumerate(VARIANTS):
-            reverted = reverted_units(variant, row, units)
-            if reverted not in expected:
-                built.load_state_dict(final.state_dict())
-                names = layout.names(reverted)
-                built.load_state_dict({n: state[n] for n in names}, strict=False)
-                expected[reverted] = score(built)
-            assert tuple(values[row, v]) == expected[reverted], (units[row], variant)
-    assert tuple(values[0, VARIANTS.index("revert_from")]) == score(base)
-    assert tuple(values[-1, VARIANTS.index("final")]) == score(final)
-
-
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "albert"])
 def test_replayed_layers_give_the_scores_of_full_passes_in_every_family(family, tmp_path, caplog):
-    """Every family: the scores with shared layers replayed (:mod:`.replay`) are exactly
-    those of a copy of final with the variant's units loaded from base, and the first block
+    """Every family, decoders included: the scores with shared layers replayed
+    (:mod:`.replay`) are exactly those of a copy of final with the variant's units loaded
+    from base by ``load_state_dict`` (an independent construction), and the first block
     runs far fewer times than once per variant and batch."""
     from layerdrift.tasks.importance import reverted_units
     from layerdrift.tasks.modeling import find_layer_sites
@@ -397,6 +361,8 @@ def test_replayed_layers_give_the_scores_of_full_passes_in_every_family(family, 
                 built.load_state_dict({n: state[n] for n in layout.names(reverted)}, strict=False)
                 expected[reverted] = score(built)
             assert tuple(values[row, v]) == expected[reverted], (family, units[row], variant)
+    assert tuple(values[0, VARIANTS.index("revert_from")]) == score(base)
+    assert tuple(values[-1, VARIANTS.index("final")]) == score(final)
     # 12 distinct variants of a 2-layer model: full passes would run block 1 12 times per
     # batch. It need run once per distinct weights of units 0 and 1 (4), and once more for
     # the check of the first replay.
