@@ -267,7 +267,8 @@ def recording(model: nn.Module, layer: int) -> Iterator[SiteRecord]:
             except ValueError as error:
                 record.error = str(error)
             if depth == layer:
-                record.hidden = _tensor_of(output)
+                # A copy: a later module may change its input in place.
+                record.hidden = _tensor_of(output).detach().clone()
 
         return hook
 
