@@ -15,8 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -31,6 +30,8 @@ from layerdrift.tasks.similarity.accumulate import group_moment_flats
 from layerdrift.tasks.similarity.tables import checkpoint_pairs, pair_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from interleaved import interleaved, print_medians  # noqa: E402
 
 
 def main() -> None:
@@ -54,29 +55,29 @@ def main() -> None:
     n_groups = int(groups.max()) + 1
     counts = bootstrap.resample_counts(cfg.similarity.bootstrap_resamples, n_groups, cfg.seed)
     pairs = checkpoint_pairs(ds.sizes["checkpoint"], args.layer, random, previous)
-    exact = mock.patch.object(
-        bootstrap, "all_metrics", lambda sx, sy, xy, resample=False, f=bootstrap.all_metrics:
-        f(sx, sy, xy, False)
-    )  # fmt: skip
     load_before = os.getloadavg()
-    times: dict[str, list[float]] = {"exact": [], "eigenvalues": []}
-    bounds: dict[str, dict] = {}
     with threadpool_limits(limits=1, user_api="blas"):
         flats, plan, shifts = group_moment_flats(acts, pairs, groups, n_groups)
         stack = bootstrap.MomentStack.of_pass(flats, plan, shifts, acts.shape[3])
         point = pair_metrics(*bootstrap.total_moments(stack))
-        for _ in range(args.repeats):
-            for name in times:
-                start = time.perf_counter()
-                with exact if name == "exact" else mock.patch.dict({}):
-                    bounds[name] = bootstrap.bootstrap_intervals(stack, pairs, counts, point)
-                times[name].append(time.perf_counter() - start)
+
+        def exact() -> dict:
+            with mock.patch.object(
+                bootstrap, "all_metrics", lambda sx, sy, xy, resample=False,
+                f=bootstrap.all_metrics: f(sx, sy, xy, False)
+            ):  # fmt: skip
+                return bootstrap.bootstrap_intervals(stack, pairs, counts, point)
+
+        def eigenvalues() -> dict:
+            return bootstrap.bootstrap_intervals(stack, pairs, counts, point)
+
+        times, bounds = interleaved({"exact": exact, "eigenvalues": eigenvalues}, args.repeats)
     differ = max(
         float(np.nanmax(np.abs(bounds["exact"][p] - bounds["eigenvalues"][p])))
         for p in pairs
         if p[0] != p[1]
     )
-    median = {name: statistics.median(found) for name, found in times.items()}
+    median = print_medians("resample Procrustes", times)
     result = {
         "run": str(args.run),
         "layer": args.layer,
@@ -90,10 +91,6 @@ def main() -> None:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
     }
-    print("| resample Procrustes | median s | runs |")
-    print("|---|---|---|")
-    for name, found in times.items():
-        print(f"| {name} | {median[name]:.2f} | {', '.join(f'{t:.2f}' for t in found)} |")
     print(f"speedup {result['speedup']:.2f}x, bounds differ by <= {differ:.1e}, load {load_before}")
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 

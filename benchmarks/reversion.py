@@ -12,12 +12,10 @@ Usage: ``.venv/bin/python benchmarks/reversion.py runs/quick [--repeats 3]``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import statistics
-import time
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -32,6 +30,8 @@ from layerdrift.tasks.importance.run import validation_evaluator
 from layerdrift.tasks.modeling import layer_parameters, load_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from interleaved import interleaved, print_medians  # noqa: E402
 
 
 def main() -> None:
@@ -49,17 +49,17 @@ def main() -> None:
     weights = reversion.base_weights(base, layout)
     score = validation_evaluator(run, cfg, device)
     load_before = os.getloadavg()
-    times: dict[str, list[float]] = {"full": [], "replayed": []}
-    values: dict[str, np.ndarray] = {}
-    for _ in range(args.repeats):
-        for name in times:
-            off = mock.patch.object(reversion, "_replayer", return_value=None)
-            with off if name == "full" else contextlib.nullcontext():
-                start = time.perf_counter()
-                values[name] = reversion.reversion_values(final, weights, layout, score)
-                times[name].append(time.perf_counter() - start)
+
+    def full() -> np.ndarray:
+        with mock.patch.object(reversion, "_replayer", return_value=None):
+            return reversion.reversion_values(final, weights, layout, score)
+
+    def replayed() -> np.ndarray:
+        return reversion.reversion_values(final, weights, layout, score)
+
+    times, values = interleaved({"full": full, "replayed": replayed}, args.repeats)
     equal = bool(np.array_equal(values["full"], values["replayed"]))
-    median = {name: statistics.median(found) for name, found in times.items()}
+    median = print_medians("scoring", times)
     result = {
         "run": str(args.run),
         "model": cfg.model,
@@ -74,10 +74,6 @@ def main() -> None:
         "load_average_after": os.getloadavg(),
         "machine": platform.platform(),
     }
-    print("| scoring | median s | runs |")
-    print("|---|---|---|")
-    for name, found in times.items():
-        print(f"| {name} | {median[name]:.2f} | {', '.join(f'{t:.2f}' for t in found)} |")
     print(f"speedup {result['speedup']:.2f}x, bit-identical: {equal}, load {load_before}")
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
