@@ -29,9 +29,8 @@ def fused_supported(params: Iterable[torch.Tensor]) -> bool:
     return all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
 
 
-def adam(params: list, lr: float, decoupled_weight_decay: bool = False) -> torch.optim.Optimizer:
-    """``torch.optim.AdamW`` (``decoupled_weight_decay``) or ``Adam`` over ``params`` (tensors
-    or parameter groups, as torch takes them), fused when :func:`fused_supported`."""
+def adamw(params: list, lr: float) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` over ``params`` (tensors or parameter groups, as torch takes
+    them), fused when :func:`fused_supported`."""
     tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
-    kind = torch.optim.AdamW if decoupled_weight_decay else torch.optim.Adam
-    return kind(params, lr=lr, fused=True if fused_supported(tensors) else None)
+    return torch.optim.AdamW(params, lr=lr, fused=True if fused_supported(tensors) else None)

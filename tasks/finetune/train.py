@@ -60,7 +60,7 @@ from layerdrift.tasks.modeling import (
     resolve_model,
     select_device,
 )
-from layerdrift.tasks.optimizers import adam
+from layerdrift.tasks.optimizers import adamw
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def build_optimizer(model, cfg: RunConfig) -> torch.optim.AdamW:
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.finetune.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return adam(groups, cfg.finetune.learning_rate, decoupled_weight_decay=True)
+    return adamw(groups, cfg.finetune.learning_rate)
 
 
 class _Trainer:

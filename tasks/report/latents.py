@@ -145,8 +145,10 @@ def scan_dictionaries(
             if kept is not None:
                 sparse[name] = codes.to_sparse()
                 kept_bytes += sparse[name].values().numel() * 20  # value and two indices
-        if kept is not None:
-            kept = kept + [(a, b, sparse)] if kept_bytes <= KEEP_CODES_BYTES else None
+        if kept is not None and kept_bytes > KEEP_CODES_BYTES:
+            kept = None  # too many to keep: the second pass encodes again
+        elif kept is not None:
+            kept.append((a, b, sparse))
     tables = {}
     for name in encoders:
         per_example = np.nan_to_num(maxima[name].numpy(), neginf=0.0)
