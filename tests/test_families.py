@@ -101,6 +101,30 @@ def test_sites_output_the_hidden_states_and_splices_hit_them(family_dir, family)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_models_load_with_their_own_torch_code_not_hub_kernels(family_dir, family):
+    """transformers >= 5.25 kernelizes loaded models when `kernels` is installed, and each
+    train()/eval() then re-binds the forward of layers such as RMSNorm: a forward put on a
+    module (as the layer replays do) would be silently undone. Every loader turns that off."""
+    from layerdrift.tasks.report.predictions import load_classifier as report_classifier
+
+    folder = family_dir(family)
+    tokenizer = load_tokenizer(str(folder))
+    models = [
+        load_classifier(folder, tokenizer, ["neg", "pos"]),
+        load_encoder(folder, torch.device("cpu")),
+        report_classifier(folder),
+    ]
+    for model in models:
+        assert getattr(model, "use_kernels", False) is False, type(model).__name__
+        base = getattr(model, "base_model", model)
+        module = base.get_submodule(find_layer_sites(base)[-1].module)
+        module.forward = lambda *args, **kwargs: "replayed"
+        model.train()
+        model.eval()
+        assert module.__dict__.pop("forward")() == "replayed", type(model).__name__
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_inspect_reports_the_shape_and_sites(family_dir, family):
     info = inspect_model(str(family_dir(family)))
     assert (info.family, info.num_layers, info.hidden_size) == (family, 2, 32)

@@ -18,6 +18,13 @@ import torch
 
 from layerdrift.tasks.modeling.resolve import ModelNotFoundError, UnsupportedModelError, hub_offline
 
+# transformers >= 5.25 kernelizes every loaded model by default when the `kernels` package is
+# installed (it is a dependency): layers such as Llama's RMSNorm may then run compiled code
+# fetched from the Hub, and each train()/eval() re-binds their forward, which undoes the
+# layer replays of tasks.modeling.sites and tasks.importance.replay. Every model is loaded
+# with the torch code it was saved for.
+NO_HUB_KERNELS = {"use_kernels": False}
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -132,7 +139,11 @@ def load_classifier(
         kwargs["pad_token_id"] = tokenizer.pad_token_id
     with quiet_transformers():
         return AutoModelForSequenceClassification.from_pretrained(
-            str(source), trust_remote_code=trust_remote_code, dtype=torch.float32, **kwargs
+            str(source),
+            trust_remote_code=trust_remote_code,
+            dtype=torch.float32,
+            **NO_HUB_KERNELS,
+            **kwargs,
         )
 
 
@@ -142,7 +153,7 @@ def load_encoder(model_dir: str | Path, device: torch.device) -> torch.nn.Module
     from transformers import AutoModel
 
     with quiet_transformers():
-        model = AutoModel.from_pretrained(str(model_dir), dtype=torch.float32)
+        model = AutoModel.from_pretrained(str(model_dir), dtype=torch.float32, **NO_HUB_KERNELS)
     return model.to(device).eval()
 
 

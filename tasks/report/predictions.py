@@ -25,6 +25,7 @@ from layerdrift.storage.checkpoints import checkpoint_complete, local_checkpoint
 from layerdrift.storage.results import list_results, open_result, write_result
 from layerdrift.storage.results_schema import RESULT_GROUPS
 from layerdrift.storage.rundir import CHECKPOINTS_DIR, RunDir
+from layerdrift.tasks.modeling.load import load_classifier as load_saved_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,7 @@ def _identity(run: RunDir, checkpoints: list[str]) -> dict:
 
 def load_classifier(model_dir) -> torch.nn.Module:
     """A saved sequence classifier in eval mode (CPU)."""
-    from transformers import AutoModelForSequenceClassification
-
-    return AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+    return load_saved_classifier(model_dir).eval()
 
 
 @torch.no_grad()
