@@ -8,10 +8,13 @@ The fused update rounds differently: after 20 steps on a 384 × 1536 matrix the 
 differed by at most 2.4e-7 on weights of size up to 4.6 (float32 rounding). Each path is
 deterministic, so a fine-tune and its resume still agree to the bit (tests/test_resume.py).
 
-The dictionaries keep torch's default Adam: with the fused one, an SAE whose training was
-killed and resumed in a new process came out different from the uninterrupted one in
-tests/test_resume.py (resumed in the same process it was equal), and their Adam step is a
-smaller share of a training step (14% of the quick preset's SAE training).
+The dictionaries keep torch's default Adam. With the fused one, an SAE whose training was
+killed and resumed came out different from the uninterrupted one (tests/test_resume.py):
+its encoder is stored transposed (``W_enc`` is ``W_decᵀ``, strides (1, 384)), a training
+state saved through safetensors comes back contiguous, and the fused kernel walks a
+parameter, its gradient and its moments as flat memory, so each element was updated with
+another element's moments. :func:`restore_layouts` gives restored moments their
+parameter's layout; the dictionaries' trainer calls it on every resume.
 """
 
 from __future__ import annotations
@@ -34,3 +37,19 @@ def adamw(params: list, lr: float) -> torch.optim.AdamW:
     them), fused when :func:`fused_supported`."""
     tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
     return torch.optim.AdamW(params, lr=lr, fused=True if fused_supported(tensors) else None)
+
+
+def restore_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor of ``optimizer`` (Adam's moments, say) the
+    memory layout of its parameter, after ``load_state_dict`` of a state that was saved
+    contiguous. Values are unchanged; the fused kernels need matching layouts."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for name, value in state.items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.shape == param.shape
+                    and value.stride() != param.stride()
+                ):
+                    state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)

@@ -171,3 +171,41 @@ def test_schedule_warms_up_and_decays():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[50] == 1.0 and lrs[80] == pytest.approx(1.0)  # decay covers the last 20 steps
     assert lrs[99] == pytest.approx(1 / 20) and (np.diff(lrs[10:]) <= 0).all()
+
+
+def test_resumed_fused_adam_updates_a_transposed_parameter_as_before(tmp_path):
+    """An SAE's W_enc is stored transposed and its saved Adam moments come back contiguous;
+    torch's fused Adam walks parameter, gradient and moments as flat memory, so a resume
+    must give the moments the parameter's layout again (:func:`restore_layouts`)."""
+    from layerdrift.storage.saes import TrainState, save_train_state
+    from layerdrift.tasks.optimizers import restore_layouts
+
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(24, 8, generator=generator)
+    grads = [torch.randn(8, 24, generator=generator) for _ in range(6)]
+
+    def fresh():
+        weight = torch.nn.Parameter(start.clone().t())  # strides (1, 8), as W_enc's
+        return weight, torch.optim.Adam([weight], lr=0.1, fused=True)
+
+    def steps(weight, optimizer, chosen):
+        for grad in chosen:
+            optimizer.zero_grad()
+            weight.grad = torch.empty_like(weight).copy_(grad)  # autograd keeps the layout
+            optimizer.step()
+
+    weight, optimizer = fresh()
+    steps(weight, optimizer, grads)
+    killed, killed_optimizer = fresh()
+    steps(killed, killed_optimizer, grads[:3])
+    url = str(tmp_path / "state")
+    save_train_state(url, TrainState({"w": killed.detach()}, killed_optimizer.state_dict(), {}, {}))
+    saved = load_train_state(url)
+    resumed, resumed_optimizer = fresh()
+    with torch.no_grad():
+        resumed.copy_(saved.model["w"])
+    resumed_optimizer.load_state_dict(saved.optimizer)
+    restore_layouts(resumed_optimizer)
+    assert resumed_optimizer.state[resumed]["exp_avg"].stride() == resumed.stride()
+    steps(resumed, resumed_optimizer, grads[3:])
+    assert torch.equal(resumed, weight)

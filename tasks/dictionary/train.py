@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from layerdrift.config import TrainingConfig
 from layerdrift.storage.saes import TrainState
+from layerdrift.tasks.optimizers import restore_layouts
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ class Trainer:
             own = {k[len(prefix) :]: v for k, v in state.model.items() if k.startswith(prefix)}
             model.load_state_dict(own)
         self.optimizer.load_state_dict(state.optimizer)
+        restore_layouts(self.optimizer)  # W_enc is stored transposed; the file holds it contiguous
         for i in range(len(self.models)):
             self.since_fired[i] = state.tensors[f"since_fired.{i}"].to(self.device)
         self.step = int(state.extra["step"])
