@@ -163,7 +163,7 @@ class _SplicedPasses:
             return self._full(batch, replace, mask)
         hidden = record.hidden.clone()
         hidden[mask] = replace(record.hidden[mask]).to(hidden.dtype)
-        with replayed(self.classifier, record, hidden):
+        with replayed(self.classifier, self.layer, record.forms, hidden):
             logits = self.classifier(**batch).logits.float()
         if not self.checked:
             self.checked = True

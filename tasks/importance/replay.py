@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from layerdrift.tasks.modeling import find_layer_sites
-from layerdrift.tasks.modeling.sites import in_form, output_form
+from layerdrift.tasks.modeling.sites import output_form, replayed, shared_layer_error
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +105,10 @@ class PrefixReplay:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         base = getattr(model, "base_model", model)
-        sites = find_layer_sites(base)
-        if any(site.call != 0 for site in sites):
-            raise ValueError("a layer module runs at several depths: nothing to replay")
-        self.modules = [base.get_submodule(site.module) for site in sites]
+        shared = shared_layer_error(base)
+        if shared is not None:
+            raise ValueError(f"{shared}: nothing to replay")
+        self.modules = [base.get_submodule(site.module) for site in find_layer_sites(base)]
         self.state = _State()
         self.verified = False
 
@@ -123,8 +123,6 @@ class PrefixReplay:
         finally:
             for handle in handles:
                 handle.remove()
-            for module in self.modules:
-                module.__dict__.pop("forward", None)
 
     def score(self, evaluate: Callable[[nn.Module], tuple[float, float]], replay: int,
               record: frozenset[int]) -> tuple[float, float]:  # fmt: skip
@@ -151,13 +149,17 @@ class PrefixReplay:
         state.batch, state.replay, state.record = -1, replay, record
         for depth in record:
             state.slots[depth] = []
-        for depth in range(replay + 1):
-            self.modules[depth].forward = self._replayed(depth)
+
+        def batch_hidden() -> torch.Tensor:  # the recorded hidden state of the current batch
+            return state.slots[replay][state.batch]
+
+        skipped = contextlib.nullcontext()
+        if replay >= 0:
+            skipped = replayed(self.model, replay, state.tuple_sizes, batch_hidden)
         try:
-            return evaluate(self.model)
+            with skipped:
+                return evaluate(self.model)
         finally:
-            for depth in range(replay + 1):
-                self.modules[depth].__dict__.pop("forward", None)
             state.replay, state.record = -1, frozenset()
 
     def _next_batch(self, module, args, kwargs) -> None:
@@ -188,13 +190,3 @@ class PrefixReplay:
             return None
 
         return hook
-
-    def _replayed(self, depth: int):
-        """A forward for the site module of ``depth`` that computes nothing: it returns the
-        replayed hidden state in the form this module returns."""
-
-        def forward(*args, **kwargs):
-            state = self.state
-            return in_form(state.slots[state.replay][state.batch], state.tuple_sizes[depth])
-
-        return forward

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -236,6 +236,15 @@ def in_form(hidden: torch.Tensor, form: int | None):
     return hidden if form is None else (hidden,) + (None,) * (form - 1)
 
 
+def shared_layer_error(model: nn.Module) -> str | None:
+    """Why the layer sites of ``model`` cannot be replayed one depth at a time (ALBERT's one
+    layer runs at every depth), or None when they can."""
+    base = getattr(model, "base_model", model)
+    if any(site.call != 0 for site in find_layer_sites(base)):
+        return "a layer module runs at several depths"
+    return None
+
+
 @dataclass
 class SiteRecord:
     """The output of the site of ``hidden_states[layer]`` in the last forward pass, and the
@@ -254,11 +263,8 @@ def recording(model: nn.Module, layer: int) -> Iterator[SiteRecord]:
     ``hidden_states[layer]`` (before any splice there replaces it) and how the sites up to
     it return their outputs, for :func:`replayed`."""
     base = getattr(model, "base_model", model)
-    every = find_layer_sites(base)
-    sites = every[: layer + 1]
-    record = SiteRecord(layer)
-    if any(site.call != 0 for site in every):  # ALBERT's one shared layer
-        record.error = "a layer module runs at several depths"
+    sites = find_layer_sites(base)[: layer + 1]
+    record = SiteRecord(layer, error=shared_layer_error(base))
 
     def hook_for(depth: int):
         def hook(module, args, output):
@@ -284,21 +290,27 @@ def recording(model: nn.Module, layer: int) -> Iterator[SiteRecord]:
 
 
 @contextlib.contextmanager
-def replayed(model: nn.Module, record: SiteRecord, hidden: torch.Tensor) -> Iterator[None]:
-    """While active, the modules that produce ``hidden_states[0 … record.layer]`` compute
-    nothing: each returns ``hidden`` in its own form, so a forward pass goes on from
-    ``hidden`` at ``record.layer``. Everything after that point is the same arithmetic on
-    the same input as a full pass whose hidden state there was ``hidden``. The batch must
-    be the one ``record`` saw (same shape); ``record.error`` must be None."""
-    if record.error is not None:
-        raise ValueError(f"cannot replay layer {record.layer}: {record.error}")
+def replayed(
+    model: nn.Module,
+    layer: int,
+    forms: Mapping[int, int | None],
+    hidden: torch.Tensor | Callable[[], torch.Tensor],
+) -> Iterator[None]:
+    """While active, the modules that produce ``hidden_states[0 … layer]`` compute nothing:
+    each returns ``hidden`` (or, when it is a function, what it returns at that call) in its
+    own form, ``forms[depth]`` (:func:`output_form`), so a forward pass goes on from
+    ``hidden`` at ``layer``. Everything after that point is the same arithmetic on the same
+    input as a full pass whose hidden state there was ``hidden``. The caller makes sure the
+    sites can be replayed (:func:`shared_layer_error`, :func:`output_form`) and that the
+    batch has the shape ``hidden`` was recorded at."""
     base = getattr(model, "base_model", model)
-    sites = find_layer_sites(base)[: record.layer + 1]
+    sites = find_layer_sites(base)[: layer + 1]
     modules = [base.get_submodule(site.module) for site in sites]
+    current = hidden if callable(hidden) else lambda: hidden
 
     def skip(depth: int):
-        form = record.forms[depth]
-        return lambda *args, **kwargs: in_form(hidden, form)
+        form = forms[depth]
+        return lambda *args, **kwargs: in_form(current(), form)
 
     try:
         for depth, module in enumerate(modules):
