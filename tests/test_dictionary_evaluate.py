@@ -16,6 +16,7 @@ from layerdrift.tasks.dictionary import (
     density_histogram,
     reconstruction_metrics,
     recovered_metrics,
+    recovered_metrics_of,
 )
 
 TEXTS = ["good movie", "the plot was bad", "a lovely film really", "boring end", "great story"]
@@ -77,6 +78,37 @@ def test_perfect_sae_recovers_everything_and_mean_sae_nothing(tiny_model_dir):
     ablated = recovered_metrics(tiny_model_dir, 1, constant, mean, TEXTS, LABELS)
     assert ablated["loss_recovered"] == pytest.approx(0.0, abs=1e-4)
     assert ablated["loss_mean"] == pytest.approx(perfect["loss_mean"], abs=1e-6)
+
+
+def test_several_dictionaries_in_one_call_get_the_metrics_of_one_call_each(tiny_model_dir):
+    """The transfer directions share a classifier load and the clean and mean passes; each
+    dictionary still gets exactly (to the bit, keys in the same order) what a call of its
+    own gives."""
+    from layerdrift.tasks.dictionary import evaluate as module
+
+    noisy = build(DictionarySpec(d_model=32, d_sae=64, architecture="relu"),
+                  torch.Generator().manual_seed(1))  # fmt: skip
+    saes = {"identity": _identity_sae(32), "noisy": noisy}
+    mean = torch.full((32,), 0.1)
+    texts, labels = TEXTS * 2, np.tile(LABELS, 2)
+    loads = []
+    original = module.load_classifier
+
+    def counted(*args, **kwargs):
+        loads.append(1)
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "load_classifier", counted)
+        torch.manual_seed(0)
+        together = recovered_metrics_of(tiny_model_dir, 1, saes, mean, texts, labels, batch_size=4)
+    assert len(loads) == 1 and list(together) == ["identity", "noisy"]
+    for name, sae in saes.items():
+        torch.manual_seed(0)
+        alone = recovered_metrics(tiny_model_dir, 1, sae, mean, texts, labels, batch_size=4)
+        assert list(together[name]) == list(alone)
+        np.testing.assert_equal(together[name], alone)
+    assert together["identity"]["loss_sae"] != together["noisy"]["loss_sae"]
 
 
 def test_labels_beyond_the_head_are_refused(tiny_model_dir):

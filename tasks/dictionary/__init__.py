@@ -16,6 +16,7 @@ from layerdrift.tasks.dictionary.evaluate import (
     density_histogram,
     reconstruction_metrics,
     recovered_metrics,
+    recovered_metrics_of,
 )
 from layerdrift.tasks.dictionary.files import (
     folder_current,
@@ -46,6 +47,7 @@ __all__ = [
     "make_loader",
     "reconstruction_metrics",
     "recovered_metrics",
+    "recovered_metrics_of",
     "save_dictionary",
     "schedule_for",
     "train_dictionaries",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from layerdrift.config import RunConfig
 from layerdrift.storage.checkpoints import checkpoint_complete, local_checkpoint_path
 from layerdrift.storage.rundir import CHECKPOINTS_DIR, RunDir
 from layerdrift.tasks.data.probe import UNLABELLED_NOTE, is_labelled
-from layerdrift.tasks.dictionary.evaluate import recovered_metrics
+from layerdrift.tasks.dictionary.evaluate import recovered_metrics_of
 from layerdrift.tasks.dictionary.loader import ActivationLoader
 from layerdrift.tasks.dictionary.model import Dictionary
 from layerdrift.tasks.modeling import ModelNotFoundError, hook_names, resolve_model
@@ -71,22 +72,38 @@ def spliced_metrics(
     sample. Returns {} (with a warning) when the run has no such checkpoint folder, and {}
     when the checkpoint's head was trained on another task than the probe set's labels.
     """
+    return spliced_metrics_of(run, cfg, loader, {"sae": model}, checkpoint, source)["sae"]
+
+
+def spliced_metrics_of(
+    run: RunDir,
+    cfg: RunConfig,
+    loader: ActivationLoader,
+    models: Mapping[str, Dictionary],
+    checkpoint: str,
+    source: int = 0,
+) -> dict[str, dict[str, float]]:
+    """:func:`spliced_metrics` of several dictionaries of the loader's layer, by name, with
+    one classifier load and one clean and one mean-ablated pass for all of them
+    (:func:`.evaluate.recovered_metrics_of`); each {} where :func:`spliced_metrics` gives {}.
+    """
+    empty: dict[str, dict[str, float]] = {name: {} for name in models}
     if not checkpoint_complete(run, checkpoint):
         logger.warning("no checkpoint %s in %s: recovered metrics left NaN", checkpoint, run.url)
-        return {}
+        return empty
     if not head_knows_probe_labels(cfg, checkpoint):
         logger.info("recovered metrics of %s left NaN: its head has another task", checkpoint)
-        return {}
+        return empty
     ds, layer = loader.ds, int(loader.sources[source][1])
     if not is_labelled(ds["label"].values):
         logger.info("recovered metrics left NaN: %s", UNLABELLED_NOTE)
-        return {}
+        return empty
     mean = torch.from_numpy(loader.sample(MEAN_SAMPLE_TOKENS)[:, source].mean(axis=0))
     held = np.flatnonzero(loader.heldout_examples)
-    return recovered_metrics(
+    return recovered_metrics_of(
         local_checkpoint_path(run, checkpoint),
         layer,
-        model,
+        models,
         mean,
         [str(t) for t in ds["text"].values[held]],
         np.asarray(ds["label"].values[held]),

@@ -13,7 +13,7 @@ import logging
 from layerdrift.config import RunConfig
 from layerdrift.storage.rundir import RunDir
 from layerdrift.tasks.dictionary import ActivationLoader, Dictionary
-from layerdrift.tasks.dictionary.runs import spliced_metrics
+from layerdrift.tasks.dictionary.runs import spliced_metrics_of
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ def transfer_recovery(
     """
     out = dict.fromkeys(DIRECTIONS, float("nan"))
     details: dict[str, dict[str, float]] = {}
-    for name, sae in (("base_on_finetuned", base), ("finetuned_on_finetuned", finetuned)):
-        metrics = spliced_metrics(run, cfg, loader, sae, cfg.features.finetuned, source=1)
+    spliced = {"base_on_finetuned": base, "finetuned_on_finetuned": finetuned}
+    found = spliced_metrics_of(run, cfg, loader, spliced, cfg.features.finetuned, source=1)
+    for name, metrics in found.items():
         if metrics:
             out[name], details[name] = metrics["accuracy_recovered"], metrics
     return out, details
