@@ -21,7 +21,13 @@ from layerdrift.storage import open_result
 from layerdrift.tasks.dictionary import DictionarySpec, build, load_dictionary, save_dictionary
 from layerdrift.tasks.report import build_explorer
 from layerdrift.tasks.report import explorer_data as data_module
-from layerdrift.tasks.report.latents import CONTEXT, TOP, latent_tables, pick_examples
+from layerdrift.tasks.report.latents import (
+    CONTEXT,
+    HIST_BINS,
+    TOP,
+    latent_tables,
+    pick_examples,
+)
 from layerdrift.tasks.report.load import load_inputs
 from layerdrift.tasks.report.predictions import probe_predictions
 
@@ -85,6 +91,8 @@ def test_latent_tables_match_the_dictionaries(dictionary_run):
         np.testing.assert_allclose(table.density, (codes > 0).mean(axis=0), rtol=1e-6)
         np.testing.assert_allclose(table.max_act, codes.max(axis=0), rtol=1e-5)
         assert (table.hist.sum(axis=1) == (codes > 0).sum(axis=0)).all()
+        assert _misbinned(table, codes) == 0, source
+
         top = int(np.argmax(per_example[:, 3]))
         assert table.examples[3, 0] == top
         tokens = codes[examples == top, 3]
@@ -241,3 +249,16 @@ def test_latent_tables_are_the_same_with_the_codes_kept_or_encoded_again(
     for one, other in zip(kept, again, strict=True):
         for name in ("auroc", "density", "max_act", "hist", "examples", "peaks", "windows"):
             np.testing.assert_array_equal(getattr(one, name), getattr(other, name), name)
+
+
+def _misbinned(table, codes: np.ndarray) -> int:
+    """Active entries whose bin in ``table.hist`` differs from (0, max_act] cut in
+    HIST_BINS equal bins, beyond those within 1e-4 of a bin edge (float32 rounding of the
+    test's own encoding may move them)."""
+    rows, cols = np.nonzero(codes > 0)
+    scaled = codes[rows, cols] / table.max_act[cols] * HIST_BINS
+    bins = np.minimum(scaled.astype(np.int64), HIST_BINS - 1)
+    expected = np.zeros_like(table.hist)
+    np.add.at(expected, (cols, bins), 1)
+    near_edge = int(np.sum(np.abs(scaled - np.round(scaled)) < 1e-4))
+    return max(int(np.abs(table.hist - expected).sum()) // 2 - near_edge, 0)

@@ -165,9 +165,10 @@ def scan_dictionaries(
         )
     for a, b, codes_of in kept if kept is not None else _encoded(data, encoders, layer):
         for name in encoders:
-            codes = codes_of[name].to_dense().numpy()
-            _histogram(tables[name], codes)
-            _windows(tables[name], codes, a, b, data.starts, data.counts)
+            _histogram(tables[name], codes_of[name])
+            if _has_windows(tables[name], a, b, data.starts):
+                codes = codes_of[name].to_dense().numpy()
+                _windows(tables[name], codes, a, b, data.starts, data.counts)
     return tables
 
 
@@ -186,13 +187,22 @@ def _encoded(data: _Pass, encoders: dict[str, Encoder], layer: int):
         )
 
 
-def _histogram(table: LatentTable, codes: np.ndarray) -> None:
-    """Add the active entries of ``codes`` [n, d_sae] to ``table.hist``."""
-    rows, cols = np.nonzero(codes)
+def _histogram(table: LatentTable, codes: torch.Tensor) -> None:
+    """Add the active entries of ``codes`` (sparse COO [n, d_sae], the non-zero entries
+    only) to ``table.hist``. Read from the sparse entries: finding them again in the dense
+    block (``np.nonzero`` over n × d_sae) took 10% of the default run's report."""
+    cols = codes.indices()[1].numpy()
+    values = codes.values().numpy()
     scale = np.where(table.max_act > 0, table.max_act, 1.0)
-    bins = np.minimum((codes[rows, cols] / scale[cols] * HIST_BINS).astype(np.int64), HIST_BINS - 1)
+    bins = np.minimum((values / scale[cols] * HIST_BINS).astype(np.int64), HIST_BINS - 1)
     flat = np.bincount(cols * HIST_BINS + bins, minlength=table.hist.size)
     table.hist += flat.reshape(table.hist.shape)
+
+
+def _has_windows(table: LatentTable, a: int, b: int, starts: np.ndarray) -> bool:
+    """Whether an example of ``table.examples`` starts in the tokens [a, b)."""
+    chosen = table.examples[table.examples >= 0]
+    return bool(np.any((starts[chosen] >= a) & (starts[chosen] < b)))
 
 
 def _windows(table, codes, a: int, b: int, starts: np.ndarray, counts: np.ndarray) -> None:
