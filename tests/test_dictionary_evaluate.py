@@ -18,6 +18,7 @@ from layerdrift.tasks.dictionary import (
     recovered_metrics,
     recovered_metrics_of,
 )
+from layerdrift.tasks.dictionary.evaluate import LayerSplices, recovered_metrics_by_layer
 
 TEXTS = ["good movie", "the plot was bad", "a lovely film really", "boring end", "great story"]
 LABELS = np.array([1, 0, 1, 0, 1])
@@ -109,6 +110,50 @@ def test_several_dictionaries_in_one_call_get_the_metrics_of_one_call_each(tiny_
         assert list(together[name]) == list(alone)
         np.testing.assert_equal(together[name], alone)
     assert together["identity"]["loss_sae"] != together["noisy"]["loss_sae"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_layer_from_one_clean_pass_gets_the_metrics_of_its_own_call(family, tmp_path, caplog):
+    """Every family: the SAE metrics stage scores a checkpoint's SAEs of every layer with
+    one classifier load and one clean pass per batch, recording each layer's hidden state;
+    each layer's numbers are, to the bit, those of a call for that layer alone."""
+    from families import make_family_model
+
+    from layerdrift.tasks.dictionary import evaluate as module
+
+    folder = make_family_model(family, tmp_path / family)
+    texts, labels = TEXTS * 3, np.tile(LABELS, 3)
+    splices = {
+        layer: LayerSplices(
+            {
+                "sae": build(
+                    DictionarySpec(d_model=32, d_sae=64, architecture="relu"),
+                    torch.Generator().manual_seed(layer),
+                )
+            },  # fmt: skip
+            torch.full((32,), 0.1 * (layer + 1)),
+        )
+        for layer in (0, 1, 2)
+    }
+    loads = []
+    original = module.load_classifier
+
+    def counted(*args, **kwargs):
+        loads.append(1)
+        return original(*args, **kwargs)
+
+    with caplog.at_level("WARNING"), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "load_classifier", counted)
+        torch.manual_seed(0)  # the saved folder has no head: loading draws one
+        together = recovered_metrics_by_layer(folder, splices, texts, labels, batch_size=8)
+    assert "in full" not in caplog.text  # each layer replayed from its own recording
+    assert len(loads) == 1 and list(together) == [0, 1, 2]
+    for layer, splice in splices.items():
+        torch.manual_seed(0)
+        alone = recovered_metrics_of(folder, layer, splice.models, splice.mean_activation,
+                                     texts, labels, batch_size=8)  # fmt: skip
+        np.testing.assert_equal(together[layer], alone)
+    assert together[0]["sae"]["loss_sae"] != together[2]["sae"]["loss_sae"]
 
 
 def test_labels_beyond_the_head_are_refused(tiny_model_dir):

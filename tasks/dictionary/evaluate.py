@@ -19,8 +19,9 @@ the denominator is ~0 (e.g. an untrained head where ablation changes nothing).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,7 +106,6 @@ def recovered_metrics(
     return found["sae"]
 
 
-@torch.no_grad()
 def recovered_metrics_of(
     classifier_dir: str | Path,
     layer: int,
@@ -124,7 +124,41 @@ def recovered_metrics_of(
     run once for all of them (they do not depend on the dictionary): two dictionaries cost
     four passes instead of six, with the same numbers as one call each.
     """
-    device = next(iter(models.values())).b_dec.device if models else torch.device("cpu")
+    splices = {layer: LayerSplices(models, mean_activation)}
+    return recovered_metrics_by_layer(
+        classifier_dir, splices, texts, labels, max_length, batch_size, exclude_special
+    )[layer]
+
+
+@dataclass(frozen=True)
+class LayerSplices:
+    """What :func:`recovered_metrics_by_layer` splices in at one layer: dictionaries by
+    name, and the mean activation [d_in] that replaces every token in its ablation."""
+
+    models: Mapping[str, Dictionary]
+    mean_activation: torch.Tensor
+
+
+@torch.no_grad()
+def recovered_metrics_by_layer(
+    classifier_dir: str | Path,
+    splices: Mapping[int, LayerSplices],
+    texts: list[str],
+    labels: np.ndarray,
+    max_length: int = 128,
+    batch_size: int = 32,
+    exclude_special: bool = False,
+) -> dict[int, dict[str, dict[str, float]]]:
+    """:func:`recovered_metrics_of` at several layers of one classifier: per layer of
+    ``splices``, per dictionary name, what a call for that layer alone returns.
+
+    The classifier is loaded once and each batch's clean pass runs once, recording the
+    hidden state of every layer asked for; each layer's mean-ablated and spliced passes go
+    on from its own (the SAE metrics stage: one clean pass for a checkpoint's SAEs of every
+    layer instead of one per SAE).
+    """
+    models = [m for splice_ in splices.values() for m in splice_.models.values()]
+    device = models[0].b_dec.device if models else torch.device("cpu")
     tokenizer = load_tokenizer(str(classifier_dir))
     classifier = load_classifier(classifier_dir, tokenizer).to(device).eval()
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -133,11 +167,10 @@ def recovered_metrics_of(
             f"store labels go up to {int(labels_t.max())} but {classifier_dir} has "
             f"{classifier.config.num_labels} labels: the store and checkpoint do not match"
         )
-    mean = mean_activation.to(device, torch.float32)
-    replay = _SplicedPasses(classifier, layer)
-    modes = {"clean": None, "mean": lambda h: mean.expand_as(h)}
-    modes |= {f"sae:{name}": (lambda h, m=m: m(h.float())) for name, m in models.items()}
-    sums = {name: [0.0, 0.0] for name in modes}  # loss sum, correct count
+    replays = {layer: _SplicedPasses(classifier, layer) for layer in splices}
+    modes = {layer: _modes(splice_, device) for layer, splice_ in splices.items()}
+    clean_sums = [0.0, 0.0]  # loss sum, correct count
+    sums = {layer: {name: [0.0, 0.0] for name in modes[layer]} for layer in splices}
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(
             texts[start : start + batch_size],
@@ -152,16 +185,46 @@ def recovered_metrics_of(
         mask = (real & ~special if exclude_special else real).to(device)
         batch = {k: v.to(device) for k, v in batch.items()}
         y = labels_t[start : start + batch_size].to(device)
-        with recording(classifier, layer) as record:
+        with contextlib.ExitStack() as stack:
+            records = {
+                layer: stack.enter_context(recording(classifier, layer)) for layer in splices
+            }
             clean = classifier(**batch).logits.float()
-        for name, replace in modes.items():
-            logits = clean if replace is None else replay.logits(batch, replace, mask, record)
-            sums[name][0] += F.cross_entropy(logits, y, reduction="sum").item()
-            sums[name][1] += (logits.argmax(dim=-1) == y).sum().item()
+        _add(clean_sums, clean, y)
+        for layer, layer_modes in modes.items():
+            for name, replace in layer_modes.items():
+                _add(
+                    sums[layer][name],
+                    replays[layer].logits(batch, replace, mask, records[layer]),
+                    y,
+                )
     n = max(len(texts), 1)
-    shared = {}
-    for name in ("clean", "mean"):
-        shared[f"loss_{name}"], shared[f"accuracy_{name}"] = sums[name][0] / n, sums[name][1] / n
+    return {
+        layer: _named_metrics(clean_sums, sums[layer], splices[layer].models, n)
+        for layer in splices
+    }
+
+
+def _modes(splice_: LayerSplices, device: torch.device) -> dict[str, Callable]:
+    """The replacements of one layer's hidden state: its mean, then each dictionary."""
+    mean = splice_.mean_activation.to(device, torch.float32)
+    modes: dict[str, Callable] = {"mean": lambda h: mean.expand_as(h)}
+    modes |= {f"sae:{name}": (lambda h, m=m: m(h.float())) for name, m in splice_.models.items()}
+    return modes
+
+
+def _add(sums: list[float], logits: torch.Tensor, y: torch.Tensor) -> None:
+    """Add a batch's summed cross-entropy and correct count to ``sums``."""
+    sums[0] += F.cross_entropy(logits, y, reduction="sum").item()
+    sums[1] += (logits.argmax(dim=-1) == y).sum().item()
+
+
+def _named_metrics(
+    clean: list[float], sums: dict[str, list[float]], models: Mapping[str, Dictionary], n: int
+) -> dict[str, dict[str, float]]:
+    """Each dictionary's metrics dict (the keys in :data:`_KEY_ORDER`) from the sums."""
+    shared = {"loss_clean": clean[0] / n, "accuracy_clean": clean[1] / n}
+    shared |= {"loss_mean": sums["mean"][0] / n, "accuracy_mean": sums["mean"][1] / n}
     out = {}
     for name in models:
         loss_sum, correct = sums[f"sae:{name}"]

@@ -17,7 +17,7 @@ from layerdrift.config import RunConfig
 from layerdrift.storage.checkpoints import checkpoint_complete, local_checkpoint_path
 from layerdrift.storage.rundir import CHECKPOINTS_DIR, RunDir
 from layerdrift.tasks.data.probe import UNLABELLED_NOTE, is_labelled
-from layerdrift.tasks.dictionary.evaluate import recovered_metrics_of
+from layerdrift.tasks.dictionary.evaluate import LayerSplices, recovered_metrics_by_layer
 from layerdrift.tasks.dictionary.loader import ActivationLoader
 from layerdrift.tasks.dictionary.model import Dictionary
 from layerdrift.tasks.modeling import ModelNotFoundError, hook_names, resolve_model
@@ -87,24 +87,51 @@ def spliced_metrics_of(
     one classifier load and one clean and one mean-ablated pass for all of them
     (:func:`.evaluate.recovered_metrics_of`); each {} where :func:`spliced_metrics` gives {}.
     """
-    empty: dict[str, dict[str, float]] = {name: {} for name in models}
+    layer = int(loader.sources[source][1])
+    found = spliced_metrics_by_layer(run, cfg, {layer: (loader, models)}, checkpoint, source)
+    return found[layer]
+
+
+def spliced_metrics_by_layer(
+    run: RunDir,
+    cfg: RunConfig,
+    layers: Mapping[int, tuple[ActivationLoader, Mapping[str, Dictionary]]],
+    checkpoint: str,
+    source: int = 0,
+) -> dict[int, dict[str, dict[str, float]]]:
+    """:func:`spliced_metrics_of` at several layers of ``checkpoint``'s classifier: per
+    layer, a loader reading it (at ``source``) and the dictionaries to splice in there.
+
+    One classifier load and one clean pass serve every layer
+    (:func:`.evaluate.recovered_metrics_by_layer`). The loaders must hold out the same
+    examples (every loader of one run's config does); each layer's mean ablation uses its
+    own loader's training sample.
+    """
+    empty = {layer: {name: {} for name in models} for layer, (_, models) in layers.items()}
     if not checkpoint_complete(run, checkpoint):
         logger.warning("no checkpoint %s in %s: recovered metrics left NaN", checkpoint, run.url)
         return empty
     if not head_knows_probe_labels(cfg, checkpoint):
         logger.info("recovered metrics of %s left NaN: its head has another task", checkpoint)
         return empty
-    ds, layer = loader.ds, int(loader.sources[source][1])
+    loaders = [loader for loader, _ in layers.values()]
+    ds = loaders[0].ds
     if not is_labelled(ds["label"].values):
         logger.info("recovered metrics left NaN: %s", UNLABELLED_NOTE)
         return empty
-    mean = torch.from_numpy(loader.sample(MEAN_SAMPLE_TOKENS)[:, source].mean(axis=0))
-    held = np.flatnonzero(loader.heldout_examples)
-    return recovered_metrics_of(
+    heldout = loaders[0].heldout_examples
+    if any(not np.array_equal(other.heldout_examples, heldout) for other in loaders[1:]):
+        raise ValueError("the loaders hold out different examples: score their layers apart")
+    splices = {}
+    for layer, (loader, models) in layers.items():
+        if int(loader.sources[source][1]) != layer:
+            raise ValueError(f"the loader given for layer {layer} reads {loader.sources[source]}")
+        mean = torch.from_numpy(loader.sample(MEAN_SAMPLE_TOKENS)[:, source].mean(axis=0))
+        splices[layer] = LayerSplices(models, mean)
+    held = np.flatnonzero(heldout)
+    return recovered_metrics_by_layer(
         local_checkpoint_path(run, checkpoint),
-        layer,
-        models,
-        mean,
+        splices,
         [str(t) for t in ds["text"].values[held]],
         np.asarray(ds["label"].values[held]),
         max_length=cfg.data.max_length,

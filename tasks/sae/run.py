@@ -28,7 +28,7 @@ from layerdrift.tasks.dictionary import (
     reconstruction_metrics,
     train_dictionaries,
 )
-from layerdrift.tasks.dictionary.runs import checkpoint_metadata, spliced_metrics
+from layerdrift.tasks.dictionary.runs import checkpoint_metadata, spliced_metrics_by_layer
 from layerdrift.tasks.modeling import select_device
 from layerdrift.tasks.sae.results import write_sae_results
 
@@ -104,13 +104,28 @@ def evaluate_sae(
 ) -> tuple[dict[str, float], np.ndarray]:
     """Held-out metrics of one SAE (``SAE_METRICS`` and recovery details) and each latent's
     held-out firing frequency [d_sae]."""
+    return evaluate_checkpoint_saes(run, cfg, ds, checkpoint, [layer])[layer]
+
+
+def evaluate_checkpoint_saes(
+    run: RunDir, cfg: RunConfig, ds: xr.Dataset, checkpoint: str, layers: list[int]
+) -> dict[int, tuple[dict[str, float], np.ndarray]]:
+    """:func:`evaluate_sae` of ``checkpoint``'s SAEs at ``layers``, by layer, with one
+    classifier load and one clean pass per batch for all of them
+    (:func:`tasks.dictionary.runs.spliced_metrics_by_layer`); the same numbers as one call
+    each."""
     device = select_device(cfg.device)
-    model = load_dictionary(run.sae(checkpoint, layer), device)
-    loader = make_loader(ds, [(checkpoint, layer)], cfg.sae, cfg.sae.training.batch_size)
-    x, _ = loader.heldout(max_tokens=cfg.sae.eval_tokens)
-    metrics, frequency = reconstruction_metrics(model, torch.from_numpy(x[:, 0]))
-    metrics |= spliced_metrics(run, cfg, loader, model, checkpoint)
-    return metrics, frequency
+    found: dict[int, tuple[dict[str, float], np.ndarray]] = {}
+    splices = {}
+    for layer in layers:
+        model = load_dictionary(run.sae(checkpoint, layer), device)
+        loader = make_loader(ds, [(checkpoint, layer)], cfg.sae, cfg.sae.training.batch_size)
+        x, _ = loader.heldout(max_tokens=cfg.sae.eval_tokens)
+        found[layer] = reconstruction_metrics(model, torch.from_numpy(x[:, 0]))
+        splices[layer] = (loader, {"sae": model})
+    recovered = spliced_metrics_by_layer(run, cfg, splices, checkpoint)
+    return {layer: (metrics | recovered[layer]["sae"], frequency)
+            for layer, (metrics, frequency) in found.items()}  # fmt: skip
 
 
 def evaluate_saes_for_run(run: RunDir, cfg: RunConfig) -> dict:
@@ -123,7 +138,15 @@ def evaluate_saes_for_run(run: RunDir, cfg: RunConfig) -> dict:
     targets = [t for t in sae_targets(run, cfg) if folder_current(run.sae(*t), generation)]
     if not targets:
         raise FileNotFoundError(f"no trained SAEs in {run.url}: run the SAE training tasks first")
-    evaluated = {(c, li): evaluate_sae(run, cfg, ds, c, li) for c, li in targets}
+    by_checkpoint: dict[str, list[int]] = {}
+    for checkpoint, layer in targets:
+        by_checkpoint.setdefault(checkpoint, []).append(layer)
+    evaluated = {
+        (checkpoint, layer): value
+        for checkpoint, layers in by_checkpoint.items()
+        for layer, value in evaluate_checkpoint_saes(run, cfg, ds, checkpoint, layers).items()
+    }
+    evaluated = {target: evaluated[target] for target in targets}  # the targets' order
     write_sae_results(run, evaluated, cfg.sae.heldout_fraction, generation)
     metrics = {f"{c}/{li}": m for (c, li), (m, _) in evaluated.items()}
     return {"saes": list(metrics), "metrics": metrics}
