@@ -673,8 +673,8 @@ class RunConfig(_Section):
 L1_CROSSCODER: dict[str, Any] = {"architecture": "relu", "l1_coefficient": 3e-3}
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The whole pipeline in three and a half minutes on two cores (202.7 s measured,
-    # benchmarks/results/pipeline-quick.json).
+    # The whole pipeline in about three minutes on two cores (170.8 s and 203.6 s measured,
+    # benchmarks/results/pipeline-quick-2f77e8e.json and -eb0212f.json).
     "quick": {
         "name": "quick",
         "data": {"train_size": 600, "val_size": 200, "probe_size": 200, "max_length": 64},
