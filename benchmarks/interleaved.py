@@ -7,6 +7,8 @@ does falls on both alike.
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -39,3 +41,16 @@ def print_medians(what: str, seconds: dict[str, list[float]]) -> dict[str, float
     for name, found in seconds.items():
         print(f"| {name} | {median[name]:.2f} | {', '.join(f'{t:.2f}' for t in found)} |")
     return median
+
+
+def machine_fields(load_before: tuple[float, float, float]) -> dict:
+    """What a result file records of the machine it was measured on: torch's threads, the
+    load average before (``load_before``) and after, and the platform."""
+    import torch
+
+    return {
+        "threads": torch.get_num_threads(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "machine": platform.platform(),
+    }

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 from unittest import mock
@@ -31,7 +30,7 @@ from layerdrift.tasks.modeling import layer_parameters, load_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from interleaved import interleaved, print_medians  # noqa: E402
+from interleaved import interleaved, machine_fields, print_medians  # noqa: E402
 
 
 def main() -> None:
@@ -69,10 +68,7 @@ def main() -> None:
         "median_seconds": median,
         "speedup": median["full"] / median["replayed"],
         "bit_identical": equal,
-        "threads": torch.get_num_threads(),
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "machine": platform.platform(),
+        **machine_fields(load_before),
     }
     print(f"speedup {result['speedup']:.2f}x, bit-identical: {equal}, load {load_before}")
     args.out.write_text(json.dumps(result, indent=2) + "\n")

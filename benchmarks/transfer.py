@@ -3,11 +3,10 @@
 The features stage splices the base and the fine-tuned SAE of a layer into the fine-tuned
 classifier (:func:`tasks.features.transfer.transfer_recovery`). This times, interleaved in
 one process on the run's SAEs and held-out examples, a call of
-:func:`tasks.dictionary.runs.spliced_metrics` per SAE (a classifier load and a clean, a
-spliced and a mean-ablated pass each) against one call of
-:func:`tasks.dictionary.runs.spliced_metrics_of` for both (one load; the clean and
-mean-ablated passes once). The metrics of the two versions must be equal to the bit. Prints
-a table and writes ``benchmarks/results/transfer.json``.
+:func:`tasks.dictionary.runs.spliced_metrics_of` per SAE (a classifier load and a clean, a
+spliced and a mean-ablated pass each, as the stage did before) against one call for both
+(one load; the clean and mean-ablated passes once). The metrics of the two versions must
+be equal to the bit. Prints a table and writes ``benchmarks/results/transfer.json``.
 
 Usage: ``.venv/bin/python benchmarks/transfer.py runs/quick [--layer 3] [--repeats 3]``.
 """
@@ -17,21 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
-
-import torch
 
 from layerdrift.config import load_run_config
 from layerdrift.storage import RunDir
 from layerdrift.storage.activations import open_store
 from layerdrift.tasks.dictionary import load_dictionary, make_loader
-from layerdrift.tasks.dictionary.runs import spliced_metrics, spliced_metrics_of
+from layerdrift.tasks.dictionary.runs import spliced_metrics_of
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from interleaved import interleaved, print_medians  # noqa: E402
+from interleaved import interleaved, machine_fields, print_medians  # noqa: E402
 
 
 def main() -> None:
@@ -55,7 +51,7 @@ def main() -> None:
 
     def one_call_each() -> dict:
         return {
-            name: spliced_metrics(run, cfg, loader, sae, f.finetuned, source=1)
+            name: spliced_metrics_of(run, cfg, loader, {name: sae}, f.finetuned, source=1)[name]
             for name, sae in saes.items()
         }
 
@@ -75,10 +71,7 @@ def main() -> None:
         "speedup": median["one call each"] / median["one call for both"],
         "bit_identical": equal,
         "metrics": found["one call for both"],
-        "threads": torch.get_num_threads(),
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "machine": platform.platform(),
+        **machine_fields(load_before),
     }
     print(f"speedup {result['speedup']:.2f}x, bit-identical: {equal}, load {load_before}")
     args.out.write_text(json.dumps(result, indent=2) + "\n")

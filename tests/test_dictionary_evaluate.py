@@ -12,13 +12,13 @@ from families import FAMILIES
 from layerdrift.tasks.dictionary import (
     DENSITY_EDGES,
     DictionarySpec,
+    LayerSplices,
     build,
     density_histogram,
     reconstruction_metrics,
     recovered_metrics,
-    recovered_metrics_of,
+    recovered_metrics_by_layer,
 )
-from layerdrift.tasks.dictionary.evaluate import LayerSplices, recovered_metrics_by_layer
 
 TEXTS = ["good movie", "the plot was bad", "a lovely film really", "boring end", "great story"]
 LABELS = np.array([1, 0, 1, 0, 1])
@@ -102,7 +102,9 @@ def test_several_dictionaries_in_one_call_get_the_metrics_of_one_call_each(tiny_
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(module, "load_classifier", counted)
         torch.manual_seed(0)
-        together = recovered_metrics_of(tiny_model_dir, 1, saes, mean, texts, labels, batch_size=4)
+        splices = {1: LayerSplices(saes, mean)}
+        found = recovered_metrics_by_layer(tiny_model_dir, splices, texts, labels, batch_size=4)
+    together = found[1]
     assert len(loads) == 1 and list(together) == ["identity", "noisy"]
     for name, sae in saes.items():
         torch.manual_seed(0)
@@ -150,9 +152,9 @@ def test_every_layer_from_one_clean_pass_gets_the_metrics_of_its_own_call(family
     assert len(loads) == 1 and list(together) == [0, 1, 2]
     for layer, splice in splices.items():
         torch.manual_seed(0)
-        alone = recovered_metrics_of(folder, layer, splice.models, splice.mean_activation,
-                                     texts, labels, batch_size=8)  # fmt: skip
-        np.testing.assert_equal(together[layer], alone)
+        alone = recovered_metrics(folder, layer, splice.models["sae"], splice.mean_activation,
+                                  texts, labels, batch_size=8)  # fmt: skip
+        np.testing.assert_equal(together[layer], {"sae": alone})
     assert together[0]["sae"]["loss_sae"] != together[2]["sae"]["loss_sae"]
 
 

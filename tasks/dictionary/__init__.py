@@ -13,10 +13,11 @@ from layerdrift.tasks.dictionary import jumprelu, relu, topk  # noqa: F401 - reg
 from layerdrift.tasks.dictionary.evaluate import (
     DENSITY_EDGES,
     FVUAccumulator,
+    LayerSplices,
     density_histogram,
     reconstruction_metrics,
     recovered_metrics,
-    recovered_metrics_of,
+    recovered_metrics_by_layer,
 )
 from layerdrift.tasks.dictionary.files import (
     folder_current,
@@ -37,6 +38,7 @@ __all__ = [
     "DictionarySpec",
     "FVUAccumulator",
     "Job",
+    "LayerSplices",
     "Schedule",
     "Trainer",
     "build",
@@ -47,7 +49,7 @@ __all__ = [
     "make_loader",
     "reconstruction_metrics",
     "recovered_metrics",
-    "recovered_metrics_of",
+    "recovered_metrics_by_layer",
     "save_dictionary",
     "schedule_for",
     "train_dictionaries",

@@ -99,35 +99,11 @@ def recovered_metrics(
     ``accuracy_{clean,sae,mean}``, ``loss_{clean,sae,mean}``, ``accuracy_recovered`` and
     ``loss_recovered``.
     """
-    found = recovered_metrics_of(
-        classifier_dir, layer, {"sae": model}, mean_activation, texts, labels,
-        max_length, batch_size, exclude_special,
-    )  # fmt: skip
-    return found["sae"]
-
-
-def recovered_metrics_of(
-    classifier_dir: str | Path,
-    layer: int,
-    models: Mapping[str, Dictionary],
-    mean_activation: torch.Tensor,
-    texts: list[str],
-    labels: np.ndarray,
-    max_length: int = 128,
-    batch_size: int = 32,
-    exclude_special: bool = False,
-) -> dict[str, dict[str, float]]:
-    """:func:`recovered_metrics` of several dictionaries of one layer in one classifier: per
-    name in ``models``, the same dict as :func:`recovered_metrics` returns for that one.
-
-    The classifier is loaded once, and each batch's clean pass and mean-ablated pass are
-    run once for all of them (they do not depend on the dictionary): two dictionaries cost
-    four passes instead of six, with the same numbers as one call each.
-    """
-    splices = {layer: LayerSplices(models, mean_activation)}
-    return recovered_metrics_by_layer(
+    splices = {layer: LayerSplices({"sae": model}, mean_activation)}
+    found = recovered_metrics_by_layer(
         classifier_dir, splices, texts, labels, max_length, batch_size, exclude_special
-    )[layer]
+    )
+    return found[layer]["sae"]
 
 
 @dataclass(frozen=True)
@@ -149,13 +125,15 @@ def recovered_metrics_by_layer(
     batch_size: int = 32,
     exclude_special: bool = False,
 ) -> dict[int, dict[str, dict[str, float]]]:
-    """:func:`recovered_metrics_of` at several layers of one classifier: per layer of
-    ``splices``, per dictionary name, what a call for that layer alone returns.
+    """:func:`recovered_metrics` of several dictionaries at several layers of one
+    classifier: per layer of ``splices``, per dictionary name, what a call of
+    :func:`recovered_metrics` for that dictionary returns.
 
     The classifier is loaded once and each batch's clean pass runs once, recording the
-    hidden state of every layer asked for; each layer's mean-ablated and spliced passes go
-    on from its own (the SAE metrics stage: one clean pass for a checkpoint's SAEs of every
-    layer instead of one per SAE).
+    hidden state of every layer asked for; each layer's mean-ablated pass runs once for its
+    dictionaries, and every pass goes on from its layer's own recording (transfer recovery:
+    two dictionaries of a layer in four passes instead of six; the SAE metrics stage: one
+    clean pass for a checkpoint's SAEs of every layer instead of one per SAE).
     """
     models = [m for splice_ in splices.values() for m in splice_.models.values()]
     device = models[0].b_dec.device if models else torch.device("cpu")

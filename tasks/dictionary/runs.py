@@ -57,24 +57,6 @@ def checkpoint_metadata(run: RunDir, cfg: RunConfig, checkpoint: str, layer: int
     }
 
 
-def spliced_metrics(
-    run: RunDir,
-    cfg: RunConfig,
-    loader: ActivationLoader,
-    model: Dictionary,
-    checkpoint: str,
-    source: int = 0,
-) -> dict[str, float]:
-    """Accuracy and loss of ``checkpoint``'s classifier with ``model`` spliced in at the
-    loader's layer, on the loader's held-out examples (:func:`.evaluate.recovered_metrics`).
-
-    The mean ablation uses the mean of the loader's source ``source`` over a training
-    sample. Returns {} (with a warning) when the run has no such checkpoint folder, and {}
-    when the checkpoint's head was trained on another task than the probe set's labels.
-    """
-    return spliced_metrics_of(run, cfg, loader, {"sae": model}, checkpoint, source)["sae"]
-
-
 def spliced_metrics_of(
     run: RunDir,
     cfg: RunConfig,
@@ -83,9 +65,14 @@ def spliced_metrics_of(
     checkpoint: str,
     source: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """:func:`spliced_metrics` of several dictionaries of the loader's layer, by name, with
-    one classifier load and one clean and one mean-ablated pass for all of them
-    (:func:`.evaluate.recovered_metrics_of`); each {} where :func:`spliced_metrics` gives {}.
+    """Accuracy and loss of ``checkpoint``'s classifier with each of ``models`` spliced in
+    at the loader's layer, on the loader's held-out examples, by name (the dict of
+    :func:`.evaluate.recovered_metrics`); one classifier load and one clean and one
+    mean-ablated pass serve them all.
+
+    The mean ablation uses the mean of the loader's source ``source`` over a training
+    sample. Each is {} (with a warning) when the run has no such checkpoint folder, and {}
+    when the checkpoint's head was trained on another task than the probe set's labels.
     """
     layer = int(loader.sources[source][1])
     found = spliced_metrics_by_layer(run, cfg, {layer: (loader, models)}, checkpoint, source)

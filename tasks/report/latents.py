@@ -166,9 +166,7 @@ def scan_dictionaries(
     for a, b, codes_of in kept if kept is not None else _encoded(data, encoders, layer):
         for name in encoders:
             _histogram(tables[name], codes_of[name])
-            if _has_windows(tables[name], a, b, data.starts):
-                codes = codes_of[name].to_dense().numpy()
-                _windows(tables[name], codes, a, b, data.starts, data.counts)
+            _windows(tables[name], codes_of[name], a, b, data.starts, data.counts)
     return tables
 
 
@@ -199,20 +197,18 @@ def _histogram(table: LatentTable, codes: torch.Tensor) -> None:
     table.hist += flat.reshape(table.hist.shape)
 
 
-def _has_windows(table: LatentTable, a: int, b: int, starts: np.ndarray) -> bool:
-    """Whether an example of ``table.examples`` starts in the tokens [a, b)."""
-    chosen = table.examples[table.examples >= 0]
-    return bool(np.any((starts[chosen] >= a) & (starts[chosen] < b)))
-
-
-def _windows(table, codes, a: int, b: int, starts: np.ndarray, counts: np.ndarray) -> None:
-    """Fill peaks and windows of the (latent, slot) pairs whose example lies in [a, b)."""
+def _windows(
+    table: LatentTable, sparse: torch.Tensor, a: int, b: int, starts: np.ndarray, counts: np.ndarray
+) -> None:
+    """Fill peaks and windows of the (latent, slot) pairs whose example lies in [a, b), from
+    the block's codes ``sparse`` (COO [b - a, d_sae]), made dense only when one does."""
     examples = table.examples
     inside = (examples >= 0) & (starts[np.maximum(examples, 0)] >= a)
     inside &= starts[np.maximum(examples, 0)] < b
     latent, slot = np.nonzero(inside)
     if latent.size == 0:
         return
+    codes = sparse.to_dense().numpy()
     ex = examples[latent, slot]
     first, count = starts[ex] - a, counts[ex]
     offsets = np.arange(int(count.max()))
