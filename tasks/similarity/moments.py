@@ -188,25 +188,29 @@ def _as_float(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Rows:
-    """One representation's rows in one step: shifted (t, d) in the multiply dtype and in
-    float64, the shift (d,), and squared norms (t,) of the shifted and the raw rows. The raw
-    rows are not kept (raw = x + shift), which keeps a step's memory at one float64 copy."""
+    """One representation's rows in one step: shifted (t, d) in the multiply dtype, the
+    shift (d,) in that dtype, and squared norms (t,) of the shifted and the raw rows in
+    float64. The raw rows are not kept (raw = x + shift)."""
 
     x: np.ndarray
-    x64: np.ndarray
     shift: np.ndarray
     sq: np.ndarray
     raw_sq: np.ndarray
 
+    @property
+    def sq_weights(self) -> np.ndarray:
+        """The squared norms (t,) in the multiply dtype, as weights of the rows."""
+        return self.sq.astype(self.x.dtype, copy=False)
+
 
 def _rows(block: np.ndarray, shift: np.ndarray, dtype: np.dtype) -> _Rows:
-    shift = shift.astype(dtype).astype(np.float64)
+    shift = shift.astype(dtype)
     x = _as_float(block, dtype)
-    x -= shift.astype(dtype)
-    x64 = x if dtype == np.float64 else x.astype(np.float64)
-    sq = _rowdot(x64, x64)
-    raw_sq = np.maximum(sq + 2.0 * (x64 @ shift) + float(shift @ shift), 0.0)
-    return _Rows(x, x64, shift, sq, raw_sq)
+    x -= shift
+    sq = _rowdot(x, x).astype(np.float64, copy=False)
+    shift64 = shift.astype(np.float64)
+    raw_sq = np.maximum(sq + 2.0 * (x @ shift) + float(shift64 @ shift64), 0.0)
+    return _Rows(x, shift, sq, raw_sq)
 
 
 def block_moments(
@@ -224,15 +228,16 @@ def block_moments(
     the partial :class:`SelfMoments` fields for ``self_reps`` and :class:`CrossMoments`
     fields for ``pairs`` (indices into ``blocks``), as dicts, summed over the block's rows.
 
-    ``multiply`` is the dtype of the d×d products XᵀX and XᵀY: each step of at most
-    ``rows_per_step`` rows is multiplied in it and added to float64 sums. Per-token terms
-    (norms, cosines) and the vectors are summed in float64 either way. float32 products run
-    at about twice float64's BLAS speed and keep the products within ~1e-7 of float64, and
-    CKA, cosine and SVCCA within 1e-6; but the whitening in PWCCA and the near-zero
-    Procrustes distances of nearly unchanged layers amplify that rounding (on the bundled
-    model's store, whose covariances have condition numbers near 5e8, PWCCA moved by up to
-    6e-4 and a Procrustes distance of 4e-6 by 1%). So float64, exact to rounding, is the
-    default. Shifts are used as rounded to ``multiply``.
+    ``multiply`` is the dtype of each step's arithmetic (at most ``rows_per_step`` rows):
+    the d×d products XᵀX and XᵀY, the per-token norms and cosines and the weighted row sums.
+    Each step's results are added to float64 sums. float32 runs the products at about twice
+    float64's BLAS speed and skips a float64 copy of every row; it keeps the products within
+    ~1e-7 of float64, and CKA, cosine and SVCCA within 1e-6 (the per-token terms enter
+    debiased CKA with weight O(1/n)); but the whitening in PWCCA and the
+    near-zero Procrustes distances of nearly unchanged layers amplify that rounding (on the
+    bundled model's store, whose covariances have condition numbers near 5e8, PWCCA moved
+    by up to 6e-4 and a Procrustes distance of 4e-6 by 1%). So float64, exact to rounding,
+    is the default. Shifts are used as rounded to ``multiply``.
     """
     dtype = np.dtype(multiply)
     selves = [_zero_self(blocks[r].shape[1]) for r in self_reps]
@@ -250,11 +255,11 @@ def block_moments(
 
 def _add_self(acc: dict, x: _Rows) -> None:
     acc["n"] += x.x.shape[0]
-    acc["total"] += x.x64.sum(axis=0)
+    acc["total"] += x.x.sum(axis=0, dtype=np.float64)
     acc["gram"] += x.x.T @ x.x
     acc["sq_norm_sum"] += x.sq.sum()
     acc["sq_norm_sq_sum"] += x.sq @ x.sq
-    acc["sq_norm_weighted"] += x.sq @ x.x64
+    acc["sq_norm_weighted"] += x.sq_weights @ x.x
     acc["raw_norm_sum"] += np.sqrt(x.raw_sq).sum()
 
 
@@ -263,15 +268,16 @@ def _add_cross(acc: dict, x: _Rows, y: _Rows) -> None:
     acc["cross"] += x.x.T @ y.x
     acc["cos_sum"] += _cosine_sum(x, y)
     acc["sq_norm_product_sum"] += x.sq @ y.sq
-    acc["y_weighted"] += x.sq @ y.x64
-    acc["x_weighted"] += y.sq @ x.x64
+    acc["y_weighted"] += x.sq_weights @ y.x
+    acc["x_weighted"] += y.sq_weights @ x.x
 
 
 def _cosine_sum(x: _Rows, y: _Rows) -> float:
     """Σ_i cos(raw x_i, raw y_i) from the shifted rows; NaN when the widths differ."""
     if x.x.shape[1] != y.x.shape[1]:
         return float("nan")
-    raw_dot = _rowdot(x.x64, y.x64) + x.x64 @ y.shift + y.x64 @ x.shift + float(x.shift @ y.shift)
+    shifts = float(x.shift.astype(np.float64) @ y.shift.astype(np.float64))
+    raw_dot = (_rowdot(x.x, y.x) + x.x @ y.shift + y.x @ x.shift).astype(np.float64) + shifts
     denom = np.sqrt(x.raw_sq * y.raw_sq)
     return float(np.divide(raw_dot, denom, out=np.zeros_like(raw_dot), where=denom > 0).sum())
 
