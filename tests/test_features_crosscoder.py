@@ -8,12 +8,19 @@ for identical models?
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import xarray as xr
 from factories import make_activation_store
 from planted import planted_pair
+from safetensors.numpy import load_file
 
 from layerdrift.config import DictionaryConfig, SAEConfig, TrainingConfig
 from layerdrift.tasks.dictionary import Job, make_loader, train_dictionaries
@@ -103,3 +110,37 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     ds = xr.open_zarr(url, chunks=None)
     with pytest.raises(KeyError, match="step-9"):
         make_loader(ds, [("base", 2), ("step-9", 2)], SAEConfig(), 10)
+
+
+# One training in a fresh interpreter: what a run's features stage does for one layer.
+TRAIN_SCRIPT = """
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import torch
+    torch.set_num_threads(1)
+    from test_features_crosscoder import _train
+    _train(sys.argv[2], sys.argv[3], n_steps=40, architecture="relu")
+"""
+
+
+def test_two_fresh_processes_train_identical_crosscoders(tmp_path):
+    """Nothing that differs between interpreters (hash seeds, set order, memory addresses)
+    reaches the weights: two processes write the same crosscoder to the bit."""
+    pair = planted_pair(np.random.default_rng(4), n_tokens=4_000, d_in=D_IN)
+    url = _store(tmp_path, pair.x)
+    tests = str(Path(__file__).parent)
+    folders = [tmp_path / "first", tmp_path / "second"]
+    for folder, hash_seed in zip(folders, ("1", "2"), strict=True):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(TRAIN_SCRIPT), tests, url, str(folder)],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    files = sorted(p.relative_to(folders[0]) for p in folders[0].rglob("*.safetensors"))
+    assert files, "no weights were written"
+    for name in files:
+        first, second = load_file(folders[0] / name), load_file(folders[1] / name)
+        assert first.keys() == second.keys(), name
+        for key, value in first.items():
+            assert np.array_equal(value, second[key]), (name, key)
