@@ -18,7 +18,7 @@ from factories import make_activation_store
 from layerdrift.tasks.similarity.accumulate import accumulate_moments, plan_passes, token_mask
 from layerdrift.tasks.similarity.drift import drift_array
 from layerdrift.tasks.similarity.metrics import METRICS, all_metrics
-from layerdrift.tasks.similarity.moments import moments_from_arrays
+from layerdrift.tasks.similarity.moments import cross_fields, moments_from_arrays, self_fields
 from layerdrift.tasks.similarity.tables import similarity_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,25 +78,26 @@ def test_pass_matches_in_memory_for_any_chunking(tmp_path, rng, token_chunk):
 FLOAT32_METRICS = ("cosine", "linear_cka", "debiased_cka", "svcca", "norm_ratio")
 
 
+def _assert_fields_within_1e_6(want, got, fields, label) -> None:
+    """Each of ``fields`` (name, shape) of ``got`` within 1e-6 relative of ``want``."""
+    for name, _ in fields:
+        expected, actual = np.asarray(getattr(want, name)), np.asarray(getattr(got, name))
+        err = np.linalg.norm(actual - expected) / np.linalg.norm(expected)
+        assert err < 1e-6, (label, name, err)
+
+
 def test_float32_products_stay_within_1e_6_of_float64(tmp_path, rng):
     url, acts = random_store(tmp_path / "s.zarr", rng, token_chunk=64)
     mask = np.ones(acts.shape[2], bool)
     data = xr.open_zarr(url)["activations"].data
     s64, c64 = accumulate_moments(data, PAIRS, mask, multiply=np.float64)
     s32, c32 = accumulate_moments(data, PAIRS, mask, multiply=np.float32)
-    # Every field, the per-token terms (norms, cosines, weighted sums) as well as the
-    # products: float32 steps summed in float64 stay within 1e-6 of float64 throughout.
+    # Every packed field, the per-token terms (norms, cosines, weighted sums) as well as
+    # the products: float32 steps summed in float64 stay within 1e-6 of float64 throughout.
     for rep, s in s64.items():
-        for name in ("total", "gram", "sq_norm_sum", "sq_norm_sq_sum", "sq_norm_weighted",
-                     "raw_norm_sum"):  # fmt: skip
-            want, got = np.asarray(getattr(s, name)), np.asarray(getattr(s32[rep], name))
-            err = np.linalg.norm(got - want) / np.linalg.norm(want)
-            assert err < 1e-6, (rep, name, err)
+        _assert_fields_within_1e_6(s, s32[rep], self_fields(s.dim), rep)
     for pair, c in c64.items():
-        for name in ("cross", "cos_sum", "sq_norm_product_sum", "y_weighted", "x_weighted"):
-            want, got = np.asarray(getattr(c, name)), np.asarray(getattr(c32[pair], name))
-            err = np.linalg.norm(got - want) / np.linalg.norm(want)
-            assert err < 1e-6, (pair, name, err)
+        _assert_fields_within_1e_6(c, c32[pair], cross_fields(*c.cross.shape), pair)
     keep = [METRICS.index(m) for m in FLOAT32_METRICS]
     want = expected_metrics(acts, PAIRS, mask)  # the float64 formula
     for a, b in PAIRS:

@@ -233,11 +233,11 @@ def block_moments(
     Each step's results are added to float64 sums. float32 runs the products at about twice
     float64's BLAS speed and skips a float64 copy of every row; it keeps the products within
     ~1e-7 of float64, and CKA, cosine and SVCCA within 1e-6 (the per-token terms enter
-    debiased CKA with weight O(1/n)); but the whitening in PWCCA and the
-    near-zero Procrustes distances of nearly unchanged layers amplify that rounding (on the
-    bundled model's store, whose covariances have condition numbers near 5e8, PWCCA moved
-    by up to 6e-4 and a Procrustes distance of 4e-6 by 1%). So float64, exact to rounding,
-    is the default. Shifts are used as rounded to ``multiply``.
+    debiased CKA with weight O(1/n)); but the whitening in PWCCA and the near-zero
+    Procrustes distances of nearly unchanged layers amplify that rounding (on the bundled
+    model's store, whose covariances have condition numbers near 5e8, PWCCA moved by up to
+    6e-4 and a Procrustes distance of 4e-6 by 1%). So float64, exact to rounding, is the
+    default. Shifts are used as rounded to ``multiply``.
     """
     dtype = np.dtype(multiply)
     selves = [_zero_self(blocks[r].shape[1]) for r in self_reps]
